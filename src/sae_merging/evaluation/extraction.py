@@ -1,0 +1,47 @@
+"""GSM8K answer extraction and matching, as lm-eval's `gsm8k` task does it.
+
+`strict-match` takes the first `#### N`; `flexible-extract` takes the last number-like run.
+Both sides are then normalised by the task's `regexes_to_ignore` and lower-cased before an
+exact comparison.
+"""
+
+from __future__ import annotations
+
+import re
+
+STRICT_PATTERN = re.compile(r"#### (\-?[0-9\.\,]+)")
+FLEXIBLE_PATTERN = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+IGNORE_PATTERNS = (",", r"\$", r"(?s).*#### ", r"\.$")
+INVALID = "[invalid]"
+EXTRACTIONS = ("strict", "flexible")
+
+
+def _select(pattern: re.Pattern, text: str, index: int) -> str:
+    matches = pattern.findall(text)
+    if not matches:
+        return INVALID
+    match = matches[index]
+    if isinstance(match, tuple):
+        match = next((group for group in match if group), INVALID)
+    return match.strip()
+
+
+def extract(text: str, how: str = "strict") -> str:
+    """The answer string in a generation (`[invalid]` when there is none)."""
+    if how == "strict":
+        return _select(STRICT_PATTERN, text, 0)
+    if how == "flexible":
+        return _select(FLEXIBLE_PATTERN, text, -1)
+    raise ValueError(f"unknown answer extraction {how!r}; valid: {', '.join(EXTRACTIONS)}")
+
+
+def normalize(text: str) -> str:
+    for pattern in IGNORE_PATTERNS:
+        text = re.sub(pattern, "", text)
+    return text.lower()
+
+
+def is_correct(generation: str, reference: str, how: str = "strict") -> bool:
+    """lm-eval's exact match of the extracted answer against a reference (a bare number or a
+    full worked answer ending `#### N`)."""
+    return normalize(extract(generation, how)) == normalize(reference)

@@ -1,0 +1,301 @@
+"""Build the lab: a tokenizer, a tiny Llama base and two experts fine-tuned from it.
+
+The base is "pretrained" on general data of both domains: one-step word problems, a few
+two-step ones, English multiple-choice questions, and unanswered questions in every language
+(vocabulary only). The math expert is then fine-tuned on two-step problems, the multilingual
+expert on multiple choice in all five languages, both with a small learning rate so they stay
+close to the base, as fine-tuned LLMs stay close to theirs.
+
+Everything is deterministic in the spec's seed and cached on disk under a hash of the spec:
+a later run with the same spec reuses the build; concurrent runs wait for one builder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+from sae_merging.lab import math_problems, multilingual
+from sae_merging.lab.tokenizer import build_tokenizer
+from sae_merging.lab.training import TrainSpec, encode, train
+from sae_merging.tasks.base import SPLITS, Example, TaskData, read_jsonl, write_jsonl
+from sae_merging.utils.files import atomic_directory, atomic_write_json, stable_hash
+
+LAB_FORMAT = 1  # bump when a change to this module changes what a build contains
+MATH_TASK, MULTILINGUAL_TASK = "lab-math", "lab-multilingual"
+EXPERTS = ("math", "multilingual")
+
+
+@dataclass(frozen=True)
+class LabModelSpec:
+    hidden_size: int = 128
+    intermediate_size: int = 352
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 256
+
+
+@dataclass(frozen=True)
+class BaseDataSpec:
+    """How many examples of each kind the base is trained on (loss on every token)."""
+
+    math_one_step: int = 10000
+    math_multi_step: int = 2000
+    multilingual_english: int = 10000
+    multilingual_unanswered: int = 5000
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    n_train: int = 20000
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=400, lr=5e-4, warmup=20))
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    name: str = "default"
+    seed: int = 0
+    model: LabModelSpec = field(default_factory=LabModelSpec)
+    math: math_problems.MathSpec = field(default_factory=math_problems.MathSpec)
+    multilingual: multilingual.MultilingualSpec = field(default_factory=multilingual.MultilingualSpec)
+    base_data: BaseDataSpec = field(default_factory=BaseDataSpec)
+    base_train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=1500, lr=3e-3))
+    math_expert: ExpertSpec = field(default_factory=ExpertSpec)
+    multilingual_expert: ExpertSpec = field(
+        default_factory=lambda: ExpertSpec(train=TrainSpec(steps=800, lr=5e-4, warmup=20))
+    )
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> LabSpec:
+        """Build from a plain mapping (a Hydra `lab` node), refusing unknown keys."""
+        return _from_dict(cls, dict(data))
+
+    def key(self) -> str:
+        return stable_hash({"format": LAB_FORMAT, "spec": asdict(self)})
+
+
+def _from_dict(cls: type, data: dict):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known) - {"cache_dir", "_target_"})
+    if unknown:
+        raise ValueError(f"unknown lab setting(s) {unknown} for {cls.__name__}; valid: {sorted(known)}")
+    values = {}
+    for name, value in data.items():
+        if name not in known:
+            continue
+        default = (
+            known[name].default_factory() if callable(known[name].default_factory) else known[name].default
+        )
+        if is_dataclass(default) and isinstance(value, Mapping):
+            value = _from_dict(type(default), dict(value))
+        elif isinstance(value, Sequence) and not isinstance(value, str):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class LabBuild:
+    """A finished build on disk."""
+
+    root: Path
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def experts(self) -> dict[str, Path]:
+        return {name: self.root / name for name in EXPERTS}
+
+    def task_file(self, task: str, split: str) -> Path:
+        return self.root / "tasks" / task / f"{split}.jsonl"
+
+    @property
+    def report(self) -> dict:
+        return json.loads((self.root / "build.json").read_text())
+
+    def tasks(self) -> list[TaskData]:
+        """lab-math and lab-multilingual with their train / opt / test examples."""
+        return [
+            _task_data(
+                name,
+                info,
+                {
+                    split: [Example.from_json(row) for row in read_jsonl(self.task_file(name, split))]
+                    for split in SPLITS
+                },
+            )
+            for name, info in self.report["tasks"].items()
+        ]
+
+
+def _task_data(name: str, info: Mapping, splits: dict[str, list[Example]]) -> TaskData:
+    return TaskData(name, info["kind"], splits, tuple(info["stop"]), info["max_new_tokens"])
+
+
+def build_lab(spec: LabSpec, cache_dir: str | Path, progress: bool = True) -> LabBuild:
+    """Return the cached build for `spec`, building it first if needed."""
+    root = Path(cache_dir).expanduser() / f"{spec.name}-{spec.key()}"
+    if (root / "build.json").is_file():
+        return LabBuild(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        if not (root / "build.json").is_file():
+            with atomic_directory(root) as tmp:
+                _build(spec, tmp, progress)
+    return LabBuild(root)
+
+
+def _model_config(spec: LabSpec, tokenizer) -> LlamaConfig:
+    m = spec.model
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_hidden_layers=m.num_hidden_layers,
+        num_attention_heads=m.num_attention_heads,
+        num_key_value_heads=m.num_attention_heads,
+        max_position_embeddings=m.max_position_embeddings,
+        tie_word_embeddings=True,  # as Llama-3.2-1B/3B
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def lab_tasks_from_spec(spec: LabSpec) -> dict[str, dict[str, list[Example]]]:
+    """Every example set of the lab, by task and split ('train' is the expert's data)."""
+    ms, mls, seed = spec.math, spec.multilingual, spec.seed
+    return {
+        MATH_TASK: {
+            "train": math_problems.generate(ms, "train", spec.math_expert.n_train, seed + 1),
+            "opt": math_problems.generate(ms, "opt", ms.n_opt, seed),
+            "test": math_problems.generate(ms, "test", ms.n_test, seed),
+        },
+        MULTILINGUAL_TASK: {
+            "train": multilingual.generate_training(mls, spec.multilingual_expert.n_train, seed + 1),
+            "opt": multilingual.generate(mls, "opt", mls.n_opt_items, seed),
+            "test": multilingual.generate(mls, "test", mls.n_test_items, seed),
+        },
+    }
+
+
+def _base_corpus(spec: LabSpec) -> tuple[list[Example], list[Example]]:
+    """(answered, unanswered) examples the base is trained on."""
+    ms, mls, data, seed = spec.math, spec.multilingual, spec.base_data, spec.seed
+    answered = math_problems.generate(ms, "train", data.math_one_step, seed + 2, steps=(1,))
+    answered += math_problems.generate(ms, "train", data.math_multi_step, seed + 3)
+    answered += multilingual.generate_training(mls, data.multilingual_english, seed + 2, languages=("en",))
+    unanswered = multilingual.generate_training(mls, data.multilingual_unanswered, seed + 3)
+    return answered, unanswered
+
+
+def _build(spec: LabSpec, out: Path, progress: bool) -> None:
+    from sae_merging.evaluation.builtin import BuiltinEvaluator
+    from sae_merging.models.io import save_model_folder
+
+    started = time.perf_counter()
+    stages = tqdm(total=5, desc=f"building lab '{spec.name}'", disable=not progress)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, begin: float) -> None:
+        timings[name] = round(time.perf_counter() - begin, 2)
+        stages.set_postfix_str(name)
+        stages.update()
+
+    begin = time.perf_counter()
+    tasks = lab_tasks_from_spec(spec)
+    answered, unanswered = _base_corpus(spec)
+    vocabulary = math_problems.vocabulary_text(spec.math) + multilingual.vocabulary_text(spec.multilingual)
+    tokenizer = build_tokenizer(vocabulary)
+    _check_vocabulary(tokenizer, [e for splits in tasks.values() for part in splits.values() for e in part])
+    task_info = {
+        MATH_TASK: {"kind": "generate", "stop": list(math_problems.STOP), "max_new_tokens": 32},
+        MULTILINGUAL_TASK: {"kind": "multiple_choice", "stop": [], "max_new_tokens": 0},
+    }
+    for name, splits in tasks.items():
+        for split, examples in splits.items():
+            write_jsonl(out / "tasks" / name / f"{split}.jsonl", examples)
+    stage("data", begin)
+
+    torch.manual_seed(spec.seed)
+    config = _model_config(spec, tokenizer)
+    generation = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    models: dict[str, LlamaForCausalLM] = {}
+    begin = time.perf_counter()
+    base = LlamaForCausalLM(config)
+    corpus = [encode(tokenizer, e.prompt, e.target, True) for e in answered]
+    corpus += [encode(tokenizer, e.prompt, "", True) for e in unanswered]
+    train(base, corpus, spec.base_train, spec.seed, tokenizer.pad_token_id, "base", progress)
+    models["base"] = base
+    stage("base", begin)
+
+    for offset, (name, task, expert) in enumerate(
+        [
+            ("math", MATH_TASK, spec.math_expert),
+            ("multilingual", MULTILINGUAL_TASK, spec.multilingual_expert),
+        ],
+        start=1,
+    ):
+        begin = time.perf_counter()
+        model = copy.deepcopy(base)
+        data = [encode(tokenizer, e.prompt, e.target, False) for e in tasks[task]["train"]]
+        train(
+            model, data, expert.train, spec.seed + offset, tokenizer.pad_token_id, f"{name} expert", progress
+        )
+        models[name] = model
+        stage(f"{name} expert", begin)
+
+    begin = time.perf_counter()
+    for name, model in models.items():
+        save_model_folder(out / name, model.state_dict(), config, tokenizer, generation)
+    average = copy.deepcopy(base)
+    experts_sd = [models[n].state_dict() for n in EXPERTS]
+    average.load_state_dict({k: (experts_sd[0][k] + experts_sd[1][k]) / 2 for k in experts_sd[0]})
+    models["average"] = average
+    evaluator = BuiltinEvaluator(batch_size=128)
+    task_data = [_task_data(name, task_info[name], splits) for name, splits in tasks.items()]
+    accuracy = {
+        name: {t.name: evaluator.evaluate(model, tokenizer, t, t.split("test")).accuracy for t in task_data}
+        for name, model in models.items()
+    }
+    stage("evaluation", begin)
+    stages.close()
+    atomic_write_json(
+        out / "build.json",
+        {
+            "name": spec.name,
+            "key": spec.key(),
+            "spec": asdict(spec),
+            "parameters": sum(p.numel() for p in base.parameters()),
+            "vocab_size": len(tokenizer),
+            "seconds": timings,
+            "total_seconds": round(time.perf_counter() - started, 2),
+            "torch_threads": torch.get_num_threads(),
+            "test_accuracy": accuracy,
+            "tasks": task_info,
+        },
+    )
+
+
+def _check_vocabulary(tokenizer, examples: list[Example]) -> None:
+    """Every generated text must tokenize without unknown pieces and decode back exactly."""
+    for example in examples:
+        for text in [example.prompt + example.target, *(example.prompt + c for c in example.choices)]:
+            ids = tokenizer(text)["input_ids"]
+            if tokenizer.unk_token_id in ids or tokenizer.decode(ids, skip_special_tokens=True) != text:
+                raise ValueError(f"the lab tokenizer does not cover {text!r}")

@@ -1,0 +1,143 @@
+"""What every merging method sees (`RunContext`) and returns (`Outcome`).
+
+A method is a small class with `run(ctx) -> Outcome` (one-shot methods), or an evolutionary
+method with `initialize(ctx)` / `step(ctx, state, generation)` / `best(ctx, state)` driven by
+the shared generation loop (`sae_merging.runtime.loop`), which adds checkpoints, resume,
+metrics and the progress bar.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from sae_merging.models.io import Checkpoint, parse_dtype
+from sae_merging.models.pool import ModelPool
+from sae_merging.runtime.fitness import FitnessEvaluator, Scores, Timer
+from sae_merging.runtime.store import IndividualStore
+from sae_merging.tasks.base import Example, TaskData
+from sae_merging.tasks.pool import TaskPool
+from sae_merging.utils.files import stable_hash
+
+Sample = dict[str, tuple[TaskData, Sequence[Example]]]
+
+
+@dataclass
+class Member:
+    """An individual of an archive or swarm: its weights live in the store under `ident`."""
+
+    ident: str
+    origin: str
+    generation: int = 0
+    rate: float = 0.0
+    sparsity: float = 0.0
+    parents: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Member:
+        return cls(**data)
+
+
+@dataclass
+class Outcome:
+    """What a method returns: the chosen individual and its optimization-set scores."""
+
+    member: Member
+    opt_scores: Scores
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunContext:
+    models: ModelPool
+    tasks: TaskPool
+    fitness: FitnessEvaluator
+    store: IndividualStore
+    run_dir: Path
+    seed: int
+    timer: Timer = field(default_factory=Timer)
+    progress: bool = True
+    retired: list[str] = field(default_factory=list)
+
+    def retire(self, ident: str) -> None:
+        """An individual left the population: its files go once the next checkpoint no longer
+        needs them (deleting earlier would break resuming from the previous checkpoint)."""
+        self.retired.append(ident)
+        self.fitness.forget(ident)
+
+    def rng(self, *purpose: object) -> random.Random:
+        """A generator determined by the seed and `purpose` only (e.g. ("pairs", generation)):
+        nothing to checkpoint, and a resumed run draws exactly what an uninterrupted one does."""
+        return random.Random(int(stable_hash([self.seed, *purpose]), 16))
+
+    def torch_generator(self, *purpose: object) -> torch.Generator:
+        return torch.Generator().manual_seed(int(stable_hash([self.seed, *purpose]), 16) % 2**63)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return parse_dtype(self.models.dtype)
+
+    @cached_property
+    def _checkpoints(self) -> dict[str, Checkpoint]:
+        refs = {f"expert:{n}": r for n, r in zip(self.models.expert_names, self.models.experts, strict=True)}
+        if self.models.base is not None:
+            refs["base"] = self.models.base
+        return {key: Checkpoint(ref) for key, ref in refs.items()}
+
+    def merge_names(self) -> list[str]:
+        """The tensors every method merges (reference model order, tied aliases left out)."""
+        return list(self.models.compatibility.shapes)
+
+    def load_expert(self, index: int) -> dict[str, torch.Tensor]:
+        return self._load(f"expert:{self.models.expert_names[index]}")
+
+    def load_base(self, method: str) -> dict[str, torch.Tensor]:
+        self.models.require_base(method)
+        return self._load("base")
+
+    def _load(self, key: str) -> dict[str, torch.Tensor]:
+        checkpoint = self._checkpoints[key]
+        rows = self.models.compatibility.common_rows
+        tensors = {}
+        for name in self.merge_names():
+            tensor = checkpoint.get(name).to(self.dtype)
+            tensors[name] = tensor[: rows[name]] if name in rows else tensor
+        return tensors
+
+    def complete_vocab(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Merged tensors at the reference model's full shape: under vocab_policy=common_rows the
+        rows beyond the shared vocabulary come from the reference (the base, else expert 0)."""
+        rows = self.models.compatibility.common_rows
+        if not rows:
+            return dict(tensors)
+        key = "base" if self.models.base is not None else f"expert:{self.models.expert_names[0]}"
+        full = dict(tensors)
+        for name, count in rows.items():
+            tensor = self._checkpoints[key].get(name).to(tensors[name].dtype).clone()
+            tensor[:count] = tensors[name]
+            full[name] = tensor
+        return full
+
+    def sample(self, draw: int) -> Sample:
+        """The optimization sample of draw number `draw` for every task."""
+        return {t.name: (t, self.tasks.opt_sample(t, self.seed, draw)) for t in self.tasks.tasks}
+
+    def score(self, member: Member, sample: Sample) -> Scores:
+        with self.timer.section("evaluate"):
+            return self.fitness.score(member.ident, lambda: self.store.load(member.ident), sample)
+
+
+class Method(Protocol):
+    name: str
+
+    def run(self, ctx: RunContext) -> Outcome: ...

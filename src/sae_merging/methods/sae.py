@@ -1,0 +1,300 @@
+"""Sparsity-Aware Evolution (paper section 2; every choice the paper leaves open is an option).
+
+Generation 0 fills the archive with the dense experts and `n_sparse_variants` magnitude-pruned
+copies of each (rates evenly spaced over the schedule's range). Each generation t then:
+draws the optimization sample (re-drawn every generation by default) and re-scores the
+archive on it (cached per example); pairs the archive at random; for each pair prunes
+temporary copies of both parents to s_t, mixes them tensor by tensor with the sparsity-aware
+ratio of eq. 5 (`scoring`: one sparsity per model or per tensor), merges them (`merger`: eq. 4
+or attraction), optionally re-denses positions zero in both parents from the original experts,
+prunes the child to s_t, scores it with fitness p + alpha * S, and lets it compete for a place
+(`competition`: replace the worst, or M2N2-style fitness sharing).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sae_merging.merging import functions as merge_fns
+from sae_merging.methods.base import Member, Outcome, RunContext, Sample
+from sae_merging.pruning.magnitude import MagnitudePruner
+from sae_merging.runtime.fitness import Scores
+from sae_merging.sparsity.measures import SparsityStats, pooled
+
+SCORINGS = ("global", "local")
+REDENSE = ("parents", "original_dense")
+COMPETITIONS = ("worst", "shared")
+
+
+@dataclass(frozen=True)
+class SparsityScoring:
+    """A sparsity measure (`scorer`: a function of SparsityStats) at a `granularity` (global:
+    one value per model; local: one per tensor), measured over the tensors the pruner prunes."""
+
+    scorer: Callable[[SparsityStats], float]
+    granularity: str = "global"
+
+    def __post_init__(self) -> None:
+        if self.granularity not in SCORINGS:
+            raise ValueError(f"scoring.granularity={self.granularity!r}; valid: {', '.join(SCORINGS)}")
+
+    def per_tensor(self, tensors: Mapping[str, torch.Tensor], pruner: MagnitudePruner) -> dict[str, float]:
+        """The sparsity each tensor contributes to eq. 5 (the model's value everywhere under
+        global scoring)."""
+        stats = {name: SparsityStats.of(t) for name, t in tensors.items()}
+        if self.granularity == "local":
+            return {name: self.scorer(s) for name, s in stats.items()}
+        model = self.model_value(stats, pruner)
+        return dict.fromkeys(tensors, model)
+
+    def model_value(self, stats: Mapping[str, SparsityStats], pruner: MagnitudePruner) -> float:
+        """S(theta) for the fitness: the pooled measure (global) or the mean per-tensor measure
+        (local) over prunable tensors."""
+        prunable = [s for name, s in stats.items() if pruner.prunable(name)]
+        if self.granularity == "global":
+            return self.scorer(pooled(prunable))
+        return statistics.fmean(self.scorer(s) for s in prunable) if prunable else 0.0
+
+    def of_model(self, tensors: Mapping[str, torch.Tensor], pruner: MagnitudePruner) -> float:
+        return self.model_value({n: SparsityStats.of(t) for n, t in tensors.items()}, pruner)
+
+
+def shared_fitness(correct: list[list[bool]], alpha: float = 1.0) -> list[float]:
+    """M2N2 fitness sharing: f_k = sum_j s_kj / (sum_k' s_k'j)^alpha over examples j that at
+    least one member solves (an example nobody solves gives no credit and no division by 0)."""
+    if not correct:
+        return []
+    solvers = [sum(column) for column in zip(*correct, strict=True)]
+    return [
+        sum(1.0 / solvers[j] ** alpha for j, solved in enumerate(row) if solved and solvers[j] > 0)
+        for row in correct
+    ]
+
+
+@dataclass
+class SAEState:
+    generation: int
+    members: list[Member]
+    next_id: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "generation": self.generation,
+            "members": [m.to_json() for m in self.members],
+            "next_id": self.next_id,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> SAEState:
+        members = [Member.from_json(m) for m in data["members"]]
+        return cls(data["generation"], members, data["next_id"], data["metrics"])
+
+
+class SAE:
+    """See the module docstring. Parameters mirror `conf/method/sae.yaml`."""
+
+    name = "sae"
+    state_type = SAEState
+
+    def __init__(
+        self,
+        schedule,
+        pruner: MagnitudePruner,
+        scoring: SparsityScoring,
+        merger: Callable = merge_fns.linear,
+        archive_size: int = 6,
+        n_sparse_variants: int = 2,
+        sparsity_weight: float = 0.1,
+        redense: str = "parents",
+        competition: str = "worst",
+        sharing_alpha: float = 1.0,
+        redraw_opt: bool = True,
+    ) -> None:
+        self.schedule = schedule
+        self.pruner = pruner
+        self.scoring = scoring
+        self.merge_fn = merger
+        self.archive_size = archive_size
+        self.n_sparse_variants = n_sparse_variants
+        self.sparsity_weight = sparsity_weight
+        self.redense = redense
+        self.competition = competition
+        self.sharing_alpha = sharing_alpha
+        self.redraw_opt = redraw_opt
+
+    @property
+    def steps(self) -> int:
+        return self.schedule.steps
+
+    # --- the generation loop's interface ---------------------------------------------------
+
+    def initialize(self, ctx: RunContext) -> SAEState:
+        """Generation 0: the dense experts plus their pruned variants."""
+        state = SAEState(generation=0, members=[])
+        s_min, s_max = self.schedule.range
+        n = self.n_sparse_variants
+        rates = (
+            [s_min + (s_max - s_min) * i / (n - 1) for i in range(n)] if n > 1 else [(s_min + s_max) / 2] * n
+        )
+        for index, name in enumerate(ctx.models.expert_names):
+            dense = ctx.load_expert(index)
+            self._add(ctx, state, dense, origin=f"expert:{name}", rate=0.0)
+            for rate in rates:
+                with ctx.timer.section("prune"):
+                    variant = self.pruner.prune(dense, rate)
+                self._add(ctx, state, variant, origin=f"variant:{name}", rate=rate)
+        state.metrics = self._summary(ctx, state, ctx.sample(self._draw(0)), rate=None, ratios=[])
+        return state
+
+    def step(self, ctx: RunContext, state: SAEState, generation: int) -> SAEState:
+        rate = self.schedule.rate(generation)
+        sample = ctx.sample(self._draw(generation))
+        scores = {m.ident: ctx.score(m, sample) for m in state.members}
+        rng = ctx.rng("pairs", generation)
+        order = list(range(len(state.members)))
+        rng.shuffle(order)
+        pairs = [
+            (state.members[order[2 * i]], state.members[order[2 * i + 1]]) for i in range(len(order) // 2)
+        ]
+        dense_reference = self._original_dense(ctx) if self.redense == "original_dense" else None
+        ratios: list[float] = []
+        children: list[Member] = []
+        for a, b in pairs:
+            tensors, used = self._make_child(
+                ctx, a, b, scores[a.ident].mean, scores[b.ident].mean, rate, dense_reference
+            )
+            ratios.extend(used)
+            child = self._add(
+                ctx, state, tensors, "child", rate, generation, parents=[a.ident, b.ident], join=False
+            )
+            scores[child.ident] = ctx.score(child, sample)
+            children.append(child)
+        for child in children:
+            self._compete(ctx, state, child, scores)
+        state.generation = generation
+        state.metrics = self._summary(ctx, state, sample, rate, ratios, scores)
+        return state
+
+    def best(self, ctx: RunContext, state: SAEState) -> Outcome:
+        """The member with the best task score on the last optimization draw."""
+        sample = ctx.sample(self._draw(state.generation))
+        scored = [(ctx.score(m, sample), m) for m in state.members]
+        score, member = max(scored, key=lambda pair: pair[0].mean)
+        return Outcome(member, score)
+
+    # --- pieces ----------------------------------------------------------------------------
+
+    def _draw(self, generation: int) -> int:
+        """Which optimization draw generation t uses (one per generation, or always the first)."""
+        return generation if self.redraw_opt else 0
+
+    def fitness(self, scores: Scores, member: Member) -> float:
+        return scores.mean + self.sparsity_weight * member.sparsity
+
+    def _add(
+        self,
+        ctx: RunContext,
+        state: SAEState,
+        tensors,
+        origin: str,
+        rate: float,
+        generation: int = 0,
+        parents=None,
+        join: bool = True,
+    ) -> Member:
+        """Store an individual; generation-0 members join the archive, children compete first."""
+        member = Member(
+            ident=f"g{generation:03d}-{state.next_id:04d}",
+            origin=origin,
+            generation=generation,
+            rate=rate,
+            sparsity=self.scoring.of_model(tensors, self.pruner),
+            parents=list(parents or []),
+        )
+        state.next_id += 1
+        ctx.store.save(member.ident, tensors)
+        if join:
+            state.members.append(member)
+        return member
+
+    def _original_dense(self, ctx: RunContext) -> dict[str, torch.Tensor]:
+        """The uniform average of the original dense experts (the re-dense source)."""
+        experts = [ctx.load_expert(i) for i in range(len(ctx.models.experts))]
+        return {name: merge_fns.weighted_average([e[name] for e in experts]) for name in experts[0]}
+
+    def _make_child(self, ctx: RunContext, a: Member, b: Member, p_a: float, p_b: float, rate: float, dense):
+        """Prune both parents to `rate`, mix with eq. 5, merge, re-dense, prune the child."""
+        with ctx.timer.section("prune"):
+            parent_a = self.pruner.prune(ctx.store.load(a.ident), rate)
+            parent_b = self.pruner.prune(ctx.store.load(b.ident), rate)
+        with ctx.timer.section("merge"):
+            s_a = self.scoring.per_tensor(parent_a, self.pruner)
+            s_b = self.scoring.per_tensor(parent_b, self.pruner)
+            child, ratios = {}, []
+            alpha = self.sparsity_weight
+            for name in parent_a:
+                ratio = merge_fns.mixing_ratio(p_a, alpha * s_a[name], p_b, alpha * s_b[name])
+                merged = self.merge_fn(parent_a[name], parent_b[name], ratio)
+                if dense is not None:
+                    merged = merge_fns.fill_zeros(merged, parent_a[name], parent_b[name], dense[name])
+                child[name] = merged
+                ratios.append(ratio)
+        with ctx.timer.section("prune"):
+            child = self.pruner.prune(child, rate)
+        return child, ratios
+
+    def _compete(self, ctx: RunContext, state: SAEState, child: Member, scores: dict[str, Scores]) -> None:
+        """The child joins while the archive has room; then it takes the place of the weakest
+        member if it is fitter (`worst`), or the lowest shared fitness leaves (`shared`)."""
+        if len(state.members) < self.archive_size:
+            state.members.append(child)
+            return
+        candidates = state.members + [child]
+        if self.competition == "worst":
+            values = [self.fitness(scores[m.ident], m) for m in candidates]
+        else:
+            shared = shared_fitness([scores[m.ident].flat() for m in candidates], self.sharing_alpha)
+            values = [f + self.sparsity_weight * m.sparsity for f, m in zip(shared, candidates, strict=True)]
+        # the child leaves on a tie: an incumbent is only replaced by a strictly fitter child
+        loser = min(range(len(candidates)), key=lambda i: (values[i], i != len(candidates) - 1))
+        if loser < len(state.members):
+            ctx.retire(state.members[loser].ident)
+            state.members[loser] = child
+        else:
+            ctx.retire(child.ident)
+
+    def _summary(self, ctx, state, sample: Sample, rate, ratios, scores=None) -> dict[str, Any]:
+        scores = scores or {m.ident: ctx.score(m, sample) for m in state.members}
+        fitness = [self.fitness(scores[m.ident], m) for m in state.members]
+        best = max(state.members, key=lambda m: scores[m.ident].mean)
+        sparsity = [m.sparsity for m in state.members]
+        summary = {
+            "sparsity_rate": rate,
+            "fitness/best": max(fitness),
+            "fitness/mean": statistics.fmean(fitness),
+            "fitness/worst": min(fitness),
+            "best/score": scores[best.ident].mean,
+            **{f"best/{task}": acc for task, acc in scores[best.ident].task_accuracy().items()},
+            "best/ident": best.ident,
+            "archive/sparsity_min": min(sparsity),
+            "archive/sparsity_mean": statistics.fmean(sparsity),
+            "archive/sparsity_max": max(sparsity),
+            "archive/size": len(state.members),
+        }
+        if ratios:
+            summary.update(
+                {
+                    "ratio/mean": statistics.fmean(ratios),
+                    "ratio/min": min(ratios),
+                    "ratio/max": max(ratios),
+                    "ratio/std": statistics.pstdev(ratios),
+                }
+            )
+        return summary

@@ -1,0 +1,282 @@
+"""Loading and saving Hugging Face causal LMs: local folders, hub ids and GGUF files.
+
+A model is named by one string: a local folder, a local `.gguf` file, or a hub id (downloaded
+on first use, for online users; `HF_HUB_OFFLINE=1` makes a missing download an error, not a
+hang). Tensors are read lazily from safetensors (memory-mapped), so a merge can stream them one
+at a time; a GGUF file is dequantized once by transformers (`gguf_file=`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from sae_merging.utils.files import atomic_directory
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+EXPECTED = "expected a local model folder, a .gguf file, or a hub id like 'owner/name'"
+
+
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"dtype={name!r} is not supported; valid: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model comes from: `path` is a local folder or hub id, `gguf_file` a file name
+    inside it when the weights are GGUF."""
+
+    path: str
+    gguf_file: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str | os.PathLike | ModelRef) -> ModelRef:
+        if isinstance(spec, ModelRef):
+            return spec
+        spec = str(spec)
+        if spec.endswith(".gguf"):
+            file = Path(spec)
+            if not file.is_file():
+                raise FileNotFoundError(f"GGUF file {spec!r} does not exist")
+            return cls(str(file.parent.resolve()), file.name)
+        return cls(spec)
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.path).is_dir()
+
+    def __str__(self) -> str:
+        return str(Path(self.path) / self.gguf_file) if self.gguf_file else self.path
+
+    def local_dir(self) -> Path:
+        """The folder holding the files: the local path, or the hub snapshot (downloaded on
+        first use; offline, only what is already cached)."""
+        if self.is_local:
+            return Path(self.path)
+        if looks_like_path(self.path):
+            raise FileNotFoundError(f"model path {self.path!r} does not exist ({EXPECTED})")
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = snapshot_download(self.path, allow_patterns=HUB_PATTERNS)
+        except Exception as error:  # offline, unknown repo, gated repo: say which and why
+            raise FileNotFoundError(
+                f"model {self.path!r} is not a local folder and could not be fetched from the "
+                f"hub ({type(error).__name__}: {error}); {EXPECTED}"
+            ) from error
+        return Path(folder)
+
+    def load_kwargs(self) -> dict:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def looks_like_path(spec: str) -> bool:
+    """A spec that cannot be a hub id (`owner/name`) names a local path."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") != 1
+
+
+def load_config(ref: str | ModelRef) -> PretrainedConfig:
+    ref = ModelRef.parse(ref)
+    source = ref.local_dir() if not ref.gguf_file else ref.path
+    return AutoConfig.from_pretrained(source, **ref.load_kwargs())
+
+
+def load_tokenizer(ref: str | ModelRef) -> PreTrainedTokenizerBase:
+    ref = ModelRef.parse(ref)
+    source = ref.local_dir() if not ref.gguf_file else ref.path
+    tokenizer = AutoTokenizer.from_pretrained(source, **ref.load_kwargs())
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    ref: str | ModelRef,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
+    """A causal LM in `dtype` on `device`, in eval mode."""
+    ref = ModelRef.parse(ref)
+    source = ref.local_dir() if not ref.gguf_file else ref.path
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=parse_dtype(dtype), **ref.load_kwargs(), **kwargs
+    )
+    return model.to(device).eval()
+
+
+def tied_aliases(config: PretrainedConfig) -> dict[str, str]:
+    """Names that are views of another tensor (`lm_head.weight` -> the input embedding when
+    embeddings are tied): they are neither merged nor saved a second time."""
+    tied = getattr(config, "tie_word_embeddings", False)
+    text_config = getattr(config, "text_config", None)
+    if text_config is not None:
+        tied = tied or getattr(text_config, "tie_word_embeddings", False)
+    return {"lm_head.weight": "model.embed_tokens.weight"} if tied else {}
+
+
+class Checkpoint:
+    """Read-only, lazy access to a model's tensors by name.
+
+    Safetensors files are opened memory-mapped and a tensor is read only when asked for; other
+    formats (GGUF, PyTorch .bin) are loaded once through transformers. Tied aliases are left
+    out of `names()`.
+    """
+
+    def __init__(self, ref: str | ModelRef) -> None:
+        self.ref = ModelRef.parse(ref)
+        self._tensors: dict[str, torch.Tensor] | None = None
+        self._files: dict[str, Path] = {}
+        if not self.ref.gguf_file:
+            self._files = _safetensors_files(self.ref.local_dir())
+        if not self._files:
+            model = load_model(self.ref)
+            aliases = tied_aliases(model.config)
+            self._tensors = {k: v.detach() for k, v in model.state_dict().items() if k not in aliases}
+
+    @cached_property
+    def config(self) -> PretrainedConfig:
+        return load_config(self.ref)
+
+    @cached_property
+    def _handles(self) -> dict[Path, object]:
+        return {file: safe_open(file, framework="pt") for file in set(self._files.values())}
+
+    def names(self) -> list[str]:
+        aliases = tied_aliases(self.config)
+        names = self._tensors if self._tensors is not None else self._files
+        return [name for name in names if name not in aliases]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if self._tensors is not None:
+            return tuple(self._tensors[name].shape)
+        return tuple(self._handles[self._files[name]].get_slice(name).get_shape())
+
+    def get(self, name: str) -> torch.Tensor:
+        if self._tensors is not None:
+            return self._tensors[name]
+        return self._handles[self._files[name]].get_tensor(name)
+
+    def state_dict(self, dtype: str | torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        dtype = parse_dtype(dtype)
+        return {n: self.get(n).to(dtype) if dtype else self.get(n) for n in self.names()}
+
+
+def _safetensors_files(folder: Path) -> dict[str, Path]:
+    """Tensor name -> safetensors file in a model folder (single file or sharded index)."""
+    index = folder / SAFETENSORS_INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: folder / file for name, file in weight_map.items()}
+    single = folder / SAFETENSORS_FILE
+    if single.is_file():
+        with safe_open(single, framework="pt") as handle:
+            return {name: single for name in handle.keys()}
+    return {}
+
+
+def load_state_dict(ref: str | ModelRef, dtype: str | torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a model by name (tied aliases left out)."""
+    return Checkpoint(ref).state_dict(dtype)
+
+
+def save_model_folder(
+    out_dir: str | os.PathLike,
+    tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+    config: PretrainedConfig,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    generation_config: GenerationConfig | None = None,
+    max_shard_bytes: int = 5 * 2**30,
+) -> Path:
+    """Write a Hugging Face model folder (safetensors shards, config, tokenizer, generation
+    config) atomically: the folder appears complete or not at all.
+
+    `tensors` may be an iterator, so a merge can stream them: only one shard is held at a time.
+    Tied aliases are dropped, as `save_pretrained` does.
+    """
+    out_dir = Path(out_dir)
+    aliases = tied_aliases(config)
+    items = tensors.items() if isinstance(tensors, Mapping) else tensors
+    with atomic_directory(out_dir) as tmp:
+        weight_map, dtypes, total = _write_shards(tmp, items, aliases, max_shard_bytes)
+        config = config.__class__.from_dict(config.to_dict())
+        if dtypes:
+            config.dtype = str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else None
+        config.save_pretrained(tmp)
+        if generation_config is None:
+            generation_config = GenerationConfig.from_model_config(config)
+        generation_config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        files = sorted(set(weight_map.values()))
+        if len(files) == 1:
+            os.replace(tmp / files[0], tmp / SAFETENSORS_FILE)
+        else:
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2))
+    return out_dir
+
+
+def _write_shards(
+    folder: Path,
+    items: Iterable[tuple[str, torch.Tensor]],
+    aliases: Mapping[str, str],
+    max_shard_bytes: int,
+) -> tuple[dict[str, str], set[torch.dtype], int]:
+    weight_map: dict[str, str] = {}
+    dtypes: set[torch.dtype] = set()
+    shard: dict[str, torch.Tensor] = {}
+    shard_bytes = total = 0
+
+    def flush() -> None:
+        nonlocal shard, shard_bytes
+        if shard:
+            name = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
+            save_file(shard, str(folder / name), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, name))
+            shard, shard_bytes = {}, 0
+
+    for name, tensor in items:
+        if name in aliases:
+            continue
+        size = tensor.numel() * tensor.element_size()
+        if shard and shard_bytes + size > max_shard_bytes:
+            flush()
+        shard[name] = tensor.detach().contiguous().cpu()
+        dtypes.add(tensor.dtype)
+        shard_bytes += size
+        total += size
+    flush()
+    return weight_map, dtypes, total
+
+
+def iter_tensors(
+    checkpoint: Checkpoint, names: Iterable[str] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    for name in names if names is not None else checkpoint.names():
+        yield name, checkpoint.get(name)

@@ -1,0 +1,137 @@
+"""Scoring individuals on task samples, with a cache so nothing is scored twice.
+
+One model object (built once from the reference config) is reused for every individual: its
+weights are overwritten in place, which is far cheaper than building a model per evaluation.
+Per-example correctness is cached by (individual id, example uid); individuals never change
+after they are made, so a cached answer stays valid, and re-scoring an archive on a new
+optimization draw only computes the examples it has not seen.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerBase
+
+from sae_merging.models.io import parse_dtype, tied_aliases
+from sae_merging.tasks.base import Example, TaskData
+
+TensorSource = Callable[[], Mapping[str, torch.Tensor]]
+
+
+@dataclass
+class Scores:
+    """Per-task correctness of one individual on one sample."""
+
+    correct: dict[str, list[bool]]
+
+    def task_accuracy(self) -> dict[str, float]:
+        return {task: sum(c) / len(c) if c else 0.0 for task, c in self.correct.items()}
+
+    @property
+    def mean(self) -> float:
+        """The task score p: mean over tasks of the accuracy (each task counts equally)."""
+        accuracy = self.task_accuracy()
+        return sum(accuracy.values()) / len(accuracy) if accuracy else 0.0
+
+    def flat(self) -> list[bool]:
+        """All examples' correctness, task after task (for fitness sharing)."""
+        return [c for task in sorted(self.correct) for c in self.correct[task]]
+
+
+@dataclass
+class FitnessCounters:
+    fitness_evaluations: int = 0  # (individual, sample) scorings requested
+    examples_scored: int = 0  # (individual, example) pairs actually computed
+
+
+class FitnessEvaluator:
+    """Scores individuals' tensors on task examples with a reusable model."""
+
+    def __init__(
+        self,
+        evaluator,
+        config: PretrainedConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        dtype: str | torch.dtype = "float32",
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.evaluator = evaluator
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.model = AutoModelForCausalLM.from_config(config, dtype=parse_dtype(dtype)).to(self.device).eval()
+        self.aliases = set(tied_aliases(config))
+        self.cache: dict[str, dict[str, bool]] = {}
+        self.counters = FitnessCounters()
+        self._loaded: str | None = None
+
+    def load_weights(self, ident: str, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Copy an individual's tensors into the model (in place, keeping tied weights tied)."""
+        if self._loaded == ident:
+            return
+        result = self.model.load_state_dict(dict(tensors), strict=False)
+        missing = set(result.missing_keys) - self.aliases
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"individual {ident!r} does not fit the model: missing {sorted(missing)[:3]}, "
+                f"unexpected {sorted(result.unexpected_keys)[:3]}"
+            )
+        self._loaded = ident
+
+    def score(
+        self, ident: str, tensors: TensorSource, samples: Mapping[str, tuple[TaskData, Sequence[Example]]]
+    ) -> Scores:
+        """Correctness of individual `ident` on each task's sample; `tensors` is called only if
+        some example is not cached yet."""
+        self.counters.fitness_evaluations += 1
+        known = self.cache.setdefault(ident, {})
+        for task, examples in samples.values():
+            todo = [e for e in examples if e.uid not in known]
+            if not todo:
+                continue
+            self.load_weights(ident, tensors())
+            result = self.evaluator.evaluate(self.model, self.tokenizer, task, todo)
+            known.update(zip(result.uids, result.correct, strict=True))
+            self.counters.examples_scored += len(todo)
+        return Scores({name: [known[e.uid] for e in examples] for name, (_, examples) in samples.items()})
+
+    def forget(self, ident: str) -> None:
+        """Drop the cache of an individual that left the archive."""
+        self.cache.pop(ident, None)
+        if self._loaded == ident:
+            self._loaded = None
+
+    def state(self) -> dict:
+        return {"cache": self.cache, "counters": vars(self.counters).copy()}
+
+    def restore(self, state: Mapping) -> None:
+        self.cache = {ident: dict(results) for ident, results in state["cache"].items()}
+        self.counters = FitnessCounters(**state["counters"])
+        self._loaded = None
+
+
+@dataclass
+class Timer:
+    """Seconds spent per section (merge, prune, evaluate, ...), cumulative and per generation."""
+
+    totals: dict[str, float] = field(default_factory=dict)
+    current: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def section(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            self.totals[name] = self.totals.get(name, 0.0) + elapsed
+            self.current[name] = self.current.get(name, 0.0) + elapsed
+
+    def take(self) -> dict[str, float]:
+        """This generation's seconds per section, then start the next generation at zero."""
+        taken, self.current = self.current, {}
+        return taken

@@ -1,0 +1,96 @@
+"""The on-disk home of individuals: one folder each, written atomically.
+
+An individual's tensors are stored compactly when that is smaller: a pruned tensor as a packed
+bitmask of its non-zeros plus the non-zero values (at 60% sparsity in bf16 that is 46% of the
+dense bytes), a dense one as is. Loading gives back bit-identical tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from sae_merging.utils.files import atomic_directory
+
+_MASK, _VALUES = "::mask", "::values"
+TENSORS_FILE = "tensors.safetensors"
+META_FILE = "meta.json"
+
+
+def pack(tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """Bitmask + values of a tensor, or None when the dense form is not larger."""
+    flat = tensor.detach().reshape(-1)
+    nonzero = flat != 0
+    kept = int(nonzero.sum())
+    compact_bytes = (flat.numel() + 7) // 8 + kept * flat.element_size()
+    if compact_bytes >= flat.numel() * flat.element_size():
+        return None
+    bits = np.packbits(nonzero.cpu().numpy())
+    return {_MASK: torch.from_numpy(bits), _VALUES: flat[nonzero].contiguous()}
+
+
+def unpack(mask: torch.Tensor, values: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    n = int(np.prod(shape)) if shape else 1
+    nonzero = torch.from_numpy(np.unpackbits(mask.numpy(), count=n).astype(bool))
+    flat = torch.zeros(n, dtype=values.dtype)
+    flat[nonzero] = values
+    return flat.reshape(shape)
+
+
+class IndividualStore:
+    """Individuals by id under `root`; `save` is atomic, `load` returns name -> tensor."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, ident: str) -> Path:
+        return self.root / ident
+
+    def exists(self, ident: str) -> bool:
+        return (self.path(ident) / META_FILE).is_file()
+
+    def save(self, ident: str, tensors: Mapping[str, torch.Tensor], meta: Mapping | None = None) -> None:
+        stored: dict[str, torch.Tensor] = {}
+        shapes: dict[str, list[int]] = {}
+        for name, tensor in tensors.items():
+            shapes[name] = list(tensor.shape)
+            packed = pack(tensor)
+            if packed is None:
+                stored[name] = tensor.detach().contiguous().cpu()
+            else:
+                stored.update({name + key: value for key, value in packed.items()})
+        with atomic_directory(self.path(ident)) as tmp:
+            save_file(stored, str(tmp / TENSORS_FILE))
+            (tmp / META_FILE).write_text(
+                json.dumps({"shapes": shapes, "order": list(tensors), **(meta or {})})
+            )
+
+    def meta(self, ident: str) -> dict:
+        return json.loads((self.path(ident) / META_FILE).read_text())
+
+    def load(self, ident: str) -> dict[str, torch.Tensor]:
+        meta = self.meta(ident)
+        stored = load_file(str(self.path(ident) / TENSORS_FILE))
+        tensors = {}
+        for name in meta["order"]:
+            if name in stored:
+                tensors[name] = stored[name]
+            else:
+                tensors[name] = unpack(stored[name + _MASK], stored[name + _VALUES], meta["shapes"][name])
+        return tensors
+
+    def nbytes(self, ident: str) -> int:
+        return sum(f.stat().st_size for f in self.path(ident).iterdir())
+
+    def delete(self, ident: str) -> None:
+        shutil.rmtree(self.path(ident), ignore_errors=True)
+
+    def idents(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if (p / META_FILE).is_file())

@@ -1,0 +1,65 @@
+"""Sparsity-rate schedules (`schedule=`): the rate s_t used at generation t = 1..steps.
+
+`cyclic` (paper 3.6-3.7, SGDR-like): cycles of length T0, T0*T_mult, T0*T_mult^2, ...; within a
+cycle the rate rises from s_min at its first step to s_max at its last (cosine or linear),
+then restarts at s_min. A one-step cycle has nothing to rise through and uses s_max.
+`constant`: s_t = rate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+RISES = ("cosine", "linear")
+
+
+@dataclass(frozen=True)
+class CyclicSchedule:
+    s_min: float = 0.1
+    s_max: float = 0.6
+    T0: int = 3
+    T_mult: int = 2
+    steps: int = 12
+    rise: str = "cosine"
+
+    def position(self, t: int) -> tuple[int, int]:
+        """(index within its cycle, cycle length) of generation t (1-based)."""
+        if not 1 <= t <= self.steps:
+            raise ValueError(f"generation {t} is outside 1..{self.steps}")
+        start, length = 1, self.T0
+        while t >= start + length:
+            start += length
+            length *= self.T_mult
+        return t - start, length
+
+    def rate(self, t: int) -> float:
+        index, length = self.position(t)
+        x = 1.0 if length == 1 else index / (length - 1)
+        shape = (1 - math.cos(math.pi * x)) / 2 if self.rise == "cosine" else x
+        return self.s_min + (self.s_max - self.s_min) * shape
+
+    def rates(self) -> list[float]:
+        return [self.rate(t) for t in range(1, self.steps + 1)]
+
+    @property
+    def range(self) -> tuple[float, float]:
+        return self.s_min, self.s_max
+
+
+@dataclass(frozen=True)
+class ConstantSchedule:
+    rate_value: float = 0.3
+    steps: int = 12
+
+    def rate(self, t: int) -> float:
+        if not 1 <= t <= self.steps:
+            raise ValueError(f"generation {t} is outside 1..{self.steps}")
+        return self.rate_value
+
+    def rates(self) -> list[float]:
+        return [self.rate_value] * self.steps
+
+    @property
+    def range(self) -> tuple[float, float]:
+        return self.rate_value, self.rate_value

@@ -1,0 +1,64 @@
+"""Sparsity measures in [0, 1] (`scorer=`), per tensor and pooled over a model.
+
+- `zero_count`: the fraction of exact zeros.
+- `magnitude`: Hoyer's measure (sqrt(n) - L1/L2) / (sqrt(n) - 1): 0 for a tensor whose entries
+  all have one magnitude, 1 for a tensor with a single non-zero; an all-zero tensor counts 1.
+
+Both pool over several tensors from running sums (count, zeros, L1, squared L2), so a model's
+measure streams tensor by tensor and equals the measure of all its tensors concatenated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SparsityStats:
+    """Sufficient statistics of a tensor (or of several, by addition)."""
+
+    count: int = 0
+    zeros: int = 0
+    l1: float = 0.0
+    l2_squared: float = 0.0
+
+    @classmethod
+    def of(cls, tensor: torch.Tensor) -> SparsityStats:
+        t = tensor.detach().to(torch.float32)
+        return cls(t.numel(), int((t == 0).sum()), float(t.abs().sum()), float(t.pow(2).sum()))
+
+    def __add__(self, other: SparsityStats) -> SparsityStats:
+        return SparsityStats(
+            self.count + other.count,
+            self.zeros + other.zeros,
+            self.l1 + other.l1,
+            self.l2_squared + other.l2_squared,
+        )
+
+
+def zero_count(stats: SparsityStats) -> float:
+    """The fraction of exact zeros."""
+    return stats.zeros / stats.count if stats.count else 0.0
+
+
+def magnitude(stats: SparsityStats) -> float:
+    """Hoyer's sparsity (sqrt(n) - L1/L2) / (sqrt(n) - 1), clipped to [0, 1]; an all-zero or
+    single-entry tensor counts as fully sparse."""
+    if stats.count == 0:
+        return 0.0
+    if stats.l2_squared == 0 or stats.count == 1:
+        return 1.0
+    root_n = math.sqrt(stats.count)
+    value = (root_n - stats.l1 / math.sqrt(stats.l2_squared)) / (root_n - 1)
+    return min(1.0, max(0.0, value))
+
+
+SCORERS = {"zero_count": zero_count, "magnitude": magnitude}
+
+
+def pooled(stats: Iterable[SparsityStats]) -> SparsityStats:
+    return sum(stats, SparsityStats())

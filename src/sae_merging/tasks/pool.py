@@ -1,0 +1,112 @@
+"""Task pools: the tasks a merge is optimized and tested on, and how their samples are drawn.
+
+The optimization sample is drawn from each task's `opt` split (the paper re-draws 1,319 GSM8K
+and 200 MMLU-ProX items per generation); the test set is the task's `test` split, whole or a
+seeded subset, stratified by `Example.group` where asked (MMLU-ProX by language).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+
+from sae_merging.tasks.base import Example, TaskData, sample_examples
+from sae_merging.utils.files import stable_hash
+
+
+class TaskPool:
+    """Tasks plus per-task sample sizes (`None`: the whole split)."""
+
+    def __init__(
+        self,
+        tasks: Sequence[TaskData],
+        opt_size: Mapping[str, int | None] | None = None,
+        test_size: Mapping[str, int | None] | None = None,
+        stratify: Sequence[str] = (),
+    ) -> None:
+        self._tasks = list(tasks)
+        self.opt_size = dict(opt_size or {})
+        self.test_size = dict(test_size or {})
+        self.stratify = set(stratify)
+
+    @property
+    def tasks(self) -> list[TaskData]:
+        return self._tasks
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def problems(self) -> list[str]:
+        """Sizes given for tasks that do not exist (checked before any heavy work)."""
+        known = set(self.declared_names())
+        found = []
+        for key, sizes in (("opt_size", self.opt_size), ("test_size", self.test_size)):
+            for name, size in sizes.items():
+                if name not in known:
+                    found.append(f"task.{key} names unknown task {name!r}; tasks: {sorted(known)}")
+                elif size is not None and (not isinstance(size, int) or size < 1):
+                    found.append(f"task.{key}.{name}={size!r}: must be a positive integer or null")
+        for name in self.stratify:
+            if name not in known:
+                found.append(f"task.stratify names unknown task {name!r}; tasks: {sorted(known)}")
+        return found
+
+    def declared_names(self) -> list[str]:
+        """Task names known without loading data (overridden where loading is heavy)."""
+        return self.names
+
+    def task(self, name: str) -> TaskData:
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        raise KeyError(f"unknown task {name!r}; tasks: {self.names}")
+
+    def opt_sample(self, task: TaskData, seed: int, draw: int) -> list[Example]:
+        """The `draw`-th optimization sample of a task (seeded, reproducible)."""
+        draw_seed = int(stable_hash([seed, draw, task.name, "opt"]), 16)
+        return sample_examples(
+            task.split("opt"), self.opt_size.get(task.name), draw_seed, task.name in self.stratify
+        )
+
+    def test_set(self, task: TaskData, seed: int) -> list[Example]:
+        draw_seed = int(stable_hash([seed, task.name, "test"]), 16)
+        examples = sample_examples(
+            task.split("test"), self.test_size.get(task.name), draw_seed, task.name in self.stratify
+        )
+        order = {e.uid: i for i, e in enumerate(task.split("test"))}
+        return sorted(examples, key=lambda e: order[e.uid])
+
+
+class LabTaskPool(TaskPool):
+    """lab-math and lab-multilingual from the lab build (built on first use)."""
+
+    def __init__(
+        self,
+        lab: Mapping,
+        opt_size: Mapping[str, int | None] | None = None,
+        test_size: Mapping[str, int | None] | None = None,
+        stratify: Sequence[str] = (),
+        progress: bool = True,
+    ) -> None:
+        from sae_merging.lab.build import LabSpec
+
+        super().__init__([], opt_size, test_size, stratify)
+        self.lab = dict(lab)
+        self.spec = LabSpec.from_dict(self.lab)
+        self.progress = progress
+
+    def declared_names(self) -> list[str]:
+        from sae_merging.lab.build import MATH_TASK, MULTILINGUAL_TASK
+
+        return [MATH_TASK, MULTILINGUAL_TASK]
+
+    @cached_property
+    def _lab_tasks(self) -> list[TaskData]:
+        from sae_merging.lab.build import build_lab
+
+        return build_lab(self.spec, self.lab.get("cache_dir", "outputs/cache/lab"), self.progress).tasks()
+
+    @property
+    def tasks(self) -> list[TaskData]:
+        return self._lab_tasks

@@ -1,0 +1,33 @@
+"""Sparsity measures on tensors whose answer is known."""
+
+import math
+
+import pytest
+import torch
+
+from sae_merging.sparsity.measures import SparsityStats, magnitude, pooled, zero_count
+
+
+def test_zero_count():
+    assert zero_count(SparsityStats.of(torch.tensor([0.0, 1.0, 0.0, -2.0]))) == 0.5
+    assert zero_count(SparsityStats.of(torch.ones(10))) == 0.0
+
+
+def test_hoyer_extremes_and_a_hand_value():
+    assert magnitude(SparsityStats.of(torch.full((16,), -3.0))) == pytest.approx(0.0, abs=1e-12)
+    one_hot = torch.zeros(16)
+    one_hot[3] = 7.0
+    assert magnitude(SparsityStats.of(one_hot)) == pytest.approx(1.0)
+    assert magnitude(SparsityStats.of(torch.zeros(5))) == 1.0
+    x = torch.tensor([3.0, 4.0, 0.0, 0.0])  # L1 = 7, L2 = 5, n = 4
+    assert magnitude(SparsityStats.of(x)) == pytest.approx((2 - 7 / 5) / (2 - 1))
+
+
+def test_pooling_equals_concatenation():
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randn(7, generator=g), torch.zeros(3), torch.randn(5, generator=g)]
+    whole = SparsityStats.of(torch.cat(parts))
+    combined = pooled(SparsityStats.of(p) for p in parts)
+    assert combined.count == whole.count and combined.zeros == whole.zeros
+    assert math.isclose(magnitude(combined), magnitude(whole), rel_tol=1e-6)
+    assert zero_count(combined) == 3 / 15
