@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config
 from transformers import AutoModelForCausalLM
 
 from sae_merging.runtime import runner
 from sae_merging.runtime.validation import ConfigError
-from conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["experiment=smoke", "progress=false", "schedule.steps=3"]
@@ -130,7 +130,8 @@ def test_missing_model_path_is_one_clear_line(tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("config error")]
+    expected = "no such file or folder (a local path or a hub id 'owner/name')"
     assert lines == [
-        f"config error: model.experts[0]={missing!r}: no such file or folder (a local path or a hub id 'owner/name')",
-        f"config error: model.experts[1]={missing + '2'!r}: no such file or folder (a local path or a hub id 'owner/name')",
+        f"config error: model.experts[0]={missing!r}: {expected}",
+        f"config error: model.experts[1]={missing + '2'!r}: {expected}",
     ]

@@ -3,8 +3,9 @@
 The base is "pretrained" on general data of both domains: one-step word problems, a few
 two-step ones, English multiple-choice questions, and unanswered questions in every language
 (vocabulary only). The math expert is then fine-tuned on two-step problems, the multilingual
-expert on multiple choice in all five languages, both with a small learning rate so they stay
-close to the base, as fine-tuned LLMs stay close to theirs.
+expert on multiple choice in all five languages, both with a small learning rate and some
+replay of the base's data, so they stay close to the base, as fine-tuned LLMs stay close to
+theirs; their skills then interfere when merged, but can also be combined.
 
 Everything is deterministic in the spec's seed and cached on disk under a hash of the spec:
 a later run with the same spec reuses the build; concurrent runs wait for one builder.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -56,7 +58,11 @@ class BaseDataSpec:
 
 @dataclass(frozen=True)
 class ExpertSpec:
+    """`n_train` task examples plus a `replay` share of the base's answered data (as instruction
+    tuning mixes in general data), which keeps the experts from forgetting what the base knew."""
+
     n_train: int = 20000
+    replay: float = 0.3
     train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=400, lr=5e-4, warmup=20))
 
 
@@ -254,6 +260,9 @@ def _build(spec: LabSpec, out: Path, progress: bool) -> None:
         begin = time.perf_counter()
         model = copy.deepcopy(base)
         data = [encode(tokenizer, e.prompt, e.target, False) for e in tasks[task]["train"]]
+        n_replay = round(len(data) * expert.replay / (1 - expert.replay))
+        replay = random.Random(f"replay/{name}/{spec.seed}").sample(answered, min(n_replay, len(answered)))
+        data += [encode(tokenizer, e.prompt, e.target, False) for e in replay]
         train(
             model, data, expert.train, spec.seed + offset, tokenizer.pad_token_id, f"{name} expert", progress
         )

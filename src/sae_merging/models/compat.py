@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from transformers import PretrainedConfig
+
 from sae_merging.models.io import (
     Checkpoint,
     ModelRef,
@@ -78,12 +80,11 @@ def check_compatible(
     refs = [ModelRef.parse(r) for r in refs]
     labels = list(labels) if labels else [str(r) for r in refs]
     configs = [load_config(r) for r in refs]
-    architectures = [tuple(getattr(c, "architectures", None) or [c.model_type]) for c in configs]
-    for label, arch in zip(labels[1:], architectures[1:]):
-        if arch != architectures[0]:
+    for label, config in zip(labels[1:], configs[1:]):
+        if not _same_architecture(config, configs[0]):
             raise IncompatibleModelsError(
-                f"{label} is a {'/'.join(arch)} but {labels[0]} is a "
-                f"{'/'.join(architectures[0])}: only models of one architecture can be merged"
+                f"{label} is a {_architecture(config)} but {labels[0]} is a "
+                f"{_architecture(configs[0])}: only models of one architecture can be merged"
             )
     all_shapes = [tensor_shapes(r) for r in refs]
     vocab_sizes = [getattr(c, "vocab_size", None) for c in configs]
@@ -116,3 +117,16 @@ def check_compatible(
                 f"tensor {name!r} has shape {list(shape)} in {labels[0]} but {list(other)} in {label}{hint}"
             )
     return result
+
+
+def _architecture(config: PretrainedConfig) -> str:
+    return "/".join(getattr(config, "architectures", None) or [config.model_type])
+
+
+def _same_architecture(a: PretrainedConfig, b: PretrainedConfig) -> bool:
+    """Same model type, and the same model classes where both configs name them: a config built in
+    code (the lab's) or read from a GGUF file names none, one written by `save_pretrained` does."""
+    if a.model_type != b.model_type:
+        return False
+    classes = [getattr(c, "architectures", None) for c in (a, b)]
+    return not all(classes) or list(classes[0]) == list(classes[1])

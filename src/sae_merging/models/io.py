@@ -23,12 +23,13 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
+    GgufConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
-from sae_merging.utils.files import atomic_directory
+from sae_merging.utils.files import _default_mode, atomic_directory
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SAFETENSORS_FILE = "model.safetensors"
@@ -93,6 +94,14 @@ class ModelRef:
     def load_kwargs(self) -> dict:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
+    def model_kwargs(self) -> dict:
+        """`load_kwargs` for a model. GGUF weights are unpacked into plain tensors: merging needs
+        their values, and a model left quantized (blocks in custom layers, a GGUF
+        `quantization_config`) would be saved as a quantized one that its folder does not hold."""
+        if not self.gguf_file:
+            return {}
+        return {**self.load_kwargs(), "quantization_config": GgufConfig(dequantize=True)}
+
 
 def looks_like_path(spec: str) -> bool:
     """A spec that cannot be a hub id (`owner/name`) names a local path."""
@@ -125,7 +134,7 @@ def load_model(
     source = ref.local_dir() if not ref.gguf_file else ref.path
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=parse_dtype(dtype), **ref.load_kwargs(), **kwargs
+        source, dtype=parse_dtype(dtype), **ref.model_kwargs(), **kwargs
     )
     return model.to(device).eval()
 
@@ -258,6 +267,7 @@ def _write_shards(
         if shard:
             name = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
             save_file(shard, str(folder / name), metadata={"format": "pt"})
+            os.chmod(folder / name, _default_mode(directory=False))  # save_file leaves it private
             weight_map.update(dict.fromkeys(shard, name))
             shard, shard_bytes = {}, 0
 

@@ -62,6 +62,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     problems = pool_problems(models, tasks, cfg.get("method"))
     if problems:
         raise ConfigError(problems)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)
     _ = models.compatibility  # refuse mismatched models before loading any weights
     reference = models.base or models.experts[0]

@@ -69,6 +69,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
     """Every invalid setting of a composed run config (empty when all is well)."""
     checks = _Checks(cfg)
     checks.integer("seed", 0)
+    if _get(cfg, "threads") is not None:
+        checks.integer("threads", 1)
     checks.rule(
         "device",
         lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v) is not None,
