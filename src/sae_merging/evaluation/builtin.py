@@ -129,6 +129,8 @@ class BuiltinEvaluator:
             for j, row in enumerate(rows):
                 input_ids[j, width - len(row) :] = torch.tensor(row)
                 attention[j, width - len(row) :] = 1
+            # End tokens come from the model's generation config, as in lm-eval (instruct models
+            # list several; the tokenizer names only one).
             output = model.generate(
                 input_ids=input_ids.to(model.device),
                 attention_mask=attention.to(model.device),
@@ -136,7 +138,6 @@ class BuiltinEvaluator:
                 do_sample=False,
                 stopping_criteria=[_StopOnStrings(tokenizer, stops, width)],
                 pad_token_id=pad_id,
-                eos_token_id=tokenizer.eos_token_id,
                 use_cache=True,
             )
             texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)

@@ -100,3 +100,48 @@ def write_jsonl(path: Path, examples: Sequence[Example]) -> None:
 def read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def is_local_source(source: str) -> bool:
+    """A data source that cannot be a hub id (`owner/name`) names a local file or folder."""
+    return Path(source).expanduser().exists() or source.startswith((".", "/", "~")) or source.count("/") != 1
+
+
+def load_rows(sources: dict[str, str], config_name: str | None = None) -> dict[str, list[dict]]:
+    """Rows of each split, keyed as `sources` is: {split: source}.
+
+    A source is a local folder holding `<split>.jsonl`, a local `.jsonl` file (that split
+    only), or a hub dataset id read with `datasets.load_dataset(source, config_name)` (needs the
+    hub, or its cache). Two splits never silently share one local file (test rows would leak
+    into optimization).
+    """
+    sources = {split: str(source) for split, source in sources.items()}  # Path objects welcome
+    files: dict[str, Path] = {}
+    for split, source in sources.items():
+        if is_local_source(source):
+            path = Path(source).expanduser()
+            file = path / f"{split}.jsonl" if path.is_dir() else path
+            if not file.is_file():
+                raise FileNotFoundError(f"no {split} data at {str(file)!r} (from source {source!r})")
+            files[split] = file
+    resolved = [file.resolve() for file in files.values()]
+    for split, file in files.items():
+        if resolved.count(file.resolve()) > 1:
+            raise ValueError(f"splits must not share a file: {split} and another read {str(file)!r}")
+    return {
+        split: read_jsonl(files[split]) if split in files else _hub_rows(source, config_name, split)
+        for split, source in sources.items()
+    }
+
+
+def _hub_rows(source: str, config_name: str | None, split: str) -> list[dict]:
+    import datasets
+
+    try:
+        return list(datasets.load_dataset(source, config_name, split=split))
+    except Exception as error:  # offline, unknown id or config: say which and how to go on
+        raise FileNotFoundError(
+            f"{source!r} is no local path, and its split {split!r} (config {config_name!r}) could "
+            f"not be loaded from the hub ({type(error).__name__}: {error}); offline, pass a local "
+            f"path instead: a .jsonl file or a folder holding {split}.jsonl"
+        ) from error

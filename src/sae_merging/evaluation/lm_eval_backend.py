@@ -1,0 +1,241 @@
+"""Scoring through lm-eval's own harness, the reference the built-in evaluator is held to.
+
+Our examples are written as an lm-eval task (a YAML over a JSONL of the rendered prompts, in a
+temporary folder) and run by `lm_eval.simple_evaluate` with its HF backend on the loaded model,
+so tokenization, generation, stop strings, answer filters and metrics are all lm-eval's: the
+`generate` metric is the `gsm8k` task's exact match with its two filters, `multiple_choice` is
+`acc` over the example's choices. Per-example correctness comes back from lm-eval's logged
+samples by document index.
+
+`registered` maps a task of ours to one of lm-eval's registered tasks (`{gsm8k: gsm8k,
+mmlu_prox: mmlu_prox_en}`); such a task is run instead of our examples, reading its data from
+the hub (online users only), and the scores are its own documents' (`<subtask>/<doc_id>`), so
+it serves as a `final_evaluator`, not for fitness (whose samples are our examples).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import yaml
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sae_merging.evaluation.builtin import TaskScores
+from sae_merging.evaluation.extraction import EXTRACTIONS, FLEXIBLE_PATTERN, IGNORE_PATTERNS, STRICT_PATTERN
+from sae_merging.tasks.base import Example, TaskData
+
+# lm-eval's gsm8k filter names for our extraction names.
+FILTERS = {"strict": "strict-match", "flexible": "flexible-extract"}
+QUIET_LOGGERS = ("lm_eval", "datasets")
+# lm-eval modules that draw progress bars with a module-level `tqdm`.
+TQDM_MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")
+
+
+@contextmanager
+def _quiet(progress: bool) -> Iterator[None]:
+    """lm-eval and datasets log every task load and draw a progress bar per stage, on every
+    fitness evaluation: keep logs to errors, and bars off unless `progress`, for the duration of
+    one evaluation, then restore the caller's settings."""
+    import datasets
+
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    bars_were_off = datasets.are_progress_bars_disabled()
+    modules = [importlib.import_module(name) for name in TQDM_MODULES]
+    bars = {module: module.tqdm for module in modules if hasattr(module, "tqdm")}
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if not progress:
+        datasets.disable_progress_bars()
+        for module, bar in bars.items():
+            module.tqdm = partial(_hidden_bar, bar)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        for module, bar in bars.items():
+            module.tqdm = bar
+        if not bars_were_off:
+            datasets.enable_progress_bars()
+
+
+def _hidden_bar(bar: type, *args, **kwargs):
+    """A progress bar that stays hidden whatever `disable` its caller passes."""
+    return bar(*args, **{**kwargs, "disable": True})
+
+
+def task_config(task: TaskData, data_file: Path, cache_dir: Path, task_name: str) -> dict:
+    """The lm-eval task config for our rendered examples of `task` (written to `data_file`)."""
+    config: dict = {
+        "task": task_name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}, "cache_dir": str(cache_dir)},
+        "test_split": "test",
+        "doc_to_text": "{{prompt}}",
+        "metadata": {"version": 1.0},
+    }
+    if task.kind == "generate":
+        config.update(
+            output_type="generate_until",
+            doc_to_target="{{answer}}",
+            generation_kwargs={
+                "until": list(task.stop),
+                "do_sample": False,
+                "max_gen_toks": task.max_new_tokens,
+            },
+            metric_list=[
+                {
+                    "metric": "exact_match",
+                    "aggregation": "mean",
+                    "higher_is_better": True,
+                    "ignore_case": True,
+                    "ignore_punctuation": False,
+                    "regexes_to_ignore": list(IGNORE_PATTERNS),
+                }
+            ],
+            filter_list=[
+                _regex_filter(FILTERS["strict"], STRICT_PATTERN.pattern),
+                _regex_filter(FILTERS["flexible"], FLEXIBLE_PATTERN.pattern, group_select=-1),
+            ],
+        )
+    else:
+        config.update(
+            output_type="multiple_choice",
+            doc_to_choice="{{choices}}",
+            doc_to_target="{{label}}",
+            target_delimiter="",  # our choices carry their own leading space
+            metric_list=[{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        )
+    return config
+
+
+def _regex_filter(name: str, pattern: str, group_select: int | None = None) -> dict:
+    regex = {"function": "regex", "regex_pattern": pattern}
+    if group_select is not None:
+        regex["group_select"] = group_select
+    return {"name": name, "filter": [regex, {"function": "take_first"}]}
+
+
+def write_task(folder: Path, task: TaskData, examples: Sequence[Example]) -> str:
+    """Write `examples` and their task config into `folder`; returns the lm-eval task name."""
+    task_name = "sae_merging_" + re.sub(r"\W", "_", task.name)
+    data_file = folder / "examples.jsonl"
+    fields = ("uid", "prompt", "answer") if task.kind == "generate" else ("uid", "prompt", "choices", "label")
+    rows = (e.to_json() for e in examples)
+    lines = (json.dumps({f: row[f] for f in fields}, ensure_ascii=False) + "\n" for row in rows)
+    data_file.write_text("".join(lines), encoding="utf-8")
+    config = task_config(task, data_file, folder / "datasets-cache", task_name)
+    (folder / f"{task_name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return task_name
+
+
+def _sample_output(sample: dict) -> str:
+    """The raw generation, or the index of the most likely choice."""
+    first = sample["resps"][0][0]
+    if isinstance(first, str):
+        return first
+    scores = [float(response[0]) for response in sample["filtered_resps"]]
+    return str(scores.index(max(scores)))
+
+
+def _sample_correct(sample: dict) -> bool:
+    return float(sample["acc"] if "acc" in sample else sample["exact_match"]) == 1.0
+
+
+class LmEvalEvaluator:
+    """Same interface as BuiltinEvaluator; see the module docstring."""
+
+    name = "lm_eval"
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        extraction: str = "strict",
+        max_length: int | None = None,
+        registered: Mapping[str, str] | None = None,
+        num_fewshot: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        if extraction not in EXTRACTIONS:
+            raise ValueError(f"extraction={extraction!r}; valid: {', '.join(EXTRACTIONS)}")
+        self.batch_size = batch_size
+        self.extraction = extraction
+        self.max_length = max_length
+        self.registered = dict(registered or {})
+        self.num_fewshot = num_fewshot  # registered tasks only; None keeps the task's own
+        self.progress = progress
+
+    def evaluate(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        task: TaskData,
+        examples: Sequence[Example],
+    ) -> TaskScores:
+        from lm_eval.models.huggingface import HFLM
+
+        model.eval()
+        with _quiet(self.progress), tempfile.TemporaryDirectory(prefix="sae-merging-lm-eval-") as tmp:
+            lm = HFLM(
+                pretrained=model,
+                tokenizer=tokenizer,
+                backend="causal",
+                batch_size=self.batch_size,
+                max_length=self.max_length,
+            )
+            if task.name in self.registered:
+                return self._registered(lm, task.name, self.registered[task.name])
+            task_name = write_task(Path(tmp), task, examples)
+            samples = self._run(lm, task_name, include_path=tmp)
+        wanted = FILTERS[self.extraction] if task.kind == "generate" else "none"
+        by_doc = {s["doc_id"]: s for s in samples[task_name] if s["filter"] == wanted}
+        ordered = [by_doc[i] for i in range(len(examples))]
+        return TaskScores(
+            task.name,
+            [e.uid for e in examples],
+            [_sample_correct(s) for s in ordered],
+            [_sample_output(s) for s in ordered],
+        )
+
+    def _run(
+        self, lm, task_name: str, include_path: str | None = None, num_fewshot: int | None = None
+    ) -> dict[str, list[dict]]:
+        """lm-eval's logged samples of one task (or group) by subtask: only the tasks in
+        `include_path` are indexed when it is given, lm-eval's registered ones otherwise."""
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=[task_name],
+            task_manager=TaskManager(include_path=include_path, include_defaults=include_path is None),
+            num_fewshot=num_fewshot,
+            log_samples=True,
+            bootstrap_iters=0,
+            random_seed=None,  # leave the caller's random state alone
+            numpy_random_seed=None,
+            torch_random_seed=None,
+        )
+        return results["samples"]
+
+    def _registered(self, lm, name: str, registered: str) -> TaskScores:
+        """Per-document results of lm-eval's registered task (all its subtasks, in name order)."""
+        samples = self._run(lm, registered, num_fewshot=self.num_fewshot)
+        uids, correct, outputs = [], [], []
+        for subtask in sorted(samples):
+            filters = list(dict.fromkeys(s["filter"] for s in samples[subtask]))
+            wanted = FILTERS[self.extraction] if FILTERS[self.extraction] in filters else filters[0]
+            for sample in sorted(samples[subtask], key=lambda s: s["doc_id"]):
+                if sample["filter"] == wanted:
+                    uids.append(f"{subtask}/{sample['doc_id']}")
+                    correct.append(_sample_correct(sample))
+                    outputs.append(_sample_output(sample))
+        return TaskScores(name, uids, correct, outputs)

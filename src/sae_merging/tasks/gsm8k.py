@@ -1,0 +1,77 @@
+"""GSM8K, rendered exactly as lm-eval's `gsm8k` task renders it.
+
+The optimization split is GSM8K's train set and the test split its test set; nothing is
+trained on here (the experts come fine-tuned). A prompt is `Question: ...\\nAnswer:`, preceded
+by `num_fewshot` worked train examples drawn as lm-eval's default sampler draws them: one
+`random.Random(fewshot_seed)` advanced over the questions in order, so an n-shot test prompt is
+the one `lm_eval --num_fewshot n` builds for the same question (its default seed is 1234).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from sae_merging.evaluation.extraction import normalize
+from sae_merging.tasks.base import Example, TaskData, load_rows
+
+PROMPT = "Question: {question}\nAnswer:"
+STOP = ("Question:", "</s>", "<|im_end|>")
+
+
+def render_prompt(question: str, shots: Sequence[dict]) -> str:
+    """lm-eval's plain-text context: each shot is its question prompt, a space and its full
+    answer, then a blank line; the target question's prompt comes last."""
+    context = "".join(f"{PROMPT.format(question=shot['question'])} {shot['answer']}\n\n" for shot in shots)
+    return context + PROMPT.format(question=question)
+
+
+def draw_fewshot(
+    rows: Sequence[dict], pool: Sequence[dict], n: int, seed: int, same_split: bool
+) -> list[list[dict]]:
+    """Shots for each row, as lm-eval's sampler draws them (`same_split`: the rows come from the
+    pool, so one extra is drawn and the row itself dropped). A shot never repeats the row's
+    question; should a draw contain it anyway, that row's shots are redrawn without it."""
+    rng = random.Random(seed)
+    draws = []
+    for row in rows:
+        if n == 0:
+            draws.append([])
+            continue
+        question = row["question"]
+        others = [shot for shot in rng.sample(list(pool), n + same_split) if shot["question"] != question]
+        if len(others) < n:
+            others = rng.sample([shot for shot in pool if shot["question"] != question], n)
+        draws.append(others[:n])
+    return draws
+
+
+def load_gsm8k(
+    source: str = "openai/gsm8k",
+    test_source: str | None = None,
+    num_fewshot: int = 0,
+    fewshot_seed: int = 1234,
+    name: str = "gsm8k",
+    max_new_tokens: int = 256,
+) -> TaskData:
+    """GSM8K from `source`: a folder holding train.jsonl and test.jsonl (fields `question`,
+    `answer`), or a hub id (config `main`; needs the hub). `test_source` reads the test split
+    from elsewhere (then `source` may be a single train .jsonl file)."""
+    if num_fewshot < 0:
+        raise ValueError(f"num_fewshot={num_fewshot}: must be >= 0")
+    rows = load_rows({"train": source, "test": test_source or source}, config_name="main")
+    pool = rows["train"]
+    splits: dict[str, list[Example]] = {"train": []}
+    for split, docs in (("opt", pool), ("test", rows["test"])):
+        shots = draw_fewshot(docs, pool, num_fewshot, fewshot_seed, same_split=docs is pool)
+        splits[split] = [
+            Example(
+                uid=f"{name}/{split}/{i}",
+                prompt=render_prompt(doc["question"], doc_shots),
+                target=" " + doc["answer"],
+                answer=normalize(doc["answer"]),
+            )
+            for i, (doc, doc_shots) in enumerate(zip(docs, shots))
+        ]
+    metadata = {"source": source, "test_source": test_source, "num_fewshot": num_fewshot}
+    return TaskData(name, "generate", splits, STOP, max_new_tokens, metadata)

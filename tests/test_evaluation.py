@@ -1,0 +1,165 @@
+"""Answer extraction on real GSM8K answers, and the built-in evaluator against lm-eval's harness."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import lm_eval
+import pytest
+import yaml
+from conftest import FIXTURES
+
+from sae_merging.evaluation.builtin import BuiltinEvaluator
+from sae_merging.evaluation.extraction import INVALID, extract, is_correct, normalize
+from sae_merging.evaluation.lm_eval_backend import LmEvalEvaluator, task_config
+from sae_merging.models.io import load_model, load_tokenizer
+from sae_merging.tasks.base import TaskData, read_jsonl
+from sae_merging.tasks.gsm8k import STOP
+
+GSM8K_ROWS = read_jsonl(FIXTURES / "gsm8k" / "test.jsonl") + read_jsonl(FIXTURES / "gsm8k" / "train.jsonl")
+
+
+def final_number(answer: str) -> str:
+    """The `#### N` number of a GSM8K answer, as written."""
+    return re.search(r"#### (.+)$", answer).group(1).strip()
+
+
+@pytest.mark.parametrize("row", GSM8K_ROWS, ids=lambda row: final_number(row["answer"]))
+def test_extraction_reads_real_gsm8k_answers(row):
+    answer, number = row["answer"], final_number(row["answer"])
+    assert extract(answer, "strict") == number
+    assert normalize(extract(answer, "flexible")) == normalize(number) == number.replace(",", "")
+    for how in ("strict", "flexible"):
+        assert is_correct(answer, answer, how)  # a worked reference is normalized to its number
+        assert is_correct(answer, number.replace(",", ""), how)
+        assert not is_correct(answer, str(int(number.replace(",", "")) + 1), how)
+
+
+@pytest.mark.parametrize(
+    "generation, reference, strict, flexible",
+    [
+        ("2 * 617 = 1234\n#### 1,234", "1234", True, True),
+        ("She pays $18.", "18", False, True),  # no `####`: strict finds nothing
+        ("#### $18", "18", False, True),  # strict's number may not carry a dollar sign
+        ("The change is -10 dollars.\n#### -10", "-10", True, True),
+        ("#### 12\nQuestion: then 13 more", "12", True, False),  # strict: first `####`; flexible: last
+        ("#### 5,600.00", "5600", False, False),  # lm-eval compares strings, not values
+        ("The total is $1,450,000.", "1,450,000", False, True),
+        ("no number at all", "5", False, False),
+    ],
+)
+def test_extraction_hand_cases(generation, reference, strict, flexible):
+    assert is_correct(generation, reference, "strict") is strict
+    assert is_correct(generation, reference, "flexible") is flexible
+
+
+def test_extraction_without_answer_is_invalid():
+    assert extract("nothing here", "strict") == extract("nothing", "flexible") == INVALID
+    with pytest.raises(ValueError, match="unknown answer extraction"):
+        extract("#### 1", "loose")
+
+
+def test_generate_config_is_lm_evals_gsm8k(tmp_path: Path):
+    """The metric, filters and stop strings we hand lm-eval are those of its own gsm8k task."""
+    gsm8k = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml").read_text())
+    task = TaskData("gsm8k", "generate", {}, STOP, 256)
+    config = task_config(task, tmp_path / "data.jsonl", tmp_path / "cache", "x")
+    assert config["metric_list"] == gsm8k["metric_list"]
+    assert config["filter_list"] == gsm8k["filter_list"]
+    assert config["generation_kwargs"]["until"] == gsm8k["generation_kwargs"]["until"]
+    assert config["doc_to_text"] == "{{prompt}}" and config["output_type"] == gsm8k["output_type"]
+
+
+def test_lm_eval_evaluator_refuses_unknown_extraction():
+    with pytest.raises(ValueError, match="extraction"):
+        LmEvalEvaluator(extraction="loose")
+
+
+def both_backends(model, tokenizer, task, examples, **kwargs):
+    builtin = BuiltinEvaluator(batch_size=8, **kwargs).evaluate(model, tokenizer, task, examples)
+    harness = LmEvalEvaluator(batch_size=8, **kwargs).evaluate(model, tokenizer, task, examples)
+    return builtin, harness
+
+
+@pytest.mark.parametrize("expert", ["math", "multilingual"])
+def test_backends_agree_on_the_lab(micro_lab, expert):
+    model, tokenizer = load_model(micro_lab.experts[expert]), load_tokenizer(micro_lab.experts[expert])
+    for task in micro_lab.tasks():
+        examples = task.split("test")
+        builtin, harness = both_backends(model, tokenizer, task, examples)
+        assert harness.uids == builtin.uids == [e.uid for e in examples]
+        assert harness.outputs == builtin.outputs  # same generations / same chosen options
+        assert harness.correct == builtin.correct
+        assert harness.accuracy == builtin.accuracy
+
+
+@pytest.fixture(scope="module")
+def math_expert(micro_lab):
+    path = micro_lab.experts["math"]
+    task = next(t for t in micro_lab.tasks() if t.kind == "generate")
+    return load_model(path), load_tokenizer(path), task, task.split("test")[:12]
+
+
+def test_backends_agree_on_right_and_wrong_answers(math_expert):
+    """The lab's tiny expert rarely gets a problem right, so half the references are set to
+    what it answers: both backends must then mark exactly those correct."""
+    model, tokenizer, task, examples = math_expert
+    outputs = BuiltinEvaluator().evaluate(model, tokenizer, task, examples).outputs
+    relabelled = [
+        dataclasses.replace(e, answer=extract(o, "flexible")) if i % 2 == 0 else e
+        for i, (e, o) in enumerate(zip(examples, outputs))
+    ]
+    builtin, harness = both_backends(model, tokenizer, task, relabelled, extraction="flexible")
+    assert harness.correct == builtin.correct
+    assert True in builtin.correct and False in builtin.correct
+
+
+def test_generation_stops_at_every_end_token_of_the_model(math_expert):
+    """Instruct models end on several tokens (Llama 3: end_of_text, eom, eot) while their
+    tokenizer names one: both backends stop where the model's generation config says."""
+    model, tokenizer, task, examples = math_expert
+    first = BuiltinEvaluator().evaluate(model, tokenizer, task, examples[:4]).outputs[0]
+    second_token = tokenizer(first, add_special_tokens=False)["input_ids"][1]
+    original = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, second_token]
+    try:
+        builtin, harness = both_backends(model, tokenizer, task, examples[:4])
+    finally:
+        model.generation_config.eos_token_id = original
+    assert harness.outputs == builtin.outputs
+    assert len(builtin.outputs[0]) < len(first)
+
+
+def test_registered_task_scores_its_own_documents(math_expert, monkeypatch):
+    """A registered lm-eval task replaces our examples; its samples map to uids per subtask,
+    in document order, under the chosen filter."""
+    model, tokenizer, task, examples = math_expert
+
+    def sample(doc_id: int, filter_name: str, right: bool) -> dict:
+        return {
+            "doc_id": doc_id,
+            "filter": filter_name,
+            "resps": [[f"#### {doc_id}"]],
+            "exact_match": float(right),
+        }
+
+    samples = {
+        "gsm8k": [
+            sample(1, "strict-match", True),
+            sample(0, "strict-match", False),
+            sample(0, "flexible-extract", True),
+            sample(1, "flexible-extract", False),
+        ]
+    }
+    calls = []
+    monkeypatch.setattr(
+        LmEvalEvaluator, "_run", lambda self, lm, name, **kwargs: calls.append((name, kwargs)) or samples
+    )
+    evaluator = LmEvalEvaluator(registered={task.name: "gsm8k"}, extraction="flexible", num_fewshot=5)
+    scores = evaluator.evaluate(model, tokenizer, task, examples)
+    assert calls == [("gsm8k", {"num_fewshot": 5})]
+    assert scores.uids == ["gsm8k/0", "gsm8k/1"]
+    assert scores.correct == [True, False]
+    assert scores.outputs == ["#### 0", "#### 1"]
