@@ -7,6 +7,7 @@ arithmetic happens in float32 and the result takes the first input's dtype.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -66,3 +67,104 @@ def weighted_average(tensors: Sequence[torch.Tensor], weights: Sequence[float] |
         raise ValueError("weighted_average: weights sum to zero")
     merged = sum(w * _f32(t) for w, t in zip(weights, tensors, strict=True)) / total
     return merged.to(tensors[0].dtype)
+
+
+def _stacked_weights(weights: Sequence[float] | None, count: int, ndim: int) -> torch.Tensor:
+    """Per-model weights shaped to broadcast against a stack of `count` tensors of rank `ndim`."""
+    values = list(weights) if weights is not None else [1.0] * count
+    if len(values) != count:
+        raise ValueError(f"{len(values)} weights for {count} models")
+    return torch.tensor(values, dtype=torch.float32).reshape(count, *([1] * ndim))
+
+
+def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the k = int(density * n) entries of largest |delta| (mergekit's `magnitude`
+    sparsification, TIES's trim step); density >= 1 keeps everything, k = 0 keeps nothing."""
+    if density >= 1:
+        return torch.ones_like(delta, dtype=torch.bool)
+    flat = delta.reshape(-1)
+    k = int(density * flat.numel())
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=delta.device)
+    if k > 0:
+        mask[torch.topk(flat.abs(), k, sorted=False).indices] = True
+    return mask.reshape(delta.shape)
+
+
+def ties(
+    base: torch.Tensor,
+    experts: Sequence[torch.Tensor],
+    density: float,
+    scale: float,
+    weights: Sequence[float] | None = None,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """TIES-merging (Yadav et al. 2023) as mergekit's `ties`: trim each task vector to its top
+    `density` by magnitude, elect per entry the sign of the sum of the kept weighted deltas
+    (+ on a zero sum), and add `scale` times the disjoint mean: the kept weighted deltas that
+    agree with the elected sign, divided by the weights of those agreeing (`normalize`,
+    mergekit's default; 0 where none agrees). With density 1 and no sign conflict this is task
+    arithmetic with the weights normalised to sum to 1, or plain task arithmetic when
+    `normalize` is off."""
+    base32 = _f32(base)
+    w = _stacked_weights(weights, len(experts), base.dim()).to(base.device)
+    deltas = torch.stack([_f32(e) - base32 for e in experts])
+    deltas = deltas * torch.stack([magnitude_mask(d, density) for d in deltas])
+    weighted = deltas * w
+    elected = torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0)
+    agree = weighted.sign() == elected
+    merged = (weighted * agree).sum(dim=0)
+    if normalize:
+        divisor = (w * agree).sum(dim=0)
+        merged = merged / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    return (base32 + scale * merged).to(base.dtype)
+
+
+def drop_and_rescale(
+    delta: torch.Tensor, density: float, generator: torch.Generator, rescale: bool = True
+) -> torch.Tensor:
+    """DARE's step (Yu et al. 2024): keep each entry with probability `density` (a Bernoulli
+    draw from `generator`), scale the kept ones by 1/density so the expectation is unchanged."""
+    if not 0 < density <= 1:
+        raise ValueError(f"DARE density={density}: must be in (0, 1]")
+    keep = torch.rand(delta.shape, generator=generator, device=generator.device) < density
+    kept = delta * keep.to(delta.device)
+    return kept / density if rescale else kept
+
+
+def dare(
+    base: torch.Tensor,
+    experts: Sequence[torch.Tensor],
+    density: float,
+    scale: float,
+    generator: torch.Generator,
+    weights: Sequence[float] | None = None,
+    rescale: bool = True,
+) -> torch.Tensor:
+    """DARE + task arithmetic (mergekit's `dare_linear`): theta_0 + scale * sum_i w_i
+    DARE(theta_i - theta_0). The experts' masks are drawn one after another from `generator`,
+    so a seeded generator gives the same model every time."""
+    base32 = _f32(base)
+    weights = list(weights) if weights is not None else [1.0] * len(experts)
+    deltas = [drop_and_rescale(_f32(e) - base32, density, generator, rescale) for e in experts]
+    delta = sum(w * d for w, d in zip(weights, deltas, strict=True))
+    return (base32 + scale * delta).to(base.dtype)
+
+
+# |cos| above which two tensors count as parallel and SLERP falls back to LERP (mergekit's value)
+PARALLEL_COSINE = 0.9995
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation from `a` (t = 0) to `b` (t = 1), the tensor taken as one flat
+    vector: sin((1-t) w)/sin(w) a + sin(t w)/sin(w) b with w the angle between them. Near-parallel
+    (or anti-parallel) and zero tensors fall back to (1-t) a + t b, where the angle is
+    ill-conditioned."""
+    a32, b32 = _f32(a), _f32(b)
+    norms = float(a32.norm()) * float(b32.norm())
+    cosine = float((a32 * b32).sum()) / norms if norms > 0 else 1.0
+    if abs(cosine) > PARALLEL_COSINE:
+        return ((1.0 - t) * a32 + t * b32).to(a.dtype)
+    omega = math.acos(max(-1.0, min(1.0, cosine)))
+    sin_omega = math.sin(omega)
+    merged = (math.sin((1.0 - t) * omega) / sin_omega) * a32 + (math.sin(t * omega) / sin_omega) * b32
+    return merged.to(a.dtype)

@@ -22,6 +22,7 @@ import torch
 
 from sae_merging.merging import functions as merge_fns
 from sae_merging.methods.base import Member, Outcome, RunContext, Sample
+from sae_merging.methods.sharing import shared_fitness
 from sae_merging.pruning.magnitude import MagnitudePruner
 from sae_merging.runtime.fitness import Scores
 from sae_merging.sparsity.measures import SparsityStats, pooled
@@ -62,18 +63,6 @@ class SparsityScoring:
 
     def of_model(self, tensors: Mapping[str, torch.Tensor], pruner: MagnitudePruner) -> float:
         return self.model_value({n: SparsityStats.of(t) for n, t in tensors.items()}, pruner)
-
-
-def shared_fitness(correct: list[list[bool]], alpha: float = 1.0) -> list[float]:
-    """M2N2 fitness sharing: f_k = sum_j s_kj / (sum_k' s_k'j)^alpha over examples j that at
-    least one member solves (an example nobody solves gives no credit and no division by 0)."""
-    if not correct:
-        return []
-    solvers = [sum(column) for column in zip(*correct, strict=True)]
-    return [
-        sum(1.0 / solvers[j] ** alpha for j, solved in enumerate(row) if solved and solvers[j] > 0)
-        for row in correct
-    ]
 
 
 @dataclass

@@ -11,6 +11,7 @@ Run folder (Hydra's output dir):
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -57,6 +58,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     problems = config_problems(cfg)
     if problems:
         raise ConfigError(problems)
+    finished = _finished(run_dir, cfg)
+    if finished is not None:
+        return finished
     models = instantiate(cfg.model)
     tasks = instantiate(cfg.task)
     problems = pool_problems(models, tasks, cfg.get("method"))
@@ -90,6 +94,20 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         outcome = method.run(ctx)
     results = finish(ctx, cfg, method.name, outcome, tokenizer, time.perf_counter() - started)
     logger.finish({f"final/{k}": v for k, v in results["test"].items()})
+    return results
+
+
+def _finished(run_dir: Path, cfg: DictConfig) -> dict | None:
+    """The results of this very config if the folder already holds them (a re-launched sweep
+    skips its finished runs); results of another config are not silently reused."""
+    path = run_dir / RESULTS_FILE
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    if results.get("config_hash") != config_hash(cfg):
+        raise ConfigError(
+            [f"{path} holds results of another config ({results.get('config_hash')}); use a new run folder"]
+        )
     return results
 
 

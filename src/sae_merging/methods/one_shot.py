@@ -1,0 +1,214 @@
+"""One-shot merges (mergekit's definitions): linear, task arithmetic, TIES and DARE.
+
+Each is a pure per-tensor function (`sae_merging.merging.functions`) plus its parameters. The
+scaling factor lambda is either fixed (`scaling_factor`) or chosen on optimization draw 0 from
+`scaling_grid`: every grid point is merged, stored and scored through `ctx.score`, so its
+evaluations count in the budget like any evolutionary method's. The grid points run as the
+generation loop's generations (point k is generation k), which gives one `metrics.jsonl` line
+per point and lets an interrupted grid search resume; only the best model so far is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sae_merging.merging import functions as merge_fns
+from sae_merging.methods.base import Member, Outcome, RunContext
+
+DRAW = 0  # the optimization draw every grid point is scored on
+
+
+@dataclass
+class GridState:
+    generation: int
+    members: list[Member] = field(default_factory=list)  # the best model so far
+    points: list[dict[str, Any]] = field(default_factory=list)  # factor and scores of each point
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "generation": self.generation,
+            "members": [m.to_json() for m in self.members],
+            "points": self.points,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> GridState:
+        members = [Member.from_json(m) for m in data["members"]]
+        return cls(data["generation"], members, list(data["points"]), data["metrics"])
+
+    @property
+    def best_point(self) -> dict[str, Any]:
+        """The point with the highest optimization score (the earlier one on a tie)."""
+        return max(self.points, key=lambda p: p["score"])
+
+
+class OneShotMerge:
+    """A merge of the experts (and of the base, when `needs_base`) by `merge_tensor`, at a fixed
+    scaling factor or at the best one of a grid. Subclasses define the per-tensor merge."""
+
+    name = "one_shot"
+    needs_base = True
+    state_type = GridState
+
+    def __init__(
+        self,
+        scaling_factor: float | None = None,
+        scaling_grid: Sequence[float] = (0.3, 0.5, 0.7, 1.0),
+        weights: Sequence[float] | None = None,
+    ) -> None:
+        grid = [scaling_factor] if scaling_factor is not None else list(scaling_grid)
+        if not grid:
+            raise ValueError(f"method {self.name}: scaling_factor is null and scaling_grid is empty")
+        self.factors = [None if f is None else float(f) for f in grid]
+        self.weights = list(weights) if weights is not None else None
+
+    @property
+    def steps(self) -> int:
+        return len(self.factors) - 1
+
+    def merge_tensor(
+        self,
+        ctx: RunContext,
+        name: str,
+        base: torch.Tensor | None,
+        experts: list[torch.Tensor],
+        factor: float | None,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- the generation loop's interface ---------------------------------------------------
+
+    def initialize(self, ctx: RunContext) -> GridState:
+        state = GridState(generation=0)
+        self._evaluate_point(ctx, state, 0)
+        return state
+
+    def step(self, ctx: RunContext, state: GridState, generation: int) -> GridState:
+        self._evaluate_point(ctx, state, generation)
+        state.generation = generation
+        return state
+
+    def best(self, ctx: RunContext, state: GridState) -> Outcome:
+        grid = {
+            f"{p['scaling_factor']:g}": p["score"] for p in state.points if p["scaling_factor"] is not None
+        }
+        details = {"scaling_factor": state.best_point["scaling_factor"], "grid": grid}
+        member = state.members[0]
+        return Outcome(member, ctx.score(member, ctx.sample(DRAW)), details)
+
+    # --- pieces ----------------------------------------------------------------------------
+
+    def merge(self, ctx: RunContext, factor: float | None) -> dict[str, torch.Tensor]:
+        """The merged model at scaling factor `factor`."""
+        base = ctx.load_base(self.name) if self.needs_base else None
+        experts = [ctx.load_expert(i) for i in range(len(ctx.models.experts))]
+        with ctx.timer.section("merge"):
+            return {
+                name: self.merge_tensor(
+                    ctx, name, None if base is None else base[name], [e[name] for e in experts], factor
+                )
+                for name in ctx.merge_names()
+            }
+
+    def _evaluate_point(self, ctx: RunContext, state: GridState, index: int) -> None:
+        """Merge and score grid point `index`; the store keeps it only if it is the best so far."""
+        factor = self.factors[index]
+        member = Member(ident=f"grid-{index:03d}", origin=self.name, extra={"scaling_factor": factor})
+        ctx.store.save(member.ident, self.merge(ctx, factor))
+        scores = ctx.score(member, ctx.sample(DRAW))
+        point = {"scaling_factor": factor, "score": scores.mean, "accuracy": scores.task_accuracy()}
+        state.points.append(point)
+        if state.best_point is point:
+            for previous in state.members:
+                ctx.retire(previous.ident)
+            state.members = [member]
+        else:
+            ctx.retire(member.ident)
+        best = state.best_point
+        state.metrics = {
+            "scaling_factor": factor,
+            "score": point["score"],
+            **{f"score/{task}": acc for task, acc in point["accuracy"].items()},
+            "best/scaling_factor": best["scaling_factor"],
+            "best/score": best["score"],
+            **{f"best/{task}": acc for task, acc in best["accuracy"].items()},
+            "best/ident": state.members[0].ident,
+        }
+
+
+class Linear(OneShotMerge):
+    """Weighted average of the experts, sum_i w_i theta_i / sum_i w_i (mergekit's `linear`); no
+    base and no scaling factor. `weights: null` is the uniform average."""
+
+    name = "linear"
+    needs_base = False
+
+    def __init__(self, weights: Sequence[float] | None = None) -> None:
+        super().__init__(scaling_grid=[None], weights=weights)  # one point, without a factor
+
+    def merge_tensor(self, ctx, name, base, experts, factor):
+        return merge_fns.weighted_average(experts, self.weights)
+
+
+class TaskArithmetic(OneShotMerge):
+    """theta_0 + lambda * sum_i w_i (theta_i - theta_0) (mergekit's `task_arithmetic`)."""
+
+    name = "task_arithmetic"
+
+    def merge_tensor(self, ctx, name, base, experts, factor):
+        return merge_fns.task_arithmetic(base, experts, factor, self.weights)
+
+
+class _Sparsified(OneShotMerge):
+    """A task-vector merge that keeps a fraction `density` of each task vector."""
+
+    def __init__(
+        self,
+        density: float,
+        scaling_factor: float | None = None,
+        scaling_grid: Sequence[float] = (0.3, 0.5, 0.7, 1.0),
+        weights: Sequence[float] | None = None,
+    ) -> None:
+        if not 0 < density <= 1:
+            raise ValueError(f"method.density={density}: must be in (0, 1]")
+        super().__init__(scaling_factor, scaling_grid, weights)
+        self.density = density
+
+
+class Ties(_Sparsified):
+    """TIES (mergekit's `ties`): per-tensor magnitude top-k of the task vectors (k = density * n),
+    sign election by the sum, disjoint mean, times lambda."""
+
+    name = "ties"
+
+    def merge_tensor(self, ctx, name, base, experts, factor):
+        return merge_fns.ties(base, experts, self.density, factor, self.weights)
+
+
+class Dare(_Sparsified):
+    """DARE (mergekit's `dare_linear`): each task-vector entry kept with probability density and
+    rescaled by 1/density, then task arithmetic. The drop masks depend on (seed, tensor name)
+    only, so every grid point merges the same sparsified task vectors."""
+
+    name = "dare"
+
+    def __init__(
+        self,
+        density: float,
+        scaling_factor: float | None = None,
+        scaling_grid: Sequence[float] = (0.3, 0.5, 0.7, 1.0),
+        weights: Sequence[float] | None = None,
+        rescale: bool = True,
+    ) -> None:
+        super().__init__(density, scaling_factor, scaling_grid, weights)
+        self.rescale = rescale
+
+    def merge_tensor(self, ctx, name, base, experts, factor):
+        generator = ctx.torch_generator("dare", name)
+        return merge_fns.dare(base, experts, self.density, factor, generator, self.weights, self.rescale)

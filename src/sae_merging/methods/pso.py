@@ -1,0 +1,389 @@
+"""PSO-Merging (Zhang, Zhang & Feng 2025, arXiv 2508.19839): particle swarm search over whole models.
+
+The swarm starts as the base (`include_base`), the experts and one DARE-sparsified copy of
+each expert (`dare_drop` of its task vector dropped, the rest rescaled; seeded per tensor).
+`swarm_size` (the population size of the paper's Table 3) changes the number of DARE copies:
+they cycle over the experts, each copy with its own seed.
+Each step moves every particle with the standard update
+
+    v <- w v + c1 r1 (pbest - x) + c2 r2 (gbest - x),    x <- x + v
+
+(w = `inertia`), scores the new positions on the optimization sample (fitness = mean task
+score; a fixed draw by default, as PSO-Merging optimizes on one fixed set; `redraw_opt` re-draws
+every step and re-scores the personal bests on it), updates the personal bests, and after the
+whole swarm has moved, the global best (synchronous PSO: every particle of a step follows the
+same gbest). The result is the final global best.
+
+Choices the paper leaves open, each an option:
+- `init_velocity`: `zero` (default; the common modern choice, so step 1 is pure attraction to
+  pbest/gbest) or `random`: u * (x_j - x) toward another particle j, with u ~ U(0, 1) and j
+  drawn per particle (seeded).
+- `random_scope`: what r1, r2 ~ U(0, 1) are drawn for: `per_element` (default: standard PSO
+  draws them per dimension, which lets a step mix each coordinate differently),
+  `per_tensor` or `per_particle` (one pair for the whole model: every tensor moves by the
+  same combination of v, pbest - x and gbest - x).
+- `clamp`: null (default, no limit; w = 0.2 already damps the velocity) or a number c: every
+  element is clipped to |v| <= c * (RMS of the experts' task vectors in that tensor), the
+  natural scale of the search space, since every initial particle is the base plus a
+  (sparsified) task vector.
+- Ties keep the incumbent: a personal or global best is only replaced by a strictly better one.
+
+Memory, in models' worth (one model = all merged tensors in the models' dtype):
+- on disk: P positions, P velocities and the personal bests; a personal best is one of the
+  particle's past positions, stored once and shared with the current position when equal, so a
+  run holds at most 3P models after each checkpoint and at most 5P while a step runs (the
+  previous positions and velocities are deleted only once the next checkpoint no longer needs
+  them). With the base, 2 experts and their 2 DARE copies P = 5: up to 15 models (25 during a
+  step); a zero velocity is stored packed (a bitmask), so `init_velocity: zero` costs ~nothing.
+- in memory during a step: the moving particle's x, v and pbest plus the global best = 4
+  models (x and v are updated tensor by tensor in place), besides the evaluator's own model;
+  during initialization 3 (base, one expert, its DARE copy).
+Positions and velocities are kept in the models' dtype (the update is computed per tensor in
+float32); in bfloat16 a step smaller than ~0.4% of a weight rounds away.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sae_merging.merging import functions as merge_fns
+from sae_merging.methods.base import Member, Outcome, RunContext
+
+INIT_VELOCITIES = ("zero", "random")
+RANDOM_SCOPES = ("per_particle", "per_tensor", "per_element")
+
+Coefficient = float | torch.Tensor
+
+
+def pso_update(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    personal: torch.Tensor,
+    best: torch.Tensor,
+    inertia: float,
+    c1: float,
+    c2: float,
+    r1: Coefficient,
+    r2: Coefficient,
+    limit: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One PSO move of one tensor: v' = w v + c1 r1 (pbest - x) + c2 r2 (gbest - x), clipped to
+    |v'| <= limit when given, and x' = x + v'. Float32 arithmetic; both in x's dtype."""
+    x32 = x.to(torch.float32)
+    velocity = (
+        inertia * v.to(torch.float32)
+        + c1 * r1 * (personal.to(torch.float32) - x32)
+        + c2 * r2 * (best.to(torch.float32) - x32)
+    )
+    if limit is not None:
+        velocity = velocity.clamp(-limit, limit)
+    return (x32 + velocity).to(x.dtype), velocity.to(x.dtype)
+
+
+@dataclass
+class Particle:
+    position: Member
+    velocity: Member
+    best: Member
+    best_score: float
+    best_accuracy: dict[str, float]
+
+    def to_json(self) -> dict:
+        return {
+            "position": self.position.to_json(),
+            "velocity": self.velocity.to_json(),
+            "best": self.best.to_json(),
+            "best_score": self.best_score,
+            "best_accuracy": self.best_accuracy,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Particle:
+        return cls(
+            Member.from_json(data["position"]),
+            Member.from_json(data["velocity"]),
+            Member.from_json(data["best"]),
+            data["best_score"],
+            dict(data["best_accuracy"]),
+        )
+
+
+@dataclass
+class PSOState:
+    generation: int
+    particles: list[Particle] = field(default_factory=list)
+    leader: int = 0  # the particle whose personal best is the global best
+    limits: dict[str, float] = field(default_factory=dict)  # |v| bound per tensor (`clamp`)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def members(self) -> list[Member]:
+        """Every stored individual the state refers to (the loop keeps exactly these on resume)."""
+        found: dict[str, Member] = {}
+        for p in self.particles:
+            for member in (p.position, p.velocity, p.best):
+                found.setdefault(member.ident, member)
+        return list(found.values())
+
+    @property
+    def global_best(self) -> Particle:
+        return self.particles[self.leader]
+
+    def to_json(self) -> dict:
+        return {
+            "generation": self.generation,
+            "particles": [p.to_json() for p in self.particles],
+            "leader": self.leader,
+            "limits": self.limits,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> PSOState:
+        particles = [Particle.from_json(p) for p in data["particles"]]
+        return cls(data["generation"], particles, data["leader"], dict(data["limits"]), data["metrics"])
+
+
+class PSO:
+    """See the module docstring. Parameters mirror `conf/method/pso.yaml`."""
+
+    name = "pso"
+    state_type = PSOState
+
+    def __init__(
+        self,
+        steps: int = 10,
+        inertia: float = 0.2,
+        c1: float = 2.0,
+        c2: float = 2.0,
+        dare_drop: float = 0.8,
+        include_base: bool = True,
+        swarm_size: int | None = None,
+        init_velocity: str = "zero",
+        random_scope: str = "per_element",
+        clamp: float | None = None,
+        redraw_opt: bool = False,
+    ) -> None:
+        if init_velocity not in INIT_VELOCITIES:
+            raise ValueError(f"method.init_velocity={init_velocity!r}: one of {', '.join(INIT_VELOCITIES)}")
+        if random_scope not in RANDOM_SCOPES:
+            raise ValueError(f"method.random_scope={random_scope!r}: one of {', '.join(RANDOM_SCOPES)}")
+        if not 0 <= dare_drop < 1:
+            raise ValueError(f"method.dare_drop={dare_drop}: must be a rate in [0, 1)")
+        if clamp is not None and clamp <= 0:
+            raise ValueError(f"method.clamp={clamp}: must be null or > 0")
+        self.steps = steps
+        self.inertia, self.c1, self.c2 = inertia, c1, c2
+        self.dare_drop = dare_drop
+        self.include_base = include_base
+        self.swarm_size = swarm_size
+        self.init_velocity = init_velocity
+        self.random_scope = random_scope
+        self.clamp = clamp
+        self.redraw_opt = redraw_opt
+
+    # --- the generation loop's interface ---------------------------------------------------
+
+    def initialize(self, ctx: RunContext) -> PSOState:
+        """The swarm: base, experts, DARE copies of the experts; velocities; first scores."""
+        state = PSOState(generation=0)
+        positions = self._initial_positions(ctx, state)
+        sample = ctx.sample(self._draw(0))
+        rms = []
+        for index, position in enumerate(positions):
+            velocity = self._initial_velocity(ctx, positions, index)
+            rms.append(_rms(velocity))
+            velocity_member = Member(f"v{index}-g000", origin="velocity")
+            ctx.store.save(velocity_member.ident, velocity)
+            scores = ctx.score(position, sample)
+            state.particles.append(
+                Particle(position, velocity_member, position, scores.mean, scores.task_accuracy())
+            )
+        state.leader = self._leader(state)
+        state.metrics = self._summary(state, [p.best_score for p in state.particles], rms)
+        return state
+
+    def step(self, ctx: RunContext, state: PSOState, generation: int) -> PSOState:
+        sample = ctx.sample(self._draw(generation))
+        if self.redraw_opt:
+            for particle in state.particles:
+                scores = ctx.score(particle.best, sample)
+                particle.best_score, particle.best_accuracy = scores.mean, scores.task_accuracy()
+            state.leader = self._leader(state)
+        before = {m.ident for m in state.members}
+        leader = state.global_best.best
+        global_best = ctx.store.load(leader.ident)
+        position_scores, rms = [], []
+        for index, particle in enumerate(state.particles):
+            x, v = self._move(ctx, state, particle, global_best, generation, index)
+            rms.append(_rms(v))
+            parents = [particle.position.ident, particle.best.ident, leader.ident]
+            particle.position = Member(
+                f"p{index}-g{generation:03d}", f"particle:{index}", generation, parents=parents
+            )
+            particle.velocity = Member(f"v{index}-g{generation:03d}", "velocity", generation)
+            ctx.store.save(particle.position.ident, x)
+            ctx.store.save(particle.velocity.ident, v)
+            del x, v
+            scores = ctx.score(particle.position, sample)
+            position_scores.append(scores.mean)
+            if scores.mean > particle.best_score:
+                particle.best, particle.best_score = particle.position, scores.mean
+                particle.best_accuracy = scores.task_accuracy()
+        state.leader = self._leader(state)
+        for ident in sorted(before - {m.ident for m in state.members}):
+            ctx.retire(ident)
+        state.generation = generation
+        state.metrics = self._summary(state, position_scores, rms)
+        return state
+
+    def best(self, ctx: RunContext, state: PSOState) -> Outcome:
+        """The final global best, with its scores on the last optimization draw."""
+        member = state.global_best.best
+        scores = ctx.score(member, ctx.sample(self._draw(state.generation)))
+        return Outcome(member, scores, {"swarm_size": len(state.particles), "leader": state.leader})
+
+    # --- pieces ----------------------------------------------------------------------------
+
+    def _draw(self, generation: int) -> int:
+        return generation if self.redraw_opt else 0
+
+    def _move(
+        self,
+        ctx: RunContext,
+        state: PSOState,
+        particle: Particle,
+        global_best: Mapping[str, torch.Tensor],
+        generation: int,
+        index: int,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One particle's new position and velocity, computed tensor by tensor in place of the
+        loaded ones (so x, v, pbest and gbest are the only models in memory)."""
+        x = ctx.store.load(particle.position.ident)
+        v = ctx.store.load(particle.velocity.ident)
+        same = particle.best.ident == particle.position.ident
+        personal = dict(x) if same else ctx.store.load(particle.best.ident)
+        coefficients = self._coefficients(ctx, generation, index)
+        with ctx.timer.section("merge"):
+            for name in x:
+                r1, r2 = coefficients(x[name])
+                x[name], v[name] = pso_update(
+                    x[name],
+                    v[name],
+                    personal[name],
+                    global_best[name],
+                    self.inertia,
+                    self.c1,
+                    self.c2,
+                    r1,
+                    r2,
+                    state.limits.get(name),
+                )
+        return x, v
+
+    def _initial_positions(self, ctx: RunContext, state: PSOState) -> list[Member]:
+        """Store the base, the experts and the DARE copies (particles in that order); note the
+        velocity limits on the way, since they need the task vectors."""
+        base = ctx.load_base(self.name)
+        names = ctx.models.expert_names
+        head = (["base"] if self.include_base else []) + [f"expert:{n}" for n in names]
+        size = self.swarm_size if self.swarm_size is not None else len(head) + len(names)
+        if size < len(head):
+            raise ValueError(f"method.swarm_size={size}: must hold {' + '.join(head)} (>= {len(head)})")
+        # DARE copy j sparsifies expert j mod K (copies cycle over the experts)
+        copies = range(size - len(head))
+        origins = head + [f"dare{j // len(names)}:{names[j % len(names)]}" for j in copies]
+        members = [Member(f"p{i}-g000", origin) for i, origin in enumerate(origins)]
+        if self.include_base:
+            ctx.store.save(members[0].ident, base)
+        first_expert = len(head) - len(names)
+        squares = dict.fromkeys(base, 0.0)
+        for k in range(len(names)):
+            expert = ctx.load_expert(k)
+            ctx.store.save(members[first_expert + k].ident, expert)
+            for j in copies[k :: len(names)]:
+                with ctx.timer.section("merge"):
+                    variant = {
+                        name: merge_fns.dare(
+                            tensor,
+                            [expert[name]],
+                            1 - self.dare_drop,
+                            1.0,
+                            ctx.torch_generator("pso-dare", j, name),
+                        )
+                        for name, tensor in base.items()
+                    }
+                ctx.store.save(members[len(head) + j].ident, variant)
+            for name, tensor in base.items():
+                squares[name] += float((expert[name].float() - tensor.float()).pow(2).sum())
+        if self.clamp is not None:
+            state.limits = {
+                name: self.clamp * math.sqrt(total / (len(names) * base[name].numel()))
+                for name, total in squares.items()
+            }
+        return members
+
+    def _initial_velocity(
+        self, ctx: RunContext, positions: list[Member], index: int
+    ) -> dict[str, torch.Tensor]:
+        """Zero, or u * (x_j - x) toward a random other particle j (u ~ U(0, 1))."""
+        x = ctx.store.load(positions[index].ident)
+        if self.init_velocity == "zero" or len(positions) < 2:
+            return {name: torch.zeros_like(t) for name, t in x.items()}
+        rng = ctx.rng("pso-velocity", index)
+        other = rng.choice([j for j in range(len(positions)) if j != index])
+        u = rng.random()
+        target = ctx.store.load(positions[other].ident)
+        return {name: (u * (target[name].float() - t.float())).to(t.dtype) for name, t in x.items()}
+
+    def _coefficients(
+        self, ctx: RunContext, generation: int, index: int
+    ) -> Callable[[torch.Tensor], tuple[Coefficient, Coefficient]]:
+        """r1, r2 for each tensor of particle `index`'s move, drawn per `random_scope`; the
+        draws depend on (seed, step, particle) only, so a resumed run draws the same."""
+        if self.random_scope == "per_element":
+            generator = ctx.torch_generator("pso-r", generation, index)
+            return lambda t: (
+                torch.rand(t.shape, generator=generator),
+                torch.rand(t.shape, generator=generator),
+            )
+        rng = ctx.rng("pso-r", generation, index)
+        if self.random_scope == "per_tensor":
+            return lambda t: (rng.random(), rng.random())
+        pair = (rng.random(), rng.random())
+        return lambda t: pair
+
+    @staticmethod
+    def _leader(state: PSOState) -> int:
+        """The particle with the best personal best; the current leader keeps its place on ties."""
+        return max(
+            range(len(state.particles)),
+            key=lambda i: (state.particles[i].best_score, i == state.leader, -i),
+        )
+
+    @staticmethod
+    def _summary(state: PSOState, position_scores: list[float], rms: list[float]) -> dict[str, Any]:
+        leader = state.global_best
+        return {
+            "fitness/best": leader.best_score,
+            "fitness/mean": statistics.fmean(position_scores),
+            "fitness/worst": min(position_scores),
+            "best/score": leader.best_score,
+            **{f"best/{task}": acc for task, acc in leader.best_accuracy.items()},
+            "best/ident": leader.best.ident,
+            "swarm/size": len(state.particles),
+            "velocity/rms": statistics.fmean(rms),
+        }
+
+
+def _rms(tensors: Mapping[str, torch.Tensor]) -> float:
+    """Root mean square over all entries of a model (velocity size, for the metrics)."""
+    total = sum(float(t.float().pow(2).sum()) for t in tensors.values())
+    count = sum(t.numel() for t in tensors.values())
+    return math.sqrt(total / count) if count else 0.0
