@@ -5,7 +5,7 @@
 
 Rows are the swept settings other than the seed (read from each run's `.hydra/overrides.yaml`);
 cells are mean ± std over seeds of the test accuracy per task and their mean, plus the
-evaluation budget (fitness evaluations, examples scored) and wall time. Writes `table.md`,
+evaluation budget (models scored, examples scored) and wall time. Writes `table.md`,
 `table.tex`, `table.json` and a bar chart `table.png`. A folder that is not a finished run
 (no `results.json`) is refused by name; runs that the sweep defined but that did not finish
 are listed as missing.
@@ -125,7 +125,7 @@ def aggregate(records: list[dict]) -> tuple[list[str], list[dict]]:
                 statistics.fmean(values),
                 statistics.pstdev(values) if len(values) > 1 else 0.0,
             )
-        for column in ("fitness_evaluations", "examples_scored", "wall_seconds"):
+        for column in ("models_scored", "examples_scored", "wall_seconds"):
             row[column] = statistics.fmean(r[column] for r in results)
         rows.append(row)
     return tasks, rows
@@ -140,7 +140,7 @@ def markdown(tasks: list[str], rows: list[dict], title: str) -> str:
     lines = [
         f"**{title}** (test accuracy %, mean ± std over seeds; best in bold)",
         "",
-        "| setting | " + " | ".join(columns) + " | fitness evals | examples scored | wall s | seeds |",
+        "| setting | " + " | ".join(columns) + " | models scored | examples scored | wall s | seeds |",
         "|---|" + "---:|" * (len(columns) + 4),
     ]
     for row in rows:
@@ -152,7 +152,7 @@ def markdown(tasks: list[str], rows: list[dict], title: str) -> str:
         lines.append(
             f"| {row['label']} | "
             + " | ".join(cells)
-            + f" | {row['fitness_evaluations']:.0f} | {row['examples_scored']:.0f}"
+            + f" | {row['models_scored']:.0f} | {row['examples_scored']:.0f}"
             + f" | {row['wall_seconds']:.0f} | {len(row['seeds'])} |"
         )
     return "\n".join(lines) + "\n"
@@ -169,7 +169,7 @@ def latex(tasks: list[str], rows: list[dict], title: str) -> str:
         r"\centering",
         r"\begin{tabular}{l" + "r" * (len(columns) + 2) + "}",
         r"\toprule",
-        "Setting & " + " & ".join(esc(c) for c in columns) + r" & Evals & Seeds \\",
+        "Setting & " + " & ".join(esc(c) for c in columns) + r" & Models scored & Seeds \\",
         r"\midrule",
     ]
     for row in rows:
@@ -182,7 +182,7 @@ def latex(tasks: list[str], rows: list[dict], title: str) -> str:
             esc(row["label"])
             + " & "
             + " & ".join(cells)
-            + f" & {row['fitness_evaluations']:.0f} & {len(row['seeds'])} \\\\"
+            + f" & {row['models_scored']:.0f} & {len(row['seeds'])} \\\\"
         )
     lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{esc(title)}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"

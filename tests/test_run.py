@@ -135,3 +135,26 @@ def test_missing_model_path_is_one_clear_line(tmp_path):
         f"config error: model.experts[0]={missing!r}: {expected}",
         f"config error: model.experts[1]={missing + '2'!r}: {expected}",
     ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["method=pso", "method.random_scope=diagonal"], "method.random_scope='diagonal': one of"),
+        (["method=ties", "method.density=1.5"], "method.density=1.5: must be in (0, 1]"),
+        (["method=m2n2", "method.archive_size=1"], "method.archive_size=1: must be an integer >= 2"),
+        (["method=sae", "method.archive_size=3"], "method.archive_size=3: must hold the 2 experts"),
+    ],
+)
+def test_method_settings_are_config_errors(overrides, message, tmp_path):
+    with pytest.raises(ConfigError) as error:
+        runner.run(compose_config(SMOKE + overrides), tmp_path / "bad")
+    assert any(message in line for line in error.value.problems), error.value.problems
+
+
+def test_base_required_before_loading(tmp_path, micro_lab):
+    experts = [str(path) for path in micro_lab.experts.values()]
+    overrides = ["model=hf", f"model.experts=[{experts[0]},{experts[1]}]", "method=task_arithmetic"]
+    with pytest.raises(ConfigError) as error:
+        runner.run(compose_config(SMOKE + overrides), tmp_path / "bad")
+    assert error.value.problems == ["method 'task_arithmetic' needs a base model: set model.base=PATH_OR_ID"]

@@ -25,7 +25,7 @@ def _run(sweep: Path, job: int, overrides: list[str], test: dict | None, evals: 
             "method": "sae",
             "seed": seed,
             "test": {**test, "mean": sum(test.values()) / len(test)},
-            "fitness_evaluations": evals,
+            "models_scored": evals,
             "examples_scored": 10 * evals,
             "wall_seconds": 5.0,
         }
@@ -61,7 +61,7 @@ def test_values_std_and_best(tmp_path):
     assert glob["cells"]["a"] == pytest.approx((55.0, 5.0))  # mean, population std of 50 and 60
     assert glob["cells"]["b"] == pytest.approx((75.0, 5.0))
     assert glob["cells"]["mean"] == pytest.approx((65.0, 5.0))
-    assert glob["fitness_evaluations"] == 15
+    assert glob["models_scored"] == 15
     assert by_label["scoring=local"]["cells"]["b"] == pytest.approx((90.0, 0.0))
     text = tables.markdown(tasks, rows, "T")
     assert "**90.0 ± 0.0**" in text and "**55.0 ± 5.0**" in text  # best per column in bold

@@ -103,11 +103,18 @@ class M2N2:
 
     # --- the generation loop's interface ---------------------------------------------------
 
+    def problems(self, models) -> list[str]:
+        """Checked before any weights are loaded."""
+        n = len(models.expert_names)
+        return (
+            [f"method.archive_size={self.archive_size}: must hold the {n} experts"]
+            if self.archive_size < n
+            else []
+        )
+
     def initialize(self, ctx: RunContext) -> M2N2State:
         """Generation 0: the experts."""
         names = ctx.models.expert_names
-        if self.archive_size < len(names):
-            raise ValueError(f"method.archive_size={self.archive_size}: must hold the {len(names)} experts")
         state = M2N2State(generation=0)
         for index, name in enumerate(names):
             state.members.append(self._store(ctx, state, ctx.load_expert(index), f"expert:{name}", 0))

@@ -72,6 +72,12 @@ class OneShotMerge:
     def steps(self) -> int:
         return len(self.factors) - 1
 
+    def problems(self, models) -> list[str]:
+        """Checked before any weights are loaded."""
+        if self.needs_base and not models.has_base:
+            return [f"method {self.name!r} needs a base model: set model.base=PATH_OR_ID"]
+        return []
+
     def merge_tensor(
         self,
         ctx: RunContext,

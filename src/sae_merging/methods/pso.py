@@ -287,15 +287,26 @@ class PSO:
                 )
         return x, v
 
+    def _head(self, expert_names: list[str]) -> list[str]:
+        return (["base"] if self.include_base else []) + [f"expert:{n}" for n in expert_names]
+
+    def problems(self, models) -> list[str]:
+        """Checked before any weights are loaded."""
+        found = [] if models.has_base else [f"method {self.name!r} needs a base model: set model.base"]
+        head = self._head(models.expert_names)
+        if self.swarm_size is not None and self.swarm_size < len(head):
+            found.append(
+                f"method.swarm_size={self.swarm_size}: must hold {' + '.join(head)} (>= {len(head)})"
+            )
+        return found
+
     def _initial_positions(self, ctx: RunContext, state: PSOState) -> list[Member]:
         """Store the base, the experts and the DARE copies (particles in that order); note the
         velocity limits on the way, since they need the task vectors."""
         base = ctx.load_base(self.name)
         names = ctx.models.expert_names
-        head = (["base"] if self.include_base else []) + [f"expert:{n}" for n in names]
+        head = self._head(names)
         size = self.swarm_size if self.swarm_size is not None else len(head) + len(names)
-        if size < len(head):
-            raise ValueError(f"method.swarm_size={size}: must hold {' + '.join(head)} (>= {len(head)})")
         # DARE copy j sparsifies expert j mod K (copies cycle over the experts)
         copies = range(size - len(head))
         origins = head + [f"dare{j // len(names)}:{names[j % len(names)]}" for j in copies]

@@ -122,6 +122,17 @@ class SAE:
     def steps(self) -> int:
         return self.schedule.steps
 
+    def problems(self, models) -> list[str]:
+        """Checked before any weights are loaded: generation 0 must fit in the archive."""
+        n = len(models.expert_names)
+        needed = n * (1 + self.n_sparse_variants)
+        if needed <= self.archive_size:
+            return []
+        return [
+            f"method.archive_size={self.archive_size}: must hold the {n} experts and their "
+            f"{self.n_sparse_variants} sparse variants each (>= {needed})"
+        ]
+
     # --- the generation loop's interface ---------------------------------------------------
 
     def initialize(self, ctx: RunContext) -> SAEState:

@@ -56,6 +56,11 @@ class ModelPool:
         return ModelRef.parse(self._base) if self._base else None
 
     @property
+    def has_base(self) -> bool:
+        """Known without resolving anything (a lab pool always has its base)."""
+        return bool(self._base)
+
+    @property
     def experts(self) -> list[ModelRef]:
         return [ModelRef.parse(e) for e in self._experts]
 
@@ -109,6 +114,10 @@ class LabModelPool(ModelPool):
     @property
     def base(self) -> ModelRef:
         return ModelRef.parse(self.build.base)
+
+    @property
+    def has_base(self) -> bool:
+        return True
 
     @property
     def experts(self) -> list[ModelRef]:

@@ -45,8 +45,9 @@ class Scores:
 
 @dataclass
 class FitnessCounters:
-    fitness_evaluations: int = 0  # (individual, sample) scorings requested
-    examples_scored: int = 0  # (individual, example) pairs actually computed
+    fitness_evaluations: int = 0  # (individual, sample) scorings requested, cached or not
+    models_scored: int = 0  # requests that had to run the model (some example not cached yet)
+    examples_scored: int = 0  # (individual, example) pairs actually computed: the fair budget
 
 
 class FitnessEvaluator:
@@ -89,6 +90,8 @@ class FitnessEvaluator:
         some example is not cached yet."""
         self.counters.fitness_evaluations += 1
         known = self.cache.setdefault(ident, {})
+        if any(e.uid not in known for _, examples in samples.values() for e in examples):
+            self.counters.models_scored += 1
         for task, examples in samples.values():
             todo = [e for e in examples if e.uid not in known]
             if not todo:

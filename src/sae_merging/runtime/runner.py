@@ -27,7 +27,7 @@ from sae_merging.models.io import load_config, load_tokenizer, save_model_folder
 from sae_merging.runtime.fitness import FitnessEvaluator
 from sae_merging.runtime.loop import run_generations
 from sae_merging.runtime.store import IndividualStore
-from sae_merging.runtime.validation import ConfigError, config_problems, pool_problems
+from sae_merging.runtime.validation import ConfigError, config_problems, instantiate_checked, pool_problems
 from sae_merging.sparsity.measures import SparsityStats, pooled, zero_count
 from sae_merging.utils.files import atomic_write_json, stable_hash
 
@@ -61,9 +61,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     finished = _finished(run_dir, cfg)
     if finished is not None:
         return finished
-    models = instantiate(cfg.model)
-    tasks = instantiate(cfg.task)
-    problems = pool_problems(models, tasks, cfg.get("method"))
+    models = instantiate_checked(cfg.model, "model")
+    tasks = instantiate_checked(cfg.task, "task")
+    method = instantiate_checked(cfg.method, "method")
+    evaluator = instantiate_checked(cfg.evaluator, "evaluator")
+    problems = pool_problems(models, tasks, method)
     if problems:
         raise ConfigError(problems)
     if cfg.get("threads"):
@@ -73,9 +75,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     reference = models.base or models.experts[0]
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(reference)
-    fitness = FitnessEvaluator(
-        instantiate(cfg.evaluator), load_config(reference), tokenizer, models.dtype, device
-    )
+    fitness = FitnessEvaluator(evaluator, load_config(reference), tokenizer, models.dtype, device)
     ctx = RunContext(
         models=models,
         tasks=tasks,
@@ -85,7 +85,6 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         seed=cfg.seed,
         progress=cfg.get("progress", True),
     )
-    method = instantiate(cfg.method)
     logger = instantiate(cfg.logger)
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=f"{method.name}-seed{cfg.seed}")
     if hasattr(method, "step"):
@@ -140,6 +139,7 @@ def finish(
         "sparsity": outcome.member.sparsity,
         "zero_fraction": zero_count(pooled(stats)),
         "fitness_evaluations": ctx.fitness.counters.fitness_evaluations,
+        "models_scored": ctx.fitness.counters.models_scored,
         "examples_scored": ctx.fitness.counters.examples_scored,
         "chosen": outcome.member.to_json(),
         "details": outcome.details,

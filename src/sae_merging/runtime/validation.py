@@ -103,16 +103,25 @@ def config_problems(cfg: DictConfig) -> list[str]:
     return checks.problems
 
 
-def pool_problems(models, tasks, method_cfg: DictConfig | None) -> list[str]:
-    """Problems visible once the pools exist (no weights or data loaded yet)."""
+def pool_problems(models, tasks, method) -> list[str]:
+    """Problems visible once the pools and the method exist (no weights or data loaded yet)."""
     problems = models.problems() + tasks.problems()
-    if method_cfg is not None and not problems:
-        archive = OmegaConf.select(method_cfg, "archive_size", default=None)
-        variants = OmegaConf.select(method_cfg, "n_sparse_variants", default=None)
-        n_experts = len(models.expert_names)
-        if isinstance(archive, int) and isinstance(variants, int) and n_experts * (1 + variants) > archive:
-            problems.append(
-                f"method.archive_size={archive}: must hold the {n_experts} experts and their "
-                f"{variants} sparse variants each (>= {n_experts * (1 + variants)})"
-            )
+    if not problems and hasattr(method, "problems"):
+        problems += method.problems(models)
     return problems
+
+
+def instantiate_checked(node: DictConfig, key: str):
+    """`hydra.utils.instantiate`, turning a constructor's ValueError (a bad setting) into a
+    ConfigError line instead of a traceback."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if not isinstance(cause, ValueError):
+            raise
+        message = str(cause)
+        raise ConfigError([message if message.startswith(key) else f"{key}: {message}"]) from error
