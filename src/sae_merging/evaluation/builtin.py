@@ -66,10 +66,11 @@ def encode_pair(
     return context_ids, whole[len(context_ids) :]
 
 
-class BuiltinEvaluator:
-    """Scores examples of a task with a loaded model; see the module docstring."""
+class Evaluator:
+    """What every evaluator backend shares: batch size, GSM8K answer filter, length limit,
+    progress bars, and `evaluate(model, tokenizer, task, examples) -> TaskScores`."""
 
-    name = "builtin"
+    name = "evaluator"
 
     def __init__(
         self,
@@ -79,11 +80,28 @@ class BuiltinEvaluator:
         progress: bool = False,
     ) -> None:
         if extraction not in EXTRACTIONS:
-            raise ValueError(f"extraction={extraction!r}; valid: {', '.join(EXTRACTIONS)}")
+            raise ValueError(f"evaluator.extraction={extraction!r}; valid: {', '.join(EXTRACTIONS)}")
+        if batch_size < 1:
+            raise ValueError(f"evaluator.batch_size={batch_size}: must be >= 1")
         self.batch_size = batch_size
         self.extraction = extraction
         self.max_length = max_length
         self.progress = progress
+
+    def evaluate(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        task: TaskData,
+        examples: Sequence[Example],
+    ) -> TaskScores:
+        raise NotImplementedError
+
+
+class BuiltinEvaluator(Evaluator):
+    """Scores examples of a task with a loaded model; see the module docstring."""
+
+    name = "builtin"
 
     def evaluate(
         self,

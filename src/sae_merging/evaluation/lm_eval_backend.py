@@ -28,8 +28,8 @@ from pathlib import Path
 import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sae_merging.evaluation.builtin import TaskScores
-from sae_merging.evaluation.extraction import EXTRACTIONS, FLEXIBLE_PATTERN, IGNORE_PATTERNS, STRICT_PATTERN
+from sae_merging.evaluation.builtin import Evaluator, TaskScores
+from sae_merging.evaluation.extraction import FLEXIBLE_PATTERN, IGNORE_PATTERNS, STRICT_PATTERN
 from sae_merging.tasks.base import Example, TaskData
 
 # lm-eval's gsm8k filter names for our extraction names.
@@ -150,7 +150,7 @@ def _sample_correct(sample: dict) -> bool:
     return float(sample["acc"] if "acc" in sample else sample["exact_match"]) == 1.0
 
 
-class LmEvalEvaluator:
+class LmEvalEvaluator(Evaluator):
     """Same interface as BuiltinEvaluator; see the module docstring."""
 
     name = "lm_eval"
@@ -164,14 +164,9 @@ class LmEvalEvaluator:
         num_fewshot: int | None = None,
         progress: bool = False,
     ) -> None:
-        if extraction not in EXTRACTIONS:
-            raise ValueError(f"extraction={extraction!r}; valid: {', '.join(EXTRACTIONS)}")
-        self.batch_size = batch_size
-        self.extraction = extraction
-        self.max_length = max_length
+        super().__init__(batch_size, extraction, max_length, progress)
         self.registered = dict(registered or {})
         self.num_fewshot = num_fewshot  # registered tasks only; None keeps the task's own
-        self.progress = progress
 
     def evaluate(
         self,

@@ -49,6 +49,29 @@ class Member:
 
 
 @dataclass
+class PopulationState:
+    """The state of archive-based methods (SAE, M2N2): what the checkpoint holds."""
+
+    generation: int
+    members: list[Member] = field(default_factory=list)
+    next_id: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "generation": self.generation,
+            "members": [m.to_json() for m in self.members],
+            "next_id": self.next_id,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> PopulationState:
+        members = [Member.from_json(m) for m in data["members"]]
+        return cls(data["generation"], members, data["next_id"], data["metrics"])
+
+
+@dataclass
 class Outcome:
     """What a method returns: the chosen individual and its optimization-set scores."""
 

@@ -29,14 +29,11 @@ uninterrupted one.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from sae_merging.merging import functions as merge_fns
-from sae_merging.methods.base import Member, Outcome, RunContext, Sample
+from sae_merging.methods.base import Member, Outcome, PopulationState, RunContext, Sample
 from sae_merging.methods.sharing import attraction, shared_matrix, weakest, weighted_index
 from sae_merging.runtime.fitness import Scores
 
@@ -54,25 +51,7 @@ def crossover_shares(count: int, split: int, ratio: float) -> list[float]:
     return [ratio if index < split else 1.0 - ratio for index in range(count)]
 
 
-@dataclass
-class M2N2State:
-    generation: int
-    members: list[Member] = field(default_factory=list)
-    next_id: int = 0
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {
-            "generation": self.generation,
-            "members": [m.to_json() for m in self.members],
-            "next_id": self.next_id,
-            "metrics": self.metrics,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> M2N2State:
-        members = [Member.from_json(m) for m in data["members"]]
-        return cls(data["generation"], members, data["next_id"], data["metrics"])
+M2N2State = PopulationState
 
 
 class M2N2:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from sae_merging.merging import functions as merge_fns
-from sae_merging.methods.base import Member, Outcome, RunContext, Sample
+from sae_merging.methods.base import Member, Outcome, PopulationState, RunContext, Sample
 from sae_merging.methods.sharing import shared_fitness
 from sae_merging.pruning.magnitude import MagnitudePruner
 from sae_merging.runtime.fitness import Scores
@@ -65,25 +65,7 @@ class SparsityScoring:
         return self.model_value({n: SparsityStats.of(t) for n, t in tensors.items()}, pruner)
 
 
-@dataclass
-class SAEState:
-    generation: int
-    members: list[Member]
-    next_id: int = 0
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {
-            "generation": self.generation,
-            "members": [m.to_json() for m in self.members],
-            "next_id": self.next_id,
-            "metrics": self.metrics,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> SAEState:
-        members = [Member.from_json(m) for m in data["members"]]
-        return cls(data["generation"], members, data["next_id"], data["metrics"])
+SAEState = PopulationState
 
 
 class SAE:
