@@ -108,7 +108,7 @@ def row_label(record: dict, swept: list[str], with_method: bool) -> str:
 
 def aggregate(records: list[dict]) -> tuple[list[str], list[dict]]:
     """Group by method and every other override that varies across runs, except the seed."""
-    ignored = {k.lstrip("+") for k in SEED_KEYS + METHOD_KEYS}
+    ignored = {k.lstrip("+") for k in SEED_KEYS + METHOD_KEYS} | {"experiment"}  # the sweep itself
     keys = sorted({k for r in records for k in r["overrides"]} - ignored)
     swept = [k for k in keys if len({r["overrides"].get(k) for r in records}) > 1]
     with_method = len({method_label(r["results"]) for r in records}) > 1

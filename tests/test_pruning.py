@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from sae_merging.pruning import magnitude
 from sae_merging.pruning.magnitude import MagnitudePruner, kth_smallest_magnitude
 
 
@@ -78,3 +79,112 @@ def test_kth_smallest_magnitude_on_known_values():
 def test_bad_granularity_is_refused():
     with pytest.raises(ValueError, match="granularity"):
         MagnitudePruner("per-row")
+
+
+# --- the streaming selection: sampled brackets, chunked passes, exact ties ----------------------
+
+
+def _prune_like_reference(tensors: list[torch.Tensor], rate: float) -> None:
+    """Global pruning of `tensors` equals the stable-sort reference, entry for entry."""
+    model = {f"layers.{i}.weight": t for i, t in enumerate(tensors)}
+    k = round(rate * sum(t.numel() for t in tensors))
+    pruned = MagnitudePruner("global", skip=()).prune(model, rate)
+    for name, expected in zip(model, _sort_reference(tensors, k)):
+        assert pruned[name].dtype == model[name].dtype
+        assert torch.equal(pruned[name], expected), name
+    assert sum(int((pruned[n] == 0).sum()) for n in model) >= k
+
+
+def _weights(dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
+    """Two tensors of different scales, some entries already zero, and a coarse-grid part
+    (many exact ties)."""
+    g = torch.Generator().manual_seed(seed)
+    first = torch.randn(60, 50, generator=g) * 0.02
+    first[:5] = 0
+    grid = (torch.randint(-4, 5, (40, 30), generator=g) * 0.01).float()
+    second = torch.cat([torch.randn(30, 30, generator=g) * 0.05, grid])
+    return [first.to(dtype), second.to(dtype)]
+
+
+@pytest.fixture
+def streaming_scale(monkeypatch):
+    """Chunks and samples much smaller than the tensors, so sampled brackets and chunk-split
+    ties are exercised on small inputs."""
+    monkeypatch.setattr(magnitude, "CHUNK", 64)
+    monkeypatch.setattr(magnitude, "SAMPLE", 128)
+    monkeypatch.setattr(magnitude, "SAMPLE_BLOCK", 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+@pytest.mark.parametrize("rate", [0.0, 0.05, 0.5, 0.6, 0.97, 1.0])
+def test_sampled_selection_matches_sort_reference(streaming_scale, dtype, rate):
+    _prune_like_reference(_weights(dtype), rate)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_many_ties_and_existing_zeros(streaming_scale, dtype):
+    g = torch.Generator().manual_seed(3)
+    ties = [(torch.randint(-2, 3, (50, 40), generator=g) * 0.5).to(dtype) for _ in range(3)]  # 40% zeros
+    for rate in (0.2, 0.4, 0.41, 0.7, 0.99):
+        _prune_like_reference(ties, rate)
+
+
+def test_mixed_dtypes_compare_as_float32(streaming_scale):
+    g = torch.Generator().manual_seed(4)
+    tensors = [torch.randn(40, 40, generator=g).bfloat16(), torch.randn(30, 30, generator=g).double()]
+    for rate in (0.3, 0.8):
+        _prune_like_reference(tensors, rate)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_missed_brackets_are_narrowed_exactly(streaming_scale, monkeypatch, dtype):
+    """A sample that misses the threshold (no spread, tiny candidate budget) costs passes,
+    never exactness."""
+    monkeypatch.setattr(magnitude, "SPREAD", 0.0)
+    monkeypatch.setattr(magnitude, "MAX_CANDIDATES", 50)
+    for rate in (0.1, 0.6, 0.9):
+        _prune_like_reference(_weights(dtype, seed=5), rate)
+
+
+def test_plan_is_order_independent_and_streams(streaming_scale, tmp_path):
+    """Tensors read lazily from a mapped file, planned once, pruned in reverse order, equal the
+    in-memory result; the source is read only through the callable."""
+    from safetensors.torch import save_file
+
+    from sae_merging.utils.tensorfiles import TensorFile
+
+    model = {f"layers.{i}.weight": t for i, t in enumerate(_weights(torch.bfloat16, seed=6))}
+    save_file(model, str(tmp_path / "m.safetensors"))
+    pruner = MagnitudePruner("global", skip=())
+    with TensorFile(tmp_path / "m.safetensors") as file:
+        names = file.names()
+        calls = []
+
+        def views():
+            calls.append(1)
+            return (file.view(n) for n in names)
+
+        plan = pruner.plan(views, 0.6, [file.numel(n) for n in names])
+        backwards = {n: plan.apply(i, file.view(n)) for i, n in reversed(list(enumerate(names)))}
+        expected = pruner.prune({n: file.view(n) for n in names}, 0.6)
+    assert len(calls) == 2  # one sampling pass, one counting pass
+    assert all(torch.equal(backwards[n], expected[n]) for n in names)
+    assert sum(cut.zeros for cut in plan.cuts) == sum(int((t == 0).sum()) for t in expected.values())
+
+
+def test_selection_reports_per_tensor_counts():
+    tensors = [torch.tensor([3.0, -1.0, 1.0, 0.0]), torch.tensor([1.0, 2.0, -1.0])]
+    selection = magnitude.select(lambda: tensors, 3)
+    assert selection.space.value(selection.threshold) == 1.0
+    assert selection.below == (1, 0) and selection.ties == (2, 2)
+    cuts = selection.cuts(3)
+    assert [c.quota for c in cuts] == [2, 0]  # ties go to the first tensor first
+    assert [c.zeros for c in cuts] == [3, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int32])
+@pytest.mark.parametrize("n", [5, 65532, 131064 + 7, 1 << 20])
+def test_lane_sums_count_exactly(dtype, n):
+    ones = (torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.7).to(dtype)
+    assert magnitude._sum_ones(ones) == int(ones.sum())
+    assert magnitude._sum_ones(torch.ones(n, dtype=dtype)) == n

@@ -3,10 +3,24 @@
 Rate `s` zeroes exactly `round(s * n)` entries: per tensor (`granularity: local`) or over all
 prunable tensors at once (`granularity: global`, one threshold). Ties at the threshold are
 broken by position (tensor order, then flat index), so the result equals a stable sort of all
-magnitudes, without sorting or concatenating anything: the k-th smallest magnitude is found by
-a two-pass radix selection over the float bit patterns (a 65,536-bin histogram of the high 16
-bits, then of the low 16 bits inside the chosen bin). Memory stays at one tensor plus the
-histograms, and every pass streams, so a model larger than RAM prunes from memory-mapped files.
+magnitudes. Nothing is sorted or concatenated to find it:
+
+1. Magnitudes are compared as integer keys, the bits of |w| with the sign bit cleared, whose
+   integer order is the order of |w|. bf16 / fp16 weights keep their own 16-bit keys (32,768
+   values); other or mixed dtypes compare as float32, like the sort-based reference.
+2. A stratified sample of about 1M magnitudes (blocks of 256 entries) brackets the k-th
+   smallest key, its width set by the rank error measured across blocks.
+3. One counting pass over all weights counts, per tensor, the keys below each key of the
+   bracket (a bf16 bracket is a handful of keys), or below its two ends while collecting the
+   few keys inside it (float32); the exact k-th key T and the per-tensor counts follow. A
+   bracket the sample missed is narrowed by further passes, so the result never depends on it.
+4. The plan zeroes, in each tensor, the keys below T and a quota of the keys equal to T (the
+   quotas are handed out in tensor order), so tensors can be pruned in any order, each alone.
+
+Every pass walks 1M-entry chunks through preallocated buffers with integer arithmetic only:
+counting by sign bits summed as int64 lanes, zeroing by bit masks (bool masks and masked_fill
+are several times slower on CPU). Memory stays at a few chunks, so a model larger than RAM
+prunes from memory-mapped files.
 
 Tensors named by the `skip` patterns (embeddings, norms, biases, LM head by default) are never
 pruned and do not count in `n`.
@@ -15,67 +29,449 @@ pruned and do not count in `n`.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 GRANULARITIES = ("local", "global")
 DEFAULT_SKIP = ("*embed*", "*norm*", "*.bias", "lm_head*")
-_BINS = 1 << 16
+CHUNK = 1 << 20  # entries per step of every pass (buffers of a few MB: cache-sized, few calls)
+SAMPLE = 1 << 20  # magnitudes sampled to bracket the threshold (all of them in smaller models)
+SAMPLE_BLOCK = 256  # contiguous entries per sampled block (few pages of a mapped file to touch)
+SPREAD = 3.0  # bracket half-width, in standard errors of the sampled rank
+MAX_KEYS = 8  # a bracket this narrow (in keys) is counted key by key
+MAX_CANDIDATES = 1 << 22  # a bracket holding at most this many entries is collected and sorted
+
+TensorSource = Callable[[], Iterable[torch.Tensor]]
 
 
-def _magnitude_bits(tensor: torch.Tensor) -> torch.Tensor:
-    """|w| as int32 bit patterns: for non-negative floats the integer order is the value order."""
-    return tensor.detach().reshape(-1).to(torch.float32).abs().view(torch.int32)
+@dataclass(frozen=True)
+class KeySpace:
+    """Magnitudes as integer keys: the bits of |w| as `dtype`, with the sign bit cleared."""
+
+    dtype: torch.dtype
+
+    @classmethod
+    def of(cls, dtypes: Iterable[torch.dtype]) -> KeySpace:
+        """The tensors' own dtype when they share a 16-bit float one, float32 otherwise."""
+        found = set(dtypes)
+        if len(found) == 1 and found <= {torch.bfloat16, torch.float16}:
+            return cls(found.pop())
+        return cls(torch.float32)
+
+    @property
+    def bits(self) -> int:
+        return torch.finfo(self.dtype).bits
+
+    @property
+    def int_dtype(self) -> torch.dtype:
+        return torch.int16 if self.bits == 16 else torch.int32
+
+    @property
+    def limit(self) -> int:
+        """One past the largest key."""
+        return 1 << (self.bits - 1)
+
+    def value(self, key: int) -> float:
+        return float(torch.tensor([key], dtype=self.int_dtype).view(self.dtype)[0])
+
+    def keys_of(self, magnitudes: torch.Tensor) -> torch.Tensor:
+        """int32 keys of a small float tensor (a sample)."""
+        return magnitudes.to(self.dtype).view(self.int_dtype).to(torch.int32) & (self.limit - 1)
+
+    def sorted_keys(self, keys: torch.Tensor) -> torch.Tensor:
+        """Keys sorted: by counting for 16-bit keys (32,768 bins), by a sort otherwise."""
+        if self.bits == 16:
+            counts = torch.bincount(keys, minlength=self.limit)
+            return torch.repeat_interleave(torch.arange(self.limit, dtype=torch.int32), counts)
+        return keys.sort().values
 
 
-def kth_smallest_magnitude(tensors: Callable[[], Iterable[torch.Tensor]], k: int) -> tuple[float, int]:
-    """(value, rank) of the k-th smallest |w| (1-based k) over all tensors yielded by
-    `tensors()` (called twice, so it may stream), where `rank` = how many entries are smaller."""
-    high = torch.zeros(_BINS, dtype=torch.int64)
-    for tensor in tensors():
-        high += torch.bincount(_magnitude_bits(tensor) >> 16, minlength=_BINS)
-    cumulative = high.cumsum(0)
-    high_bin = int(torch.searchsorted(cumulative, k))
-    below = int(cumulative[high_bin - 1]) if high_bin else 0
-    low = torch.zeros(_BINS, dtype=torch.int64)
-    for tensor in tensors():
-        bits = _magnitude_bits(tensor)
-        low += torch.bincount(bits[(bits >> 16) == high_bin] & 0xFFFF, minlength=_BINS)
-    cumulative = low.cumsum(0)
-    low_bin = int(torch.searchsorted(cumulative, k - below))
-    below += int(cumulative[low_bin - 1]) if low_bin else 0
-    value = torch.tensor([(high_bin << 16) | low_bin], dtype=torch.int32).view(torch.float32)
-    return float(value), below
+class Scratch:
+    """Chunk-sized buffers, allocated once and reused across chunks and tensors."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def get(self, slot: str, dtype: torch.dtype, n: int) -> torch.Tensor:
+        """The first `n` entries of the slot's buffer (grown to the largest `n` asked, at most
+        a chunk as passes ask, so small tensors get small buffers)."""
+        buffer = self._buffers.get((slot, dtype))
+        if buffer is None or buffer.numel() < n:
+            buffer = self._buffers[(slot, dtype)] = torch.empty(n, dtype=dtype)
+        return buffer[:n]
 
 
-class _ZeroBudget:
-    """Applies one threshold tensor by tensor: zero |w| < value, then the first `ties` entries
-    equal to it, in the order tensors are given."""
-
-    def __init__(self, value: float, ties: int) -> None:
-        self.value, self.ties = value, ties
-
-    def apply(self, tensor: torch.Tensor) -> torch.Tensor:
-        magnitude = tensor.detach().to(torch.float32).abs()
-        zero = magnitude < self.value
-        if self.ties > 0:
-            equal = (magnitude == self.value).reshape(-1)
-            positions = equal.nonzero().reshape(-1)[: self.ties]
-            self.ties -= len(positions)
-            zero = zero.reshape(-1)
-            zero[positions] = True
-            zero = zero.reshape(tensor.shape)
-        return tensor.masked_fill(zero, 0)
+def chunks(tensor: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, flat slice) pairs covering the tensor, CHUNK entries each."""
+    flat = tensor.detach().reshape(-1)
+    size = CHUNK
+    for start in range(0, flat.numel(), size):
+        yield start, flat[start : start + size]
 
 
-def zero_budget(tensors: Callable[[], Iterable[torch.Tensor]], k: int) -> _ZeroBudget | None:
-    """The plan that zeroes exactly the k smallest magnitudes (None when k == 0)."""
-    if k <= 0:
+def _keys(chunk: torch.Tensor, space: KeySpace, scratch: Scratch) -> torch.Tensor:
+    n = chunk.numel()
+    if chunk.dtype != space.dtype:
+        chunk = scratch.get("convert", space.dtype, n).copy_(chunk)
+    keys = scratch.get("keys", space.int_dtype, n)
+    return torch.bitwise_and(chunk.view(space.int_dtype), space.limit - 1, out=keys)
+
+
+def _count_below(keys: torch.Tensor, key: int, space: KeySpace, scratch: Scratch) -> int:
+    """How many of `keys` are below `key`: the sign bit of key - `key`, summed."""
+    n = keys.numel()
+    if key <= 0:
+        return 0
+    if key >= space.limit:
+        return n
+    work = torch.sub(keys, key, out=scratch.get("work", space.int_dtype, n))
+    return _sum_ones(work.bitwise_right_shift_(space.bits - 1).bitwise_and_(1))
+
+
+_LANE_ROW = 16383  # int64 words summed per row: every 16-bit lane stays below 2**14
+
+
+def _sum_ones(ones: torch.Tensor) -> int:
+    """Sum of 0/1 int16 / int32 entries, summed several at a time as the lanes of int64 words
+    (a plain integer sum is several times slower on CPU): row sums keep the lanes apart, and
+    reading them back at their own width adds the lanes up."""
+    per_row = _LANE_ROW * (8 // ones.element_size())
+    whole = ones.numel() // per_row * per_row
+    total = int(ones[whole:].sum())
+    if whole:
+        rows = ones[:whole].view(torch.int64).view(-1, _LANE_ROW).sum(dim=1)
+        total += int(rows.view(ones.dtype).sum())
+    return total
+
+
+def count_zeros(tensor: torch.Tensor, scratch: Scratch | None = None) -> int:
+    """Exact zeros of a float tensor (as float32, like SparsityStats.of), by the counting kernel."""
+    space, scratch = KeySpace.of([tensor.dtype]), scratch or Scratch()
+    return sum(_count_below(_keys(part, space, scratch), 1, space, scratch) for _, part in chunks(tensor))
+
+
+def _mask_into(
+    chunk: torch.Tensor, keys: torch.Tensor, cut: int, space: KeySpace, scratch: Scratch, out: torch.Tensor
+) -> None:
+    """out = chunk with every entry whose key is below `cut` zeroed."""
+    if cut <= 0:
+        out.copy_(chunk)
+        return
+    if cut >= space.limit:
+        out.zero_()
+        return
+    pruned = torch.sub(keys, cut, out=scratch.get("work", space.int_dtype, keys.numel()))
+    pruned.bitwise_right_shift_(space.bits - 1)  # -1 (all bits) where pruned, 0 where kept
+    if chunk.dtype == space.dtype:
+        torch.bitwise_and(chunk.view(space.int_dtype), pruned.bitwise_not_(), out=out.view(space.int_dtype))
+    else:
+        out.copy_(chunk).masked_fill_(pruned.bool(), 0)
+
+
+@dataclass(frozen=True)
+class TensorCut:
+    """How one tensor is pruned: its keys below `threshold` are zeroed, and the first `quota`
+    (in flat order) of its `ties` keys equal to it; `zeros` is the pruned tensor's zero count."""
+
+    space: KeySpace
+    threshold: int
+    ties: int = 0
+    quota: int = 0
+    zeros: int = 0
+
+    def chunks(
+        self, tensor: torch.Tensor, scratch: Scratch, out: torch.Tensor | None = None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """(start, pruned chunk) pairs, written into the flat `out` or else into a scratch
+        buffer that the next chunk overwrites."""
+        remaining = self.quota
+        for start, chunk in chunks(tensor):
+            n = chunk.numel()
+            target = out[start : start + n] if out is not None else scratch.get("pruned", chunk.dtype, n)
+            if self.threshold >= self.space.limit:
+                target.zero_()
+                yield start, target
+                continue
+            keys = _keys(chunk, self.space, scratch)
+            cut, partial = self.threshold, 0
+            if remaining == self.ties and remaining:  # every tie of the tensor goes
+                cut = self.threshold + 1
+            elif remaining:
+                here = _count_below(keys, self.threshold + 1, self.space, scratch) - _count_below(
+                    keys, self.threshold, self.space, scratch
+                )
+                if here <= remaining:
+                    cut, remaining = self.threshold + 1, remaining - here
+                else:
+                    partial, remaining = remaining, 0
+            _mask_into(chunk, keys, cut, self.space, scratch, target)
+            if partial:
+                first = (keys == self.threshold).nonzero().reshape(-1)[:partial]
+                target[first] = 0
+            yield start, target
+
+    def prune(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A pruned copy of `tensor`."""
+        out = torch.empty(tensor.numel(), dtype=tensor.dtype)
+        for _ in self.chunks(tensor, Scratch(), out):
+            pass
+        return out.view(tensor.shape)
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """One TensorCut per planned tensor (None: left as is); apply them in any order."""
+
+    cuts: tuple[TensorCut | None, ...]
+
+    def apply(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
+        cut = self.cuts[index]
+        return cut.prune(tensor) if cut is not None else tensor
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The k-th smallest key and, per tensor, how many keys are below it and equal to it."""
+
+    space: KeySpace
+    threshold: int
+    below: tuple[int, ...]
+    ties: tuple[int, ...]
+
+    def cuts(self, k: int) -> tuple[TensorCut, ...]:
+        """Zero the k smallest: everything below the threshold, then ties in tensor order."""
+        remaining = k - sum(self.below)
+        cuts = []
+        for below, ties in zip(self.below, self.ties, strict=True):
+            quota = min(ties, remaining)
+            remaining -= quota
+            zeros = below + quota if self.threshold > 0 else ties
+            cuts.append(TensorCut(self.space, self.threshold, ties, quota, zeros))
+        return tuple(cuts)
+
+
+class SamplePositions:
+    """Where the stratified sample lies, tensor after tensor: random blocks of SAMPLE_BLOCK
+    entries, one per stratum, about SAMPLE entries in all (every entry when the tensors hold no
+    more; the selection is then exact from the sample). Seeded, so tensors of the same sizes
+    get the same positions."""
+
+    def __init__(self, total: int) -> None:
+        self.rate = min(1.0, SAMPLE / max(total, 1))
+        self.generator = torch.Generator().manual_seed(0)
+
+    def __call__(self, n: int) -> torch.Tensor | None:
+        """Flat positions in the next tensor, of `n` entries (None: all of them)."""
+        if self.rate == 1.0:
+            return None
+        expected = n * self.rate / SAMPLE_BLOCK  # rounded up or down at random: unbiased
+        blocks = min(
+            n // SAMPLE_BLOCK, math.floor(expected + float(torch.rand((), generator=self.generator)))
+        )
+        if blocks == 0:
+            return torch.empty(0, dtype=torch.long)
+        stride = n / blocks
+        jitter = torch.rand(blocks, generator=self.generator, dtype=torch.float64) * (stride - SAMPLE_BLOCK)
+        starts = (torch.arange(blocks, dtype=torch.float64) * stride + jitter).long()
+        return (starts[:, None] + torch.arange(SAMPLE_BLOCK)).reshape(-1)
+
+
+def sample_of(tensor: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """float32 magnitudes of the tensor at `positions` (None: everywhere)."""
+    flat = tensor.detach().reshape(-1)
+    return (flat if positions is None else flat[positions]).float().abs()
+
+
+def _bracket(
+    keys: torch.Tensor, sample: torch.Tensor, k: int, total: int, estimated: bool
+) -> tuple[int, int]:
+    """Keys [lo, hi) that hold the k-th smallest key with high probability (surely when the
+    sample is everything, read from the tensors). `keys` is the sample in SAMPLE_BLOCK blocks,
+    `sample` the same keys sorted. The rank's standard error is taken across blocks (entries of
+    one block, one row of a weight matrix, may share a scale), and never below iid sampling's."""
+    n = sample.numel()
+    if n == total and not estimated:
+        key = int(sample[k - 1])
+        return key, key + 1
+    p = k / total
+    blocks = keys.reshape(-1, SAMPLE_BLOCK) if n % SAMPLE_BLOCK == 0 else keys.reshape(1, -1)
+    estimate = sample[min(n - 1, int(p * n))]
+    below = (blocks < estimate).double().mean(dim=1)
+    error = max(
+        float(below.std()) / math.sqrt(len(below)) if len(below) > 1 else 0.0, math.sqrt(p * (1 - p) / n)
+    )
+    spread = SPREAD * error * n + 2
+    first, last = math.floor(p * n - spread), math.ceil(p * n + spread)
+    lo = int(sample[first]) if first >= 0 else 0
+    hi = int(sample[last]) + 1 if last < n else None
+    return lo, hi
+
+
+def _splits(sample: torch.Tensor, lo: int, hi: int) -> list[int]:
+    """Thresholds that cut [lo, hi) into parts of similar weight (by the sample), or of equal
+    key width where the sample has too few keys inside: each pass narrows the bracket."""
+    inside = sample[(sample > lo) & (sample < hi)]
+    points = set()
+    if inside.numel():
+        points = set(inside[torch.linspace(0, inside.numel() - 1, MAX_KEYS - 1).long()].tolist())
+    if len(points) < MAX_KEYS // 2:
+        points |= set(torch.linspace(lo, hi, MAX_KEYS + 1, dtype=torch.float64).long().tolist())
+    return sorted({lo, hi, *points})
+
+
+@dataclass(frozen=True)
+class CountRequest:
+    """What one counting pass counts: keys below each threshold, and (when `collect` is set) the
+    keys inside [collect[0], collect[1]) themselves."""
+
+    space: KeySpace
+    thresholds: tuple[int, ...]
+    collect: tuple[int, int] | None = None
+
+    def count(self, chunk: torch.Tensor, scratch: Scratch) -> tuple[list[int], torch.Tensor | None]:
+        """One chunk's counts (and collected keys)."""
+        keys = _keys(chunk, self.space, scratch)
+        counts = [_count_below(keys, key, self.space, scratch) for key in self.thresholds]
+        if self.collect is None:
+            return counts, None
+        inside = keys >= self.collect[0]
+        if self.collect[1] < self.space.limit:  # (the limit itself overflows 16-bit keys)
+            inside &= keys < self.collect[1]
+        return counts, keys[inside].to(torch.int32)
+
+
+class ThresholdSearch:
+    """`select`'s search, pass by pass: `request()` says what the next counting pass over all
+    tensors must count, `update()` takes its per-tensor results and returns the Selection once
+    it is exact. (A caller already streaming over the tensors can count the first pass there.)"""
+
+    def __init__(
+        self,
+        magnitudes: torch.Tensor,
+        dtypes: Sequence[torch.dtype],
+        sizes: Sequence[int],
+        k: int,
+        estimated: bool = False,
+    ) -> None:
+        """`magnitudes`: the sample; `estimated`: its values are predictions, not read from the
+        tensors (then even a full-size sample only brackets the threshold)."""
+        self.space = KeySpace.of(dtypes)
+        self.sizes, self.k = list(sizes), k
+        keys = self.space.keys_of(magnitudes)
+        self.sample = self.space.sorted_keys(keys)
+        if keys.numel() == 0:
+            self.lo, self.hi = 0, self.space.limit
+        else:
+            lo, hi = _bracket(keys, self.sample, k, sum(sizes), estimated)
+            self.lo, self.hi = lo, self.space.limit if hi is None else hi
+        self.inside: int | None = None  # entries in [lo, hi), once known
+
+    def request(self) -> CountRequest:
+        lo, hi = self.lo, self.hi
+        if hi - lo <= MAX_KEYS:
+            return CountRequest(self.space, tuple(range(lo, hi + 1)))
+        if self.inside is None or self.inside <= MAX_CANDIDATES:
+            return CountRequest(self.space, (lo, hi), (lo, hi))
+        return CountRequest(self.space, tuple(_splits(self.sample, lo, hi)))
+
+    def update(
+        self,
+        request: CountRequest,
+        counts: Sequence[Sequence[int]],
+        candidates: Sequence[torch.Tensor] | None,
+    ) -> Selection | None:
+        """Per-tensor counts of `request` (and its collected keys per tensor, None when they
+        overflowed MAX_CANDIDATES)."""
+        if len(counts) != len(self.sizes):
+            raise ValueError("tensors() yielded a different number of tensors on another call")
+        below = {0: [0] * len(self.sizes), self.space.limit: list(self.sizes)}
+        below.update({key: [row[j] for row in counts] for j, key in enumerate(request.thresholds)})
+        points = sorted(below)
+        lo = max(key for key in points if sum(below[key]) < self.k)
+        hi = min(key for key in points if key > lo)
+        if hi == lo + 1:
+            ties = tuple(b - a for a, b in zip(below[lo], below[hi], strict=True))
+            return Selection(self.space, lo, tuple(below[lo]), ties)
+        if request.collect == (lo, hi) and candidates is not None:
+            rank = self.k - sum(below[lo])
+            key = int(torch.cat(list(candidates)).sort().values[rank - 1])
+            return Selection(
+                self.space,
+                key,
+                tuple(b + int((c < key).sum()) for b, c in zip(below[lo], candidates, strict=True)),
+                tuple(int((c == key).sum()) for c in candidates),
+            )
+        self.lo, self.hi, self.inside = lo, hi, sum(below[hi]) - sum(below[lo])
         return None
-    value, below = kth_smallest_magnitude(tensors, k)
-    return _ZeroBudget(value, k - below)
+
+
+def _count_pass(
+    tensors: TensorSource, request: CountRequest, scratch: Scratch
+) -> tuple[list[list[int]], list[torch.Tensor] | None]:
+    """Per tensor, the request's counts, and its collected keys (None when they exceed
+    MAX_CANDIDATES)."""
+    counts: list[list[int]] = []
+    candidates: list[torch.Tensor] | None = [] if request.collect is not None else None
+    collected = 0
+    for tensor in tensors():
+        row = [0] * len(request.thresholds)
+        found = []
+        for _, chunk in chunks(tensor):
+            part, inside = request.count(chunk, scratch)
+            row = [a + b for a, b in zip(row, part, strict=True)]
+            if inside is not None and candidates is not None:
+                collected += inside.numel()
+                found.append(inside)
+        counts.append(row)
+        if candidates is not None:
+            if collected > MAX_CANDIDATES:
+                candidates = None
+            else:
+                candidates.append(torch.cat(found) if found else torch.empty(0, dtype=torch.int32))
+    return counts, candidates
+
+
+def select(tensors: TensorSource, k: int, total: int | None = None) -> Selection:
+    """The k-th smallest magnitude key (1-based) over all tensors yielded by `tensors()`, which
+    is called at least twice (sample, count) and may stream from mapped files. `total` is their
+    entry count (found by one more call when not given)."""
+    if total is None:
+        total = sum(tensor.numel() for tensor in tensors())
+    if not 1 <= k <= total:
+        raise ValueError(f"k={k} is outside 1..{total}")
+    positions = SamplePositions(total)
+    parts, dtypes, sizes = [], [], []
+    for tensor in tensors():
+        parts.append(sample_of(tensor, positions(tensor.numel())))
+        dtypes.append(tensor.dtype)
+        sizes.append(tensor.numel())
+    search = ThresholdSearch(torch.cat(parts) if parts else torch.empty(0), dtypes, sizes, k)
+    scratch = Scratch()
+    while True:
+        request = search.request()
+        selection = search.update(request, *_count_pass(tensors, request, scratch))
+        if selection is not None:
+            return selection
+
+
+def kth_smallest_magnitude(tensors: TensorSource, k: int) -> tuple[float, int]:
+    """(value, rank) of the k-th smallest |w| (1-based k) over all tensors yielded by
+    `tensors()`, where `rank` = how many entries are smaller."""
+    selection = select(tensors, k)
+    return selection.space.value(selection.threshold), sum(selection.below)
+
+
+def plan_cuts(tensors: TensorSource, k: int, sizes: Sequence[int]) -> tuple[TensorCut, ...] | None:
+    """Cuts that zero exactly the k smallest magnitudes over all tensors (None when k == 0)."""
+    total = sum(sizes)
+    if k <= 0 or total == 0:
+        return None
+    if k >= total:
+        return tuple(TensorCut(KeySpace(torch.float32), 1 << 31, zeros=n) for n in sizes)
+    return select(tensors, k, total).cuts(k)
 
 
 @dataclass(frozen=True)
@@ -92,16 +488,24 @@ class MagnitudePruner:
 
     def prune_tensor(self, tensor: torch.Tensor, rate: float) -> torch.Tensor:
         """Exactly round(rate * n) zeros (more only if the tensor already had more)."""
-        plan = zero_budget(lambda: [tensor], round(rate * tensor.numel()))
-        return plan.apply(tensor) if plan else tensor
+        cuts = plan_cuts(lambda: [tensor], round(rate * tensor.numel()), [tensor.numel()])
+        return cuts[0].prune(tensor) if cuts else tensor
+
+    def plan(self, tensors: TensorSource, rate: float, sizes: Sequence[int]) -> PrunePlan:
+        """How to prune the tensors yielded by `tensors()` (the prunable ones, of `sizes`
+        entries): one threshold over all of them (global), or one per tensor (local)."""
+        if self.granularity == "global":
+            cuts = plan_cuts(tensors, round(rate * sum(sizes)), sizes)
+            return PrunePlan(cuts if cuts is not None else (None,) * len(sizes))
+        local = []
+        for tensor, n in zip(tensors(), sizes, strict=True):
+            cuts = plan_cuts(lambda t=tensor: [t], round(rate * n), [n])
+            local.append(cuts[0] if cuts else None)
+        return PrunePlan(tuple(local))
 
     def prune(self, tensors: Mapping[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
         """A pruned copy of a model's tensors (the input is left untouched)."""
         names = [name for name in tensors if self.prunable(name)]
-        if self.granularity == "local":
-            pruned = {name: self.prune_tensor(tensors[name], rate) for name in names}
-        else:
-            total = sum(tensors[name].numel() for name in names)
-            plan = zero_budget(lambda: (tensors[name] for name in names), round(rate * total))
-            pruned = {name: plan.apply(tensors[name]) if plan else tensors[name] for name in names}
+        plan = self.plan(lambda: (tensors[name] for name in names), rate, [tensors[n].numel() for n in names])
+        pruned = {name: plan.apply(i, tensors[name]) for i, name in enumerate(names)}
         return {name: pruned.get(name, tensor) for name, tensor in tensors.items()}

@@ -26,13 +26,21 @@ META_FILE = "meta.json"
 def pack(tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
     """Bitmask + values of a tensor, or None when the dense form is not larger."""
     flat = tensor.detach().reshape(-1)
-    nonzero = flat != 0
+    nonzero = _bits(flat) != 0  # bit patterns: a -0.0 is kept as a value, so loading is bit-exact
     kept = int(nonzero.sum())
     compact_bytes = (flat.numel() + 7) // 8 + kept * flat.element_size()
     if compact_bytes >= flat.numel() * flat.element_size():
         return None
     bits = np.packbits(nonzero.cpu().numpy())
     return {_MASK: torch.from_numpy(bits), _VALUES: flat[nonzero].contiguous()}
+
+
+def _bits(flat: torch.Tensor) -> torch.Tensor:
+    """The entries' bit patterns as integers of the same width (bool as is)."""
+    if flat.dtype == torch.bool:
+        return flat
+    width = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[flat.element_size()]
+    return flat.view(width)
 
 
 def unpack(mask: torch.Tensor, values: torch.Tensor, shape: list[int]) -> torch.Tensor:

@@ -1,0 +1,492 @@
+"""Throughput benchmark: streaming merges and pruning of a synthetic ~1B-parameter Llama, the
+fitness evaluators, and one SAE generation at lab scale. Prints a Markdown table.
+
+    python experiments/benchmark.py [--workdir /tmp/sae-benchmark] [--only 1,2,3,4]
+        [--params 1e9] [--skip-build] [--threads N] [--repeat 2] [--examples 64]
+
+Every figure is a ratio to a reference measured in the same run on the same machine, so a slow
+or busy machine moves both sides alike:
+
+1. Merge throughput, in GB of parameters read per second, of the streaming task arithmetic
+   (base + 2 experts read) and of SAE's streaming merge (2 parents read; both pruned to 60%,
+   merged by eq. 4/5, the child pruned), against a plain in-memory `copy_` of a 1 GiB bf16
+   buffer (GB read per second: the physical limit). Each merge runs in a fresh subprocess that
+   reports its peak RSS above the RSS it had just before the run (after imports), against one
+   model's size: the kernel's high-water mark (VmHWM, what ru_maxrss reports), reset before
+   each run; ru_maxrss itself where /proc is missing. The output goes to a new file, as in a
+   real run, so page-cache allocation is included (a virtual machine may make that slow when
+   its memory was idle: the first run's time is shown too).
+2. Global magnitude pruning of the base to 60% (streaming, writing the pruned model) against
+   one pass over its prunable weights: `torch.count_nonzero` of each mapped tensor (the
+   reference of the floor); a chunked float32 sum (conversion into a preallocated buffer, then
+   sum) is shown too, as is writing an unpruned copy of the model (read + write, no selection).
+3. Fitness evaluation throughput (examples/s) of the built-in evaluator against lm-eval's HF
+   backend on the default lab's math expert and the same examples of both lab tasks.
+4. One SAE generation at lab scale (`run.py schedule.steps=1 logger=none`): the merge / prune /
+   evaluate seconds of generation 1 from metrics.jsonl, against the generation's wall time.
+
+The synthetic checkpoints (bf16, Llama-3.2-1B shapes with a 32k vocabulary and tied
+embeddings; base ~ N(0, 0.02), experts = base + N(0, 0.002)) are built once under --workdir.
+The lab comes from the Hydra lab config (conf/lab/default.yaml), cached under
+$SAE_MERGING_CACHE/lab. Timed runs are repeated (--repeat) and the fastest is kept, so every
+side is measured warm. On a machine busy with other work, run with --threads 1: torch's
+parallel regions then wait for descheduled threads, which slows the many small chunk ops of
+the streaming passes far more than the one large op of each reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, VOCAB = 2048, 8192, 32, 8, 32000
+RATE = 0.6
+GB = 1e9
+
+
+# --- the synthetic checkpoints --------------------------------------------------------------------
+
+
+def llama_layout(params: float) -> list[tuple[str, tuple[int, ...]]]:
+    """Llama-3.2-1B's tensors (32k vocabulary, tied embeddings) with as many layers as make
+    about `params` parameters."""
+    head = HIDDEN // HEADS
+    layer = [
+        ("self_attn.q_proj.weight", (HIDDEN, HIDDEN)),
+        ("self_attn.k_proj.weight", (KV_HEADS * head, HIDDEN)),
+        ("self_attn.v_proj.weight", (KV_HEADS * head, HIDDEN)),
+        ("self_attn.o_proj.weight", (HIDDEN, HIDDEN)),
+        ("mlp.gate_proj.weight", (INTERMEDIATE, HIDDEN)),
+        ("mlp.up_proj.weight", (INTERMEDIATE, HIDDEN)),
+        ("mlp.down_proj.weight", (HIDDEN, INTERMEDIATE)),
+        ("input_layernorm.weight", (HIDDEN,)),
+        ("post_attention_layernorm.weight", (HIDDEN,)),
+    ]
+    per_layer = sum(torch.Size(shape).numel() for _, shape in layer)
+    layers = max(1, round((params - VOCAB * HIDDEN) / per_layer))
+    names = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
+    names += [(f"model.layers.{i}.{name}", shape) for i in range(layers) for name, shape in layer]
+    return names + [("model.norm.weight", (HIDDEN,))]
+
+
+def build_checkpoints(folder: Path, params: float) -> list[Path]:
+    """base / expert1 / expert2 .safetensors under `folder` (built once; `done` marks a build)."""
+    from sae_merging.utils.tensorfiles import TensorFileWriter
+
+    files = [folder / f"{name}.safetensors" for name in ("base", "expert1", "expert2")]
+    if (folder / "done").is_file():
+        return files
+    folder.mkdir(parents=True, exist_ok=True)
+    layout = llama_layout(params)
+    writers = [
+        TensorFileWriter(f, {"format": "pt"}, [(n, torch.bfloat16, s) for n, s in layout]) for f in files
+    ]
+    generator = torch.Generator().manual_seed(0)
+    started = time.perf_counter()
+    for name, shape in layout:
+        base = torch.randn(shape, generator=generator).mul_(0.02)
+        writers[0].write(name, base.bfloat16())
+        for writer in writers[1:]:
+            writer.write(name, torch.randn(shape, generator=generator).mul_(0.002).add_(base).bfloat16())
+    for writer in writers:
+        writer.close()
+    (folder / "done").write_text(json.dumps({"params": params, "layout": len(layout)}))
+    print(f"built {folder} in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    return files
+
+
+# --- measurements ---------------------------------------------------------------------------------
+
+
+def best_of(repeat: int, work) -> float:
+    """The fastest of `repeat` timed calls (the first one warms caches up)."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def copy_bandwidth(repeat: int, nbytes: int = 1 << 30) -> float:
+    """GB/s read by `copy_` between two preallocated (already touched) bf16 buffers."""
+    source = torch.ones(nbytes // 2, dtype=torch.bfloat16)
+    target = torch.zeros_like(source)
+    seconds = best_of(max(repeat, 3), lambda: target.copy_(source))
+    return nbytes / seconds / GB
+
+
+def _memory(field: str) -> int:
+    """A Vm* field of /proc/self/status in bytes (VmHWM: the peak RSS that ru_maxrss reports)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _measure_memory() -> bool:
+    """Reset the peak-RSS mark (clear_refs 5), so a peak covers only what follows."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def worker(kind: str, files: list[Path], out: Path, repeat: int) -> dict:
+    """One streaming job, in a fresh subprocess, run `repeat` times (the first warms caches up;
+    its output file is deleted before the next, as a run deletes retired individuals): the
+    seconds of every run and the peak RSS above the RSS just before it."""
+    from sae_merging.merging import streaming
+    from sae_merging.methods.sae import SparsityScoring
+    from sae_merging.pruning.magnitude import MagnitudePruner
+    from sae_merging.sparsity.measures import zero_count
+
+    pruner = MagnitudePruner("global")
+    inputs = {"task_arithmetic": files, "sae": files[1:], "prune": files[:1]}[kind]
+    seconds, rss = [], []
+    for _ in range(repeat):
+        out.unlink(missing_ok=True)
+        exact = _measure_memory()
+        baseline = _memory("VmRSS") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        started = time.perf_counter()
+        if kind == "task_arithmetic":
+            streaming.stream_task_arithmetic(files[0], files[1:], 0.5, out)
+        elif kind == "sae":
+            scoring = SparsityScoring(zero_count, "global")
+            streaming.stream_sae_merge(files[1], files[2], 0.5, 0.4, RATE, pruner, scoring, 0.1, out)
+        else:
+            streaming.stream_prune(files[0], RATE, pruner, out)
+        seconds.append(time.perf_counter() - started)
+        peak = _memory("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        rss.append(peak - baseline)
+    out.unlink(missing_ok=True)
+    read = sum(f.stat().st_size for f in inputs)
+    return {"seconds": min(seconds), "runs": seconds, "read": read, "rss": max(rss), "exact_rss": exact}
+
+
+def in_subprocess(kind: str, args) -> dict:
+    """`worker(kind)` in a fresh Python process (its own baseline RSS)."""
+    command = [sys.executable, __file__, "--worker", kind, "--workdir", str(args.workdir)]
+    command += ["--params", str(args.params), "--repeat", str(args.repeat)]
+    command += ["--threads", str(args.threads)] if args.threads else []
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def reference_passes(files: list[Path], repeat: int) -> dict[str, float]:
+    """Seconds of one pass over the base's prunable weights: count_nonzero per mapped tensor,
+    and a chunked float32 sum (copy_ into a preallocated buffer, then sum)."""
+    from sae_merging.pruning.magnitude import CHUNK, MagnitudePruner
+    from sae_merging.utils.tensorfiles import TensorFile
+
+    pruner = MagnitudePruner("global")
+    with TensorFile(files[0]) as file:
+        names = [n for n in file.names() if pruner.prunable(n)]
+        buffer = torch.empty(CHUNK)
+
+        def count_nonzero() -> None:
+            for name in names:
+                torch.count_nonzero(file.view(name))
+                file.release(name)
+
+        def float_sum() -> None:
+            for name in names:
+                flat = file.view(name).reshape(-1)
+                for start in range(0, flat.numel(), CHUNK):
+                    part = flat[start : start + CHUNK]
+                    buffer[: part.numel()].copy_(part).sum()
+                file.release(name)
+
+        return {
+            "count_nonzero": best_of(repeat, count_nonzero),
+            "float_sum": best_of(repeat, float_sum),
+            "prunable_bytes": sum(file.nbytes(n) for n in names),
+        }
+
+
+def plan_seconds(files: list[Path], repeat: int) -> float:
+    """Seconds to find the exact 60% threshold of the base (sample + counting pass), no writing."""
+    from sae_merging.merging.streaming import _plan
+    from sae_merging.pruning.magnitude import MagnitudePruner
+    from sae_merging.utils.tensorfiles import TensorFile
+
+    with TensorFile(files[0]) as file:
+        return best_of(repeat, lambda: _plan(MagnitudePruner("global"), file, RATE))
+
+
+def copy_file_seconds(files: list[Path], out: Path, repeat: int) -> float:
+    """Seconds to write an unpruned copy of the base tensor by tensor (read + write, new file)."""
+    from sae_merging.utils.tensorfiles import TensorFile, TensorFileWriter
+
+    def copy() -> None:
+        out.unlink(missing_ok=True)
+        with TensorFile(files[0]) as file:
+            writer = TensorFileWriter(out, {"format": "pt"}, file.layout())
+            for name in file.names():
+                writer.write(name, file.view(name))
+                file.release(name)
+            writer.close()
+
+    seconds = best_of(repeat, copy)
+    out.unlink(missing_ok=True)
+    return seconds
+
+
+def lab_config(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def evaluator_throughput(args) -> dict:
+    """examples/s of both evaluators on the same model and examples (both lab tasks)."""
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM
+
+    from sae_merging.evaluation.builtin import BuiltinEvaluator
+    from sae_merging.evaluation.lm_eval_backend import LmEvalEvaluator
+    from sae_merging.lab.build import LabSpec, build_lab
+    from sae_merging.models.io import load_tokenizer
+
+    lab_cfg = OmegaConf.to_container(lab_config([]).lab, resolve=True)
+    lab = build_lab(LabSpec.from_dict(lab_cfg), lab_cfg["cache_dir"])
+    model = AutoModelForCausalLM.from_pretrained(lab.experts["math"], dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(str(lab.experts["math"]))
+    tasks = [(task, task.split("opt")[: args.examples]) for task in lab.tasks()]
+    result: dict = {"examples": sum(len(e) for _, e in tasks)}
+    for evaluator in (BuiltinEvaluator(batch_size=64), LmEvalEvaluator(batch_size=64)):
+        for task, examples in tasks:  # warm-up: imports, first kernels
+            evaluator.evaluate(model, tokenizer, task, examples[:2])
+        accuracy = {}
+
+        def run(evaluator=evaluator, accuracy=accuracy) -> None:
+            for task, examples in tasks:
+                accuracy[task.name] = evaluator.evaluate(model, tokenizer, task, examples).accuracy
+
+        seconds = best_of(1, run)
+        result[evaluator.name] = {"seconds": seconds, "accuracy": dict(accuracy)}
+    return result
+
+
+def sae_generation(args) -> dict:
+    """Seconds per section of generation 1 of an SAE run on the default lab."""
+    from sae_merging.runtime import runner
+
+    overrides = ["schedule.steps=1", "logger=none", "progress=false"]
+    if args.threads:
+        overrides.append(f"threads={args.threads}")
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="sae-run-") as tmp:
+        runner.run(lab_config(overrides), Path(tmp) / "run")
+        lines = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+    first, second = lines[0], lines[1]
+    sections = {k.split("/", 1)[1]: v for k, v in second.items() if k.startswith("seconds/")}
+    return {"sections": sections, "wall": second["time"] - first["time"]}
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    what: str
+    measured: str
+    reference: str
+    ratio: float | None = None
+    floor: str = ""
+    passed: bool | None = None
+
+    def cells(self) -> list[str]:
+        ratio = "" if self.ratio is None else f"{self.ratio:.2f}"
+        verdict = "" if self.passed is None else ("pass" if self.passed else "FAIL")
+        return [self.what, self.measured, self.reference, ratio, self.floor, verdict]
+
+
+def _runs(run: dict) -> str:
+    """The kept (fastest) time, and the first run's when it differs (cold caches)."""
+    first = run["runs"][0]
+    return f"{run['seconds']:.2f} s" + (f"; first run {first:.2f} s" if len(run["runs"]) > 1 else "")
+
+
+def markdown(rows: list[Row]) -> str:
+    header = ["measurement", "measured", "reference", "ratio", "floor", "result"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row.cells()) + " |" for row in rows])
+
+
+def machine() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "load_average": os.getloadavg(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/sae-benchmark"))
+    parser.add_argument("--skip-build", action="store_true", help="use the checkpoints already built")
+    parser.add_argument("--only", default="1,2,3,4", help="which measurements, e.g. 1,2")
+    parser.add_argument("--params", type=float, default=1e9, help="synthetic model size")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--repeat", type=int, default=2, help="timed runs per measurement (fastest kept)")
+    parser.add_argument("--examples", type=int, default=64, help="examples per task for measurement 3")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folder = args.workdir / f"llama-{args.params:.0e}"
+    files = [folder / f"{name}.safetensors" for name in ("base", "expert1", "expert2")]
+    if args.worker:
+        out = folder / f"out-{args.worker}.safetensors"
+        print(json.dumps(worker(args.worker, files, out, args.repeat)))
+        return
+    only = {int(x) for x in args.only.split(",")}
+    info = machine()
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} with {info['torch_threads']} "
+        f"threads, CUDA {info['cuda']}, load average {' '.join(f'{x:.2f}' for x in info['load_average'])}"
+    )
+    rows: list[Row] = []
+    results: dict = {"machine": info}
+    if only & {1, 2}:
+        if args.skip_build and not (folder / "done").is_file():
+            sys.exit(f"--skip-build: no checkpoints under {folder}")
+        files = build_checkpoints(folder, args.params)
+        model_bytes = files[0].stat().st_size
+        print(f"checkpoints: 3 x {model_bytes / GB:.2f} GB bf16 ({model_bytes / 2 / 1e9:.2f}B parameters)")
+    if 1 in only:
+        copy = copy_bandwidth(args.repeat)
+        rows.append(Row("plain copy_ (1 GiB bf16 buffer)", f"{copy:.2f} GB/s", "(physical limit)"))
+        for kind, label in (
+            ("task_arithmetic", "task arithmetic, base + 2 experts"),
+            ("sae", "SAE merge, 2 parents"),
+        ):
+            run = in_subprocess(kind, args)
+            results[kind] = run
+            throughput = run["read"] / run["seconds"] / GB
+            rows.append(
+                Row(
+                    f"{label}: read throughput",
+                    f"{throughput:.2f} GB/s ({_runs(run)})",
+                    f"copy {copy:.2f} GB/s",
+                    throughput / copy,
+                    ">= 0.30",
+                    throughput / copy >= 0.30,
+                )
+            )
+            rss = run["rss"] / model_bytes
+            rows.append(
+                Row(
+                    f"{label}: peak RSS above baseline",
+                    f"{run['rss'] / GB:.3f} GB",
+                    f"one model {model_bytes / GB:.2f} GB",
+                    rss,
+                    "<= 0.50",
+                    rss <= 0.50,
+                )
+            )
+        results["copy_gbps"] = copy
+    if 2 in only:
+        reference = reference_passes(files, args.repeat)
+        prune = in_subprocess("prune", args)
+        plan = plan_seconds(files, args.repeat)
+        copy_file = copy_file_seconds(files, folder / "copy.safetensors", args.repeat)
+        results["prune"] = {**prune, **reference, "plan": plan, "copy_file": copy_file}
+        count = reference["count_nonzero"]
+        ratio = prune["seconds"] / count
+        rows.append(
+            Row(
+                f"global magnitude pruning to {RATE:.0%} + write",
+                _runs(prune),
+                f"count_nonzero pass {count:.2f} s",
+                ratio,
+                "<= 4",
+                ratio <= 4,
+            )
+        )
+        rows.append(
+            Row(
+                "  same, against a float32 chunked-sum pass",
+                f"{prune['seconds']:.2f} s",
+                f"float32 sum pass {reference['float_sum']:.2f} s",
+                prune["seconds"] / reference["float_sum"],
+            )
+        )
+        rows.append(
+            Row(
+                "  threshold only (sample + counting pass)",
+                f"{plan:.2f} s",
+                f"count_nonzero pass {count:.2f} s",
+                plan / count,
+            )
+        )
+        rows.append(
+            Row(
+                "  writing an unpruned copy (read + write)",
+                f"{copy_file:.2f} s",
+                f"count_nonzero pass {count:.2f} s",
+                copy_file / count,
+            )
+        )
+    if 3 in only:
+        evaluation = evaluator_throughput(args)
+        results["evaluation"] = evaluation
+        n = evaluation["examples"]
+        builtin, lm_eval = n / evaluation["builtin"]["seconds"], n / evaluation["lm_eval"]["seconds"]
+        same = evaluation["builtin"]["accuracy"] == evaluation["lm_eval"]["accuracy"]
+        rows.append(
+            Row(
+                f"built-in evaluator ({n} examples, accuracies {'equal' if same else 'DIFFER'})",
+                f"{builtin:.2f} ex/s",
+                f"lm-eval HF {lm_eval:.2f} ex/s",
+                builtin / lm_eval,
+                ">= 2",
+                builtin / lm_eval >= 2,
+            )
+        )
+    if 4 in only:
+        generation = sae_generation(args)
+        results["generation"] = generation
+        sections = generation["sections"]
+        share = (sections.get("merge", 0.0) + sections.get("prune", 0.0)) / generation["wall"]
+        parts = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(sections.items()))
+        rows.append(
+            Row(
+                "SAE generation 1 (lab): merge + prune share",
+                parts,
+                f"generation {generation['wall']:.2f} s",
+                share,
+                "<= 0.10",
+                share <= 0.10,
+            )
+        )
+    table = markdown(rows)
+    print(table)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    (args.workdir / "benchmark.md").write_text(table + "\n")
+    (args.workdir / "benchmark.json").write_text(
+        json.dumps({**results, "rows": [r.cells() for r in rows]}, indent=2)
+    )
+    print(f"written: {args.workdir / 'benchmark.md'}, {args.workdir / 'benchmark.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""The analysis command behind `python analysis/landscape.py`: grids, then figures.
+
+Output folder (`out_dir`):
+    landscape.json            settings, models, batches, losses at the origin, timings, grid files
+    grids/<task>/<model>.npz  the raw grids (coordinates, loss, lambda_min/max, convexity, HVPs)
+    figures/<task>_{loss_contour,loss_surface,convexity}.{png,pdf}
+With `redraw_only=true` the figures are drawn again from `landscape.json` and the grids, with
+the current plot settings, and nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from sae_merging.analysis import plots
+from sae_merging.analysis.directions import DirectionSpec, model_direction
+from sae_merging.analysis.hessian import EigenSpec, convexity_grid
+from sae_merging.analysis.landscape import FixedBatch, fixed_examples, grid_coordinates, loss_grid, task_loss
+from sae_merging.models.io import ModelRef, load_model, load_tokenizer
+from sae_merging.utils.files import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "landscape.json"
+FORMAT = 1
+ANALYSES = ("loss", "convexity")
+LAB_PREFIX = "lab:"
+RUN_MODEL_DIR = "model"
+
+
+def resolve_model(spec: str, lab_root: Callable[[], Path]) -> str:
+    """A model entry as a loadable path: `lab:<base|math|multilingual>` is a model of the lab
+    build, a run folder (holding `model/`) means its model, anything else is passed on (model
+    folder, .gguf file, hub id)."""
+    spec = str(spec)
+    if spec.startswith(LAB_PREFIX):
+        folder = lab_root() / spec.removeprefix(LAB_PREFIX)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{spec!r}: the lab has no model {folder.name!r} (base, math, multilingual)"
+            )
+        return str(folder)
+    path = Path(spec).expanduser()
+    if (path / RUN_MODEL_DIR / "config.json").is_file():
+        return str(path / RUN_MODEL_DIR)
+    return spec
+
+
+def selected_models(cfg: DictConfig) -> dict[str, str]:
+    """Model entries that are set; a null entry (a merged model not given yet) is skipped."""
+    chosen = {}
+    for key, spec in cfg.models.items():
+        if spec is None:
+            log.warning("model %r is not set (null): its panel is left out", key)
+        else:
+            chosen[str(key)] = str(spec)
+    if not chosen:
+        raise ValueError("no models to analyse: set at least one entry of `models`")
+    return chosen
+
+
+def _title(cfg_titles: Mapping, key: str) -> str:
+    return str(cfg_titles.get(key) or key.replace("_", " "))
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Compute (unless `redraw_only`) and draw; returns the contents of `landscape.json`."""
+    out_dir = Path(cfg.out_dir)
+    if cfg.redraw_only:
+        path = out_dir / RESULTS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"redraw_only=true needs a finished analysis: no {path}")
+        results = json.loads(path.read_text())
+    else:
+        results = compute(cfg, out_dir)
+    draw(results, out_dir, cfg.plots)
+    return results
+
+
+def compute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Every grid of every model and task, saved under `out_dir` (torch threads as configured,
+    restored afterwards)."""
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    try:
+        return _compute(cfg, out_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    load_start = _load_average()
+    unknown = sorted(set(cfg.analyses) - set(ANALYSES))
+    if unknown or not cfg.analyses:
+        raise ValueError(f"analyses={list(cfg.analyses)}: choose from {list(ANALYSES)}")
+    device = _device(cfg.device)
+    directions = DirectionSpec(**cfg.directions)
+    eigen = EigenSpec(**{k: v for k, v in cfg.convexity.items() if k not in ("size", "span")})
+    coords = {name: grid_coordinates(int(cfg[name].size), float(cfg[name].span)) for name in cfg.analyses}
+
+    pool = instantiate(cfg.task)
+    known = pool.declared_names()
+    missing = [t for t in cfg.tasks if t not in known]
+    if missing:
+        raise ValueError(f"tasks {missing} are not in the task pool; it has {known}")
+    tasks = [pool.task(name) for name in cfg.tasks]
+
+    @cache
+    def lab_root() -> Path:
+        from sae_merging.lab.build import LabSpec, build_lab
+
+        lab = OmegaConf.to_container(cfg.lab, resolve=True)
+        return build_lab(LabSpec.from_dict(lab), lab["cache_dir"], cfg.progress).root
+
+    models = {key: resolve_model(spec, lab_root) for key, spec in selected_models(cfg).items()}
+    tokenizer = load_tokenizer(next(iter(models.values())))  # one tokenization for every model
+    examples = {
+        t.name: fixed_examples(
+            t, cfg.batch.split, int(cfg.batch.size), int(cfg.batch.seed), t.name in pool.stratify
+        )
+        for t in tasks
+    }
+    batches = {name: FixedBatch.from_examples(tokenizer, ex).to(device) for name, ex in examples.items()}
+
+    results: dict[str, Any] = {
+        "format": FORMAT,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "models": {key: {"title": _title(cfg.titles, key), "path": path} for key, path in models.items()},
+        "tasks": [t.name for t in tasks],
+        "analyses": list(cfg.analyses),
+        "batches": {
+            name: {
+                "size": len(b),
+                "tokens": int(b.attention_mask.sum()),
+                "uids": [e.uid for e in examples[name]],
+            }
+            for name, b in batches.items()
+        },
+        "grids": {t.name: {} for t in tasks},
+        "loss_at_origin": {t.name: {} for t in tasks},
+        "seconds": {},
+        "hvps": {t.name: {} for t in tasks},
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+    }
+    per_model = sum(len(coords[name]) ** 2 for name in cfg.analyses) * len(tasks)
+    bar = tqdm(total=per_model * len(models), desc="landscape", disable=not cfg.progress, mininterval=1.0)
+    shapes: dict[str, tuple[int, ...]] | None = None
+    for key, path in models.items():
+        model = load_model(ModelRef.parse(path), cfg.dtype, device, attn_implementation="eager")
+        shapes = _check_shapes(model, shapes, key)
+        d1, d2 = (model_direction(model, directions, index) for index in (0, 1))
+        results["seconds"][key] = {}
+        for task in tasks:
+            batch, grids, seconds = batches[task.name], {}, {}
+            results["loss_at_origin"][task.name][key] = task_loss(model, batch)
+            for name in cfg.analyses:
+                bar.set_postfix_str(f"{key} / {task.name} / {name}")
+                begin = time.perf_counter()
+                if name == "loss":
+                    grids["loss_coords"] = coords[name]
+                    grids["loss"] = loss_grid(model, batch, d1, d2, coords[name], bar.update)
+                else:
+                    grids["convexity_coords"] = coords[name]
+                    grids.update(convexity_grid(model, batch, d1, d2, coords[name], eigen, bar.update))
+                    results["hvps"][task.name][key] = {
+                        "mean": float(grids["hvps"].mean()),
+                        "not_converged": int((~grids["converged"]).sum()),
+                    }
+                seconds[name] = round(time.perf_counter() - begin, 2)
+            file = Path("grids") / task.name / f"{key}.npz"
+            (out_dir / file).parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(out_dir / file, **grids)
+            results["grids"][task.name][key] = str(file)
+            results["seconds"][key][task.name] = seconds
+        del model, d1, d2
+    bar.close()
+    results["total_seconds"] = round(time.perf_counter() - started, 2)
+    results["load_average"] = {"start": load_start, "end": _load_average()}
+    atomic_write_json(out_dir / RESULTS_FILE, results)
+    return results
+
+
+def _device(name: str) -> torch.device:
+    from sae_merging.runtime.runner import resolve_device
+
+    return resolve_device(name)
+
+
+def _load_average() -> list[float] | None:
+    """The machine's load (1, 5, 15 min): other work slows the measured times."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def _check_shapes(model, reference: dict | None, key: str) -> dict[str, tuple[int, ...]]:
+    """Shared directions need one architecture: refuse a model whose parameters differ."""
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    if reference is not None and shapes != reference:
+        differ = sorted(set(shapes.items()) ^ set(reference.items()))[:3]
+        raise ValueError(f"model {key!r} has other parameters than the first model: {differ}")
+    return shapes
+
+
+def draw(results: Mapping[str, Any], out_dir: Path, settings: Mapping) -> list[Path]:
+    """All figures of an analysis from its saved grids."""
+    config = results["config"]
+    subtitle = (
+        f"shared random directions (seed {config['directions']['seed']}, "
+        f"{config['directions']['normalization']}-normalized), fixed batch of {config['batch']['size']} "
+        f"{config['batch']['split']} examples"
+    )
+    formats, dpi = list(settings["formats"]), int(settings["dpi"])
+    written: list[Path] = []
+    figures = out_dir / "figures"
+    for task in results["tasks"]:
+        grids = {key: np.load(out_dir / file) for key, file in results["grids"][task].items()}
+        titles = {key: results["models"][key]["title"] for key in grids}
+        if "loss" in results["analyses"]:
+            panels = [plots.Panel(titles[k], g["loss_coords"], g["loss"]) for k, g in grids.items()]
+            scale = settings["loss_scale"]
+            fig = plots.loss_contour(panels, task, subtitle, scale, int(settings["levels"]))
+            written += plots.save_figure(fig, figures / f"{task}_loss_contour", formats, dpi)
+            fig = plots.loss_surface(panels, task, subtitle, scale)
+            written += plots.save_figure(fig, figures / f"{task}_loss_surface", formats, dpi)
+        if "convexity" in results["analyses"]:
+            panels = [
+                plots.Panel(titles[k], g["convexity_coords"], g["convexity"], ~g["converged"])
+                for k, g in grids.items()
+            ]
+            solver = config["convexity"]["solver"]
+            fig = plots.convexity_map(
+                panels, task, f"{subtitle}, {solver} eigen-solver", float(config["convexity"]["clip"])
+            )
+            written += plots.save_figure(fig, figures / f"{task}_convexity", formats, dpi)
+    return written

@@ -1,0 +1,169 @@
+"""Fitness through vLLM (`evaluator=vllm`), for GPU users: optional, and only imported here.
+
+Same interface and scoring as BuiltinEvaluator: greedy generation cut at the task's stop
+strings with lm-eval's answer filters, and multiple choice by the summed log-probability of
+each choice given the prompt (lm-eval's token split, `encode_pair`). vLLM batches and pages the
+KV cache itself, which pays off for large models and long generations on a GPU.
+
+How vLLM gets an individual's weights: vLLM loads models from a folder, not from a torch
+module. The first evaluation saves the model it is given (the individual's weights, already
+loaded by FitnessEvaluator) as a Hugging Face folder in a temporary directory and starts one
+vLLM engine on it. When a later evaluation brings other weights (seen by a per-tensor checksum
+of the model), they are written over that folder's safetensors and loaded into the running
+engine with `LLM.collective_rpc` (each worker calls its model's `load_weights`), and the prefix
+cache is reset; vLLM versions without that path get a fresh engine instead (slow: seconds to
+minutes per individual). Results can differ from the HF evaluators by kernel numerics (bf16
+GPU kernels); greedy decoding keeps them deterministic for a given setup.
+
+Not run by the tests (no GPU, no vLLM here): only the import guard is.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sae_merging.evaluation.builtin import Evaluator, TaskScores, cut_at_stops, encode_pair
+from sae_merging.evaluation.extraction import is_correct
+from sae_merging.models.io import tied_aliases
+from sae_merging.tasks.base import Example, TaskData
+
+INSTALL_HINT = (
+    "evaluator=vllm needs vLLM, which runs on CUDA GPUs: `pip install vllm` (see "
+    "https://docs.vllm.ai), or use evaluator=builtin"
+)
+WEIGHTS_FILE = "model.safetensors"
+log = logging.getLogger(__name__)
+
+
+def _load_weights(worker, path: str) -> None:
+    """Run on every vLLM worker: load the tensors of `path` into its model."""
+    from safetensors.torch import load_file
+
+    worker.model_runner.model.load_weights(load_file(path).items())
+
+
+class VllmEvaluator(Evaluator):
+    """Scores examples with vLLM; see the module docstring. `batch_size` caps the sequences
+    vLLM runs at once (its `max_num_seqs`), `max_length` its context (`max_model_len`)."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        extraction: str = "strict",
+        max_length: int | None = None,
+        progress: bool = False,
+        gpu_memory_utilization: float = 0.5,
+        dtype: str = "auto",
+    ) -> None:
+        try:
+            import vllm  # noqa: F401
+        except ImportError as error:
+            raise ImportError(INSTALL_HINT) from error
+        super().__init__(batch_size, extraction, max_length, progress)
+        self.engine_kwargs = {
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "max_model_len": max_length,
+            "max_num_seqs": batch_size,
+            "dtype": dtype,
+        }
+        self._folder: tempfile.TemporaryDirectory | None = None
+        self._llm = None
+        self._checksum: torch.Tensor | None = None
+
+    def evaluate(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        task: TaskData,
+        examples: Sequence[Example],
+    ) -> TaskScores:
+        llm = self._engine(model, tokenizer)
+        if task.kind == "generate":
+            outputs = self._generate(llm, tokenizer, [e.prompt for e in examples], task)
+            correct = [is_correct(o, e.answer, self.extraction) for o, e in zip(outputs, examples)]
+        else:
+            choices = self._choose(llm, tokenizer, examples)
+            outputs = [str(c) for c in choices]
+            correct = [c == e.label for c, e in zip(choices, examples)]
+        return TaskScores(task.name, [e.uid for e in examples], correct, outputs)
+
+    # --- the engine and the individual's weights --------------------------------------------
+
+    def _engine(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+        """The engine, holding `model`'s current weights."""
+        checksum = torch.stack([p.detach().float().sum() for p in model.state_dict().values()]).cpu()
+        if self._llm is not None and self._checksum is not None and torch.equal(checksum, self._checksum):
+            return self._llm
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="sae-merging-vllm-")
+            model.config.save_pretrained(self._folder.name)
+            tokenizer.save_pretrained(self._folder.name)
+        path = Path(self._folder.name) / WEIGHTS_FILE
+        aliases = tied_aliases(model.config)  # tied copies are not saved; vLLM ties them again
+        tensors = {
+            k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in aliases
+        }
+        save_file(tensors, str(path))
+        if self._llm is None or not self._reload(str(path)):
+            self._start()
+        self._checksum = checksum
+        return self._llm
+
+    def _reload(self, path: str) -> bool:
+        """Load new weights into the running engine; False when this vLLM cannot."""
+        try:
+            self._llm.collective_rpc(_load_weights, args=(path,))
+            self._llm.reset_prefix_cache()
+            return True
+        except (AttributeError, TypeError, NotImplementedError) as error:
+            log.warning("vLLM cannot reload weights in place (%s); starting a new engine", error)
+            return False
+
+    def _start(self) -> None:
+        from vllm import LLM
+
+        self._llm = None  # release the old engine's memory first
+        torch.cuda.empty_cache()
+        self._llm = LLM(model=self._folder.name, seed=0, **self.engine_kwargs)
+
+    # --- scoring -----------------------------------------------------------------------------
+
+    def _generate(self, llm, tokenizer, prompts: Sequence[str], task: TaskData) -> list[str]:
+        from vllm import SamplingParams
+
+        stops = list(task.stop) + ([tokenizer.eos_token] if tokenizer.eos_token else [])
+        params = SamplingParams(temperature=0.0, max_tokens=task.max_new_tokens, stop=stops)
+        results = llm.generate(list(prompts), params, use_tqdm=self.progress)
+        return [cut_at_stops(r.outputs[0].text, stops) for r in results]
+
+    def _choose(self, llm, tokenizer, examples: Sequence[Example]) -> list[int]:
+        """Index of the most likely choice of each example, all choices in one batch."""
+        from vllm import SamplingParams, TokensPrompt
+
+        pairs, owners = [], []
+        for index, example in enumerate(examples):
+            for choice in example.choices:
+                pairs.append(encode_pair(tokenizer, example.prompt, choice))
+                owners.append(index)
+        prompts = [TokensPrompt(prompt_token_ids=context + continuation) for context, continuation in pairs]
+        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
+        results = llm.generate(prompts, params, use_tqdm=self.progress)
+        best: list[tuple[float, int]] = [(-float("inf"), -1)] * len(examples)
+        counters = [0] * len(examples)
+        for (context, continuation), owner, result in zip(pairs, owners, results, strict=True):
+            tokens = context + continuation
+            logprobs = result.prompt_logprobs  # one dict per prompt token (None for the first)
+            score = sum(logprobs[i][tokens[i]].logprob for i in range(len(context), len(tokens)))
+            position, counters[owner] = counters[owner], counters[owner] + 1
+            if score > best[owner][0]:
+                best[owner] = (score, position)
+        return [position for _, position in best]
