@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analysis/landscape")
 def main(cfg: DictConfig) -> None:
-    from sae_merging.analysis.runner import run
+    from sae_merging.analysis.runner import main as run
 
     run(cfg)
 

@@ -240,3 +240,21 @@ def test_app_refuses_unknown_settings(tmp_path):
         runner.run(_compose(["lab=micro", f"out_dir={tmp_path}", "analyses=[hessian]"]))
     with pytest.raises(FileNotFoundError, match="redraw_only"):
         runner.run(_compose([f"out_dir={tmp_path / 'none'}", "redraw_only=true"]))
+
+
+def test_command_reports_bad_settings_in_one_line(tmp_path):
+    """`python analysis/landscape.py` with a bad setting: exit status 2, one line naming it."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "analysis/landscape.py", "redraw_only=true", f"out_dir={tmp_path / 'none'}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: redraw_only=true needs")
+    assert "Traceback" not in result.stderr

@@ -31,18 +31,32 @@ def _run_py(args: list[str]) -> subprocess.CompletedProcess:
     )
 
 
-def _sweep(tmp_path: Path, launcher: str) -> list[dict]:
-    sweep_dir = tmp_path / launcher
-    result = _run_py(["-m", f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}", *SWEEP])
+def _sweep(sweep_dir: Path, args: list[str]) -> list[dict]:
+    """`python run.py -m ARGS` into `sweep_dir`: the results of its jobs 0 and 1."""
+    result = _run_py(["-m", f"hydra.sweep.dir={sweep_dir}", *args])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return [json.loads((sweep_dir / str(job) / "results.json").read_text()) for job in (0, 1)]
+
+
+def test_readme_sweep_gives_two_run_folders(tmp_path, micro_lab):
+    """The README's `python run.py -m schedule.T0=1,3 scoring=local` (on the micro lab): two
+    complete run folders, each with the swept value in its config and its own metrics."""
+    args = ["experiment=smoke", "progress=false", "threads=1", "schedule.T0=1,3", "scoring=local"]
+    runs = _sweep(tmp_path / "sweep", args)
+    for job, t0 in ((0, 1), (1, 3)):
+        folder = tmp_path / "sweep" / str(job)
+        config = (folder / ".hydra" / "config.yaml").read_text()
+        assert f"T0: {t0}" in config and "granularity: local" in config
+        assert (folder / "model" / "config.json").is_file()
+        assert len((folder / "metrics.jsonl").read_text().splitlines()) == 3  # generations 0, 1, 2
+    assert runs[0]["config_hash"] != runs[1]["config_hash"]
 
 
 @pytest.mark.parametrize("launcher", ["submitit_local", "lab_parallel"])
 def test_multirun_through_launcher(tmp_path, micro_lab, launcher):
     """Two seeds of the smoke experiment, each job in its own process: submitit's local
     executor (what the SLURM launcher runs on a cluster) and joblib (lab_parallel, 2 jobs)."""
-    first, second = _sweep(tmp_path, launcher)
+    first, second = _sweep(tmp_path / launcher, [f"hydra/launcher={launcher}", *SWEEP])
     assert (first["seed"], second["seed"]) == (0, 1)
     assert first["method"] == second["method"] == "sae"
     assert set(first["test"]) == {"lab-math", "lab-multilingual", "mean"}

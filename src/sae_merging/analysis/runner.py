@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from functools import cache
@@ -74,6 +75,16 @@ def selected_models(cfg: DictConfig) -> dict[str, str]:
 
 def _title(cfg_titles: Mapping, key: str) -> str:
     return str(cfg_titles.get(key) or key.replace("_", " "))
+
+
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """The `analysis/landscape.py` entry: a bad setting or a missing model or folder is one line
+    on stderr and exit status 2, not a traceback."""
+    try:
+        return run(cfg)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
