@@ -219,3 +219,39 @@ def test_sae_merge_counts_the_child_during_the_merge(tmp_path, monkeypatch, pred
 
 
 _PLAN = streaming._plan
+
+
+@pytest.mark.parametrize("granularity,scorer", [("global", zero_count), ("local", hoyer)])
+def test_sae_child_reads_parents_tensor_by_tensor(tmp_path, monkeypatch, granularity, scorer):
+    """The run's own child construction (SAE._make_child, parents from the archive on disk)
+    equals the in-memory reference, and never loads a parent whole: each tensor is read when
+    the merge reaches it."""
+    from types import SimpleNamespace
+
+    from sae_merging.methods.base import Member
+    from sae_merging.methods.sae import SAE
+    from sae_merging.runtime.fitness import Timer
+    from sae_merging.runtime.store import IndividualStore
+
+    base = _model(9, torch.bfloat16)
+    a, b = (
+        _model(10, torch.bfloat16, base),
+        MagnitudePruner("global").prune(_model(11, torch.bfloat16, base), 0.5),
+    )
+    store = IndividualStore(tmp_path / "archive")
+    store.save("a", a)
+    store.save("b", b)
+    pruner, scoring = MagnitudePruner(granularity), SparsityScoring(scorer, granularity)
+    sae = SAE(schedule=None, pruner=pruner, scoring=scoring)
+    expected, ratios, _ = _reference_child(a, b, 0.55, 0.4, 0.6, pruner, scoring, sae.sparsity_weight)
+
+    def whole(self, ident):
+        raise AssertionError(f"parent {ident} loaded whole")
+
+    monkeypatch.setattr(IndividualStore, "load", whole)
+    ctx = SimpleNamespace(store=store, timer=Timer())
+    members = [Member(ident=i, origin="test", generation=0, rate=0.0, sparsity=0.0) for i in "ab"]
+    child, child_ratios = sae._make_child(ctx, *members, 0.55, 0.4, 0.6, None)
+    _assert_same(child, expected)
+    assert child_ratios == list(ratios.values())
+    assert set(ctx.timer.totals) == {"prune", "merge"}

@@ -150,7 +150,7 @@ class M2N2:
     def _crossover(
         self, ctx: RunContext, a: Member, b: Member, split: int, ratio: float
     ) -> dict[str, torch.Tensor]:
-        parent_a, parent_b = ctx.store.load(a.ident), ctx.store.load(b.ident)
+        parent_a, parent_b = ctx.store.open(a.ident), ctx.store.open(b.ident)  # read tensor by tensor
         shares = crossover_shares(len(parent_a), split, ratio)
         with ctx.timer.section("merge"):
             return {

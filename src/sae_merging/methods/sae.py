@@ -212,24 +212,29 @@ class SAE:
         return {name: merge_fns.weighted_average([e[name] for e in experts]) for name in experts[0]}
 
     def _make_child(self, ctx: RunContext, a: Member, b: Member, p_a: float, p_b: float, rate: float, dense):
-        """Prune both parents to `rate`, mix with eq. 5, merge, re-dense, prune the child."""
+        """Prune both parents to `rate`, mix with eq. 5, merge, re-dense, prune the child.
+
+        The parents are never held whole: they are read from the archive lazily, tensor by
+        tensor, and pruned as they are read (by a plan made in a streaming pass), so memory
+        holds the child plus a few tensors."""
         with ctx.timer.section("prune"):
-            parent_a = self.pruner.prune(ctx.store.load(a.ident), rate)
-            parent_b = self.pruner.prune(ctx.store.load(b.ident), rate)
-        with ctx.timer.section("merge"):
+            parent_a = self.pruner.pruned(ctx.store.open(a.ident), rate)
+            parent_b = self.pruner.pruned(ctx.store.open(b.ident), rate)
             s_a = self.scoring.per_tensor(parent_a, self.pruner)
             s_b = self.scoring.per_tensor(parent_b, self.pruner)
+        with ctx.timer.section("merge"):
             child, ratios = {}, []
             alpha = self.sparsity_weight
             for name in parent_a:
+                tensor_a, tensor_b = parent_a[name], parent_b[name]
                 ratio = merge_fns.mixing_ratio(p_a, alpha * s_a[name], p_b, alpha * s_b[name])
-                merged = self.merge_fn(parent_a[name], parent_b[name], ratio)
+                merged = self.merge_fn(tensor_a, tensor_b, ratio)
                 if dense is not None:
-                    merged = merge_fns.fill_zeros(merged, parent_a[name], parent_b[name], dense[name])
+                    merged = merge_fns.fill_zeros(merged, tensor_a, tensor_b, dense[name])
                 child[name] = merged
                 ratios.append(ratio)
         with ctx.timer.section("prune"):
-            child = self.pruner.prune(child, rate)
+            self.pruner.prune_(child, rate)
         return child, ratios
 
     def _compete(self, ctx: RunContext, state: SAEState, child: Member, scores: dict[str, Scores]) -> None:

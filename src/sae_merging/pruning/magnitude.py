@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sae_merging.utils.tensorfiles import LazyTensors
+
 GRANULARITIES = ("local", "global")
 DEFAULT_SKIP = ("*embed*", "*norm*", "*.bias", "lm_head*")
 CHUNK = 1 << 20  # entries per step of every pass (buffers of a few MB: cache-sized, few calls)
@@ -503,9 +505,30 @@ class MagnitudePruner:
             local.append(cuts[0] if cuts else None)
         return PrunePlan(tuple(local))
 
+    def _model_plan(
+        self, tensors: Mapping[str, torch.Tensor], rate: float
+    ) -> tuple[PrunePlan, dict[str, int]]:
+        """The plan for a model's prunable tensors, and each one's index in it."""
+        names = [name for name in tensors if self.prunable(name)]
+        sizes = [tensors[name].numel() for name in names]
+        plan = self.plan(lambda: (tensors[name] for name in names), rate, sizes)
+        return plan, {name: i for i, name in enumerate(names)}
+
     def prune(self, tensors: Mapping[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
         """A pruned copy of a model's tensors (the input is left untouched)."""
-        names = [name for name in tensors if self.prunable(name)]
-        plan = self.plan(lambda: (tensors[name] for name in names), rate, [tensors[n].numel() for n in names])
-        pruned = {name: plan.apply(i, tensors[name]) for i, name in enumerate(names)}
-        return {name: pruned.get(name, tensor) for name, tensor in tensors.items()}
+        plan, index = self._model_plan(tensors, rate)
+        return {name: plan.apply(index[name], t) if name in index else t for name, t in tensors.items()}
+
+    def pruned(self, tensors: LazyTensors, rate: float) -> LazyTensors:
+        """A lazy pruned view of lazily read tensors: the plan is made now (streaming over
+        them), each tensor is read and pruned when accessed, so nothing whole is held."""
+        plan, index = self._model_plan(tensors, rate)
+        return tensors.map(lambda name, t: plan.apply(index[name], t) if name in index else t)
+
+    def prune_(self, tensors: dict[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
+        """Prune a model's tensors in its own dict, one tensor replaced at a time (the peak is
+        the model plus one tensor, not two models); returns the dict."""
+        plan, index = self._model_plan(tensors, rate)
+        for name, i in index.items():
+            tensors[name] = plan.apply(i, tensors[name])
+        return tensors

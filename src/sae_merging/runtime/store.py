@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from sae_merging.utils.files import atomic_directory
+from sae_merging.utils.tensorfiles import LazyTensors
 
 _MASK, _VALUES = "::mask", "::values"
 TENSORS_FILE = "tensors.safetensors"
@@ -84,15 +86,24 @@ class IndividualStore:
         return json.loads((self.path(ident) / META_FILE).read_text())
 
     def load(self, ident: str) -> dict[str, torch.Tensor]:
+        """Every tensor in memory (to build a model)."""
+        return dict(self.open(ident).items())
+
+    def open(self, ident: str) -> LazyTensors:
+        """The tensors as a lazy mapping over the memory-mapped file: each is read (and
+        unpacked) when it is accessed and not kept, so a pass over a model holds one tensor."""
         meta = self.meta(ident)
-        stored = load_file(str(self.path(ident) / TENSORS_FILE))
-        tensors = {}
-        for name in meta["order"]:
-            if name in stored:
-                tensors[name] = stored[name]
-            else:
-                tensors[name] = unpack(stored[name + _MASK], stored[name + _VALUES], meta["shapes"][name])
-        return tensors
+        path, shapes = str(self.path(ident) / TENSORS_FILE), meta["shapes"]
+
+        def read(name: str) -> torch.Tensor:
+            with safe_open(path, framework="pt") as stored:
+                if name in stored.keys():
+                    return stored.get_tensor(name)
+                return unpack(
+                    stored.get_tensor(name + _MASK), stored.get_tensor(name + _VALUES), shapes[name]
+                )
+
+        return LazyTensors(meta["order"], read)
 
     def nbytes(self, ident: str) -> int:
         return sum(f.stat().st_size for f in self.path(ident).iterdir())
