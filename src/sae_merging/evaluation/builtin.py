@@ -184,14 +184,15 @@ class BuiltinEvaluator(Evaluator):
                 attention[j, : len(row)] = 1
             logits = model(
                 input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)
-            ).logits.float()
-            logprobs = torch.log_softmax(logits, dim=-1)
+            ).logits
             for j, i in enumerate(batch):
+                # log-softmax of the continuation's positions only, in float32: a batch's full
+                # float32 log-probabilities would take gigabytes at a 128k vocabulary
                 continuation = requests[i][1]
                 end = len(inputs[j])
-                positions = torch.arange(end - len(continuation), end, device=logprobs.device)
-                targets = torch.tensor(continuation, device=logprobs.device)
-                results[i] = logprobs[j, positions, targets].sum().item()
+                rows = torch.log_softmax(logits[j, end - len(continuation) : end].float(), dim=-1)
+                targets = torch.tensor(continuation, device=rows.device)
+                results[i] = rows[torch.arange(len(continuation), device=rows.device), targets].sum().item()
         return results
 
     def choose(
