@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+_PARTS = re.compile(r"(\d+(?:\.\d+)?)")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 SEED_KEYS = ("seed", "+seed")
 METHOD_KEYS = ("method", "method.index")
 
@@ -100,6 +103,13 @@ def method_label(results: dict) -> str:
     return f"{results['method']}:{expert}" if expert else results["method"]
 
 
+def natural_key(label: str) -> list:
+    """Sort key reading numbers as numbers (archive_size=4 before archive_size=10)."""
+    return [
+        (0, float(part), "") if _NUMBER.fullmatch(part) else (1, 0.0, part) for part in _PARTS.split(label)
+    ]
+
+
 def row_label(record: dict, swept: list[str], with_method: bool) -> str:
     parts = [method_label(record["results"])] if with_method else []
     parts += [f"{k}={record['overrides'][k]}" for k in swept if k in record["overrides"]]
@@ -113,8 +123,14 @@ def aggregate(records: list[dict]) -> tuple[list[str], list[dict]]:
     swept = [k for k in keys if len({r["overrides"].get(k) for r in records}) > 1]
     with_method = len({method_label(r["results"]) for r in records}) > 1
     groups: dict[str, list[dict]] = defaultdict(list)
+    methods: dict[str, int] = {}  # each method's first appearance: rows keep the sweeps' order
     for record in records:
         groups[row_label(record, swept, with_method)].append(record["results"])
+        methods.setdefault(method_label(record["results"]), len(methods))
+    order = {
+        label: (methods[method_label(results[0])], natural_key(label)) for label, results in groups.items()
+    }
+    groups = {label: groups[label] for label in sorted(groups, key=order.__getitem__)}
     tasks = sorted({t for r in records for t in r["results"]["test"] if t != "mean"})
     rows = []
     for label, results in groups.items():

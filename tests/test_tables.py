@@ -83,3 +83,10 @@ def test_not_a_run_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert tables.main([str(tmp_path / "empty")]) == 2
     assert "holds no run folders" in capsys.readouterr().err
+
+
+def test_rows_in_natural_order():
+    """Swept numbers sort as numbers, not as strings."""
+    labels = ["sae, method.archive_size=10", "sae, method.archive_size=4", "sae, method.archive_size=8"]
+    assert sorted(labels, key=tables.natural_key) == [labels[1], labels[2], labels[0]]
+    assert sorted(["s_max=0.9", "s_max=0.45"], key=tables.natural_key) == ["s_max=0.45", "s_max=0.9"]
