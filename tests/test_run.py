@@ -75,6 +75,13 @@ def test_same_seed_same_results(smoke_run, tmp_path):
     _same(first, _run(tmp_path, "again", []))
 
 
+def test_streamed_parents_same_results(smoke_run, tmp_path):
+    """Parents read tensor by tensor (as for models above `stream_parents_above_gb`) give the
+    same run as parents loaded whole."""
+    _, first = smoke_run
+    _same(first, _run(tmp_path, "streamed", ["method.stream_parents_above_gb=0"]))
+
+
 def test_resume_equals_uninterrupted(smoke_run, tmp_path, monkeypatch):
     _, uninterrupted = smoke_run
     from sae_merging.methods.sae import SAE

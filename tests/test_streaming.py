@@ -223,9 +223,9 @@ _PLAN = streaming._plan
 
 @pytest.mark.parametrize("granularity,scorer", [("global", zero_count), ("local", hoyer)])
 def test_sae_child_reads_parents_tensor_by_tensor(tmp_path, monkeypatch, granularity, scorer):
-    """The run's own child construction (SAE._make_child, parents from the archive on disk)
-    equals the in-memory reference, and never loads a parent whole: each tensor is read when
-    the merge reaches it."""
+    """The run's own child construction (SAE._make_child, parents from the archive on disk),
+    for parents above `stream_parents_above_gb`, equals the in-memory reference and never loads
+    a parent whole: each tensor is read when the pass reaches it."""
     from types import SimpleNamespace
 
     from sae_merging.methods.base import Member
@@ -242,7 +242,7 @@ def test_sae_child_reads_parents_tensor_by_tensor(tmp_path, monkeypatch, granula
     store.save("a", a)
     store.save("b", b)
     pruner, scoring = MagnitudePruner(granularity), SparsityScoring(scorer, granularity)
-    sae = SAE(schedule=None, pruner=pruner, scoring=scoring)
+    sae = SAE(schedule=None, pruner=pruner, scoring=scoring, stream_parents_above_gb=0.0)
     expected, ratios, _ = _reference_child(a, b, 0.55, 0.4, 0.6, pruner, scoring, sae.sparsity_weight)
 
     def whole(self, ident):

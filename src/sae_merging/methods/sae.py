@@ -87,6 +87,7 @@ class SAE:
         competition: str = "worst",
         sharing_alpha: float = 1.0,
         redraw_opt: bool = True,
+        stream_parents_above_gb: float = 2.0,
     ) -> None:
         self.schedule = schedule
         self.pruner = pruner
@@ -99,6 +100,7 @@ class SAE:
         self.competition = competition
         self.sharing_alpha = sharing_alpha
         self.redraw_opt = redraw_opt
+        self.stream_parents_above_gb = stream_parents_above_gb
 
     @property
     def steps(self) -> int:
@@ -214,12 +216,12 @@ class SAE:
     def _make_child(self, ctx: RunContext, a: Member, b: Member, p_a: float, p_b: float, rate: float, dense):
         """Prune both parents to `rate`, mix with eq. 5, merge, re-dense, prune the child.
 
-        The parents are never held whole: they are read from the archive lazily, tensor by
-        tensor, and pruned as they are read (by a plan made in a streaming pass), so memory
-        holds the child plus a few tensors."""
+        Parents larger than `stream_parents_above_gb` are never held whole: they are read
+        from the archive lazily, tensor by tensor, and pruned as they are read (by a plan made
+        in a streaming pass), so memory holds the child plus a few tensors. Smaller ones are
+        loaded (a tensor is then read once instead of once per pass). Same result either way."""
         with ctx.timer.section("prune"):
-            parent_a = self.pruner.pruned(ctx.store.open(a.ident), rate)
-            parent_b = self.pruner.pruned(ctx.store.open(b.ident), rate)
+            parent_a, parent_b = (self._pruned_parent(ctx, m.ident, rate) for m in (a, b))
             s_a = self.scoring.per_tensor(parent_a, self.pruner)
             s_b = self.scoring.per_tensor(parent_b, self.pruner)
         with ctx.timer.section("merge"):
@@ -236,6 +238,12 @@ class SAE:
         with ctx.timer.section("prune"):
             self.pruner.prune_(child, rate)
         return child, ratios
+
+    def _pruned_parent(self, ctx: RunContext, ident: str, rate: float):
+        """A parent pruned to `rate`: a lazy view for large models, in memory otherwise."""
+        if ctx.store.nbytes(ident) > self.stream_parents_above_gb * 1e9:
+            return self.pruner.pruned(ctx.store.open(ident), rate)
+        return self.pruner.prune(ctx.store.load(ident), rate)
 
     def _compete(self, ctx: RunContext, state: SAEState, child: Member, scores: dict[str, Scores]) -> None:
         """The child joins while the archive has room; then it takes the place of the weakest
