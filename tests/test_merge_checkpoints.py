@@ -1,0 +1,53 @@
+"""The streaming checkpoint merge command: equal to the in-memory merge, a loadable model folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from sae_merging.merging.functions import task_arithmetic
+from sae_merging.models.io import load_state_dict
+from sae_merging.pruning.magnitude import MagnitudePruner
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location(
+    "merge_checkpoints", ROOT / "experiments" / "merge_checkpoints.py"
+)
+merge_checkpoints = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(merge_checkpoints)
+
+
+@pytest.mark.parametrize("prune,granularity", [(None, "global"), (0.5, "global"), (0.3, "local")])
+def test_streamed_merge_equals_in_memory(micro_lab, tmp_path, prune, granularity):
+    base, experts = micro_lab.base, list(micro_lab.experts.values())
+    out = merge_checkpoints.merge_checkpoints(
+        str(base), [str(e) for e in experts], tmp_path / "merged", 0.7, [1.0, 0.5], prune, granularity
+    )
+    states = [load_state_dict(str(path)) for path in (base, *experts)]
+    expected = {
+        name: task_arithmetic(states[0][name], [s[name] for s in states[1:]], 0.7, [1.0, 0.5])
+        for name in states[0]
+    }
+    if prune is not None:
+        expected = MagnitudePruner(granularity).prune(expected, prune)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    got = model.state_dict()
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+    assert (out / "tokenizer.json").is_file() and (out / "generation_config.json").is_file()
+
+
+def test_command_refuses_bad_rate_in_one_line(micro_lab, tmp_path):
+    experts = [str(e) for e in micro_lab.experts.values()]
+    command = [sys.executable, "experiments/merge_checkpoints.py", "--base", str(micro_lab.base)]
+    command += ["--experts", *experts, "--prune", "1.5", "--out", str(tmp_path / "m")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --prune 1.5: the rate must be in [0, 1)"
+    assert not (tmp_path / "m").exists()
