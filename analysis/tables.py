@@ -151,6 +151,16 @@ def _best(rows: list[dict], column: str) -> float:
     return max(r["cells"][column][0] for r in rows)
 
 
+def _cells(rows: list[dict], row: dict, columns: list[str], cell: str, bold: str) -> list[str]:
+    """A row's `mean ± std` cells, formatted by `cell`; the best mean of a column wrapped in `bold`."""
+    texts = []
+    for column in columns:
+        mean, std = row["cells"][column]
+        text = cell.format(mean=mean, std=std)
+        texts.append(bold.format(text) if mean == _best(rows, column) else text)
+    return texts
+
+
 def markdown(tasks: list[str], rows: list[dict], title: str) -> str:
     columns = tasks + ["mean"]
     lines = [
@@ -160,11 +170,7 @@ def markdown(tasks: list[str], rows: list[dict], title: str) -> str:
         "|---|" + "---:|" * (len(columns) + 4),
     ]
     for row in rows:
-        cells = []
-        for column in columns:
-            mean, std = row["cells"][column]
-            text = f"{mean:.1f} ± {std:.1f}"
-            cells.append(f"**{text}**" if mean == _best(rows, column) else text)
+        cells = _cells(rows, row, columns, "{mean:.1f} ± {std:.1f}", "**{}**")
         lines.append(
             f"| {row['label']} | "
             + " | ".join(cells)
@@ -189,11 +195,7 @@ def latex(tasks: list[str], rows: list[dict], title: str) -> str:
         r"\midrule",
     ]
     for row in rows:
-        cells = []
-        for column in columns:
-            mean, std = row["cells"][column]
-            text = f"{mean:.1f} $\\pm$ {std:.1f}"
-            cells.append(f"\\textbf{{{text}}}" if mean == _best(rows, column) else text)
+        cells = _cells(rows, row, columns, "{mean:.1f} $\\pm$ {std:.1f}", "\\textbf{{{}}}")
         lines.append(
             esc(row["label"])
             + " & "

@@ -66,9 +66,35 @@ def encode_pair(
     return context_ids, whole[len(context_ids) :]
 
 
+def choice_requests(
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]
+) -> tuple[list[tuple[list[int], list[int]]], list[int]]:
+    """(context, continuation) token ids of every option of every question, and the index of
+    the question each belongs to: all options of a batch of questions scored in one pass."""
+    requests, owners = [], []
+    for index, example in enumerate(examples):
+        for choice in example.choices:
+            requests.append(encode_pair(tokenizer, example.prompt, choice))
+            owners.append(index)
+    return requests, owners
+
+
+def best_choices(owners: Sequence[int], scores: Sequence[float], n: int) -> list[int]:
+    """Per question, the position of its highest-scoring option (the first on a tie)."""
+    best: list[tuple[float, int]] = [(-float("inf"), -1)] * n
+    counters = [0] * n
+    for owner, score in zip(owners, scores, strict=True):
+        position, counters[owner] = counters[owner], counters[owner] + 1
+        if score > best[owner][0]:
+            best[owner] = (score, position)
+    return [position for _, position in best]
+
+
 class Evaluator:
     """What every evaluator backend shares: batch size, GSM8K answer filter, length limit,
-    progress bars, and `evaluate(model, tokenizer, task, examples) -> TaskScores`."""
+    progress bars, and `evaluate(model, tokenizer, task, examples) -> TaskScores`. A backend
+    supplies `generate` (greedy continuations cut at stop strings) and `loglikelihoods`
+    (summed log-probability of each continuation); scoring is the same for all."""
 
     name = "evaluator"
 
@@ -95,21 +121,6 @@ class Evaluator:
         task: TaskData,
         examples: Sequence[Example],
     ) -> TaskScores:
-        raise NotImplementedError
-
-
-class BuiltinEvaluator(Evaluator):
-    """Scores examples of a task with a loaded model; see the module docstring."""
-
-    name = "builtin"
-
-    def evaluate(
-        self,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        task: TaskData,
-        examples: Sequence[Example],
-    ) -> TaskScores:
         model.eval()
         if task.kind == "generate":
             outputs = self.generate(model, tokenizer, [e.prompt for e in examples], task)
@@ -119,6 +130,40 @@ class BuiltinEvaluator(Evaluator):
             outputs = [str(c) for c in choices]
             correct = [c == e.label for c, e in zip(choices, examples)]
         return TaskScores(task.name, [e.uid for e in examples], correct, outputs)
+
+    def choose(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        examples: Sequence[Example],
+    ) -> list[int]:
+        """Index of the most likely choice of each multiple-choice example."""
+        requests, owners = choice_requests(tokenizer, examples)
+        scores = self.loglikelihoods(model, tokenizer, requests)
+        return best_choices(owners, scores, len(examples))
+
+    def generate(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: Sequence[str],
+        task: TaskData,
+    ) -> list[str]:
+        raise NotImplementedError
+
+    def loglikelihoods(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        requests: Sequence[tuple[list[int], list[int]]],
+    ) -> list[float]:
+        raise NotImplementedError
+
+
+class BuiltinEvaluator(Evaluator):
+    """Scores examples of a task with a loaded model; see the module docstring."""
+
+    name = "builtin"
 
     def _max_length(self, model: PreTrainedModel) -> int:
         return self.max_length or getattr(model.config, "max_position_embeddings", 2048)
@@ -167,6 +212,7 @@ class BuiltinEvaluator(Evaluator):
     def loglikelihoods(
         self,
         model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
         requests: Sequence[tuple[list[int], list[int]]],
     ) -> list[float]:
         """Summed log-probability of each continuation given its context (token ids)."""
@@ -194,25 +240,3 @@ class BuiltinEvaluator(Evaluator):
                 targets = torch.tensor(continuation, device=rows.device)
                 results[i] = rows[torch.arange(len(continuation), device=rows.device), targets].sum().item()
         return results
-
-    def choose(
-        self,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        examples: Sequence[Example],
-    ) -> list[int]:
-        """Index of the most likely choice of each multiple-choice example."""
-        requests, owners = [], []
-        for index, example in enumerate(examples):
-            for choice in example.choices:
-                requests.append(encode_pair(tokenizer, example.prompt, choice))
-                owners.append(index)
-        scores = self.loglikelihoods(model, requests)
-        best: list[tuple[float, int]] = [(-float("inf"), -1)] * len(examples)
-        counters = [0] * len(examples)
-        for owner, score in zip(owners, scores):
-            position = counters[owner]
-            counters[owner] += 1
-            if score > best[owner][0]:
-                best[owner] = (score, position)
-        return [position for _, position in best]

@@ -1,8 +1,9 @@
 """Fitness through vLLM (`evaluator=vllm`), for GPU users: optional, and only imported here.
 
-Same interface and scoring as BuiltinEvaluator: greedy generation cut at the task's stop
-strings with lm-eval's answer filters, and multiple choice by the summed log-probability of
-each choice given the prompt (lm-eval's token split, `encode_pair`). vLLM batches and pages the
+Same interface and scoring as BuiltinEvaluator (both are `Evaluator`s: this one supplies
+`generate` and `loglikelihoods`): greedy generation cut at the task's stop strings with
+lm-eval's answer filters, and multiple choice by the summed log-probability of each choice
+given the prompt (lm-eval's token split, `encode_pair`). vLLM batches and pages the
 KV cache itself, which pays off for large models and long generations on a GPU.
 
 How vLLM gets an individual's weights: vLLM loads models from a folder, not from a torch
@@ -29,10 +30,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sae_merging.evaluation.builtin import Evaluator, TaskScores, cut_at_stops, encode_pair
-from sae_merging.evaluation.extraction import is_correct
+from sae_merging.evaluation.builtin import Evaluator, cut_at_stops
 from sae_merging.models.io import tied_aliases
-from sae_merging.tasks.base import Example, TaskData
+from sae_merging.tasks.base import TaskData
 
 INSTALL_HINT = (
     "evaluator=vllm needs vLLM, which runs on CUDA GPUs: `pip install vllm` (see "
@@ -79,23 +79,6 @@ class VllmEvaluator(Evaluator):
         self._llm = None
         self._checksum: torch.Tensor | None = None
 
-    def evaluate(
-        self,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        task: TaskData,
-        examples: Sequence[Example],
-    ) -> TaskScores:
-        llm = self._engine(model, tokenizer)
-        if task.kind == "generate":
-            outputs = self._generate(llm, tokenizer, [e.prompt for e in examples], task)
-            correct = [is_correct(o, e.answer, self.extraction) for o, e in zip(outputs, examples)]
-        else:
-            choices = self._choose(llm, tokenizer, examples)
-            outputs = [str(c) for c in choices]
-            correct = [c == e.label for c, e in zip(choices, examples)]
-        return TaskScores(task.name, [e.uid for e in examples], correct, outputs)
-
     # --- the engine and the individual's weights --------------------------------------------
 
     def _engine(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
@@ -135,35 +118,32 @@ class VllmEvaluator(Evaluator):
         torch.cuda.empty_cache()
         self._llm = LLM(model=self._folder.name, seed=0, **self.engine_kwargs)
 
-    # --- scoring -----------------------------------------------------------------------------
+    # --- scoring (Evaluator.evaluate and .choose call these) ---------------------------------
 
-    def _generate(self, llm, tokenizer, prompts: Sequence[str], task: TaskData) -> list[str]:
+    def generate(self, model, tokenizer, prompts: Sequence[str], task: TaskData) -> list[str]:
         from vllm import SamplingParams
 
+        llm = self._engine(model, tokenizer)
         stops = list(task.stop) + ([tokenizer.eos_token] if tokenizer.eos_token else [])
         params = SamplingParams(temperature=0.0, max_tokens=task.max_new_tokens, stop=stops)
         results = llm.generate(list(prompts), params, use_tqdm=self.progress)
         return [cut_at_stops(r.outputs[0].text, stops) for r in results]
 
-    def _choose(self, llm, tokenizer, examples: Sequence[Example]) -> list[int]:
-        """Index of the most likely choice of each example, all choices in one batch."""
+    def loglikelihoods(
+        self, model, tokenizer, requests: Sequence[tuple[list[int], list[int]]]
+    ) -> list[float]:
+        """Summed log-probability of each continuation, from vLLM's prompt log-probabilities."""
         from vllm import SamplingParams, TokensPrompt
 
-        pairs, owners = [], []
-        for index, example in enumerate(examples):
-            for choice in example.choices:
-                pairs.append(encode_pair(tokenizer, example.prompt, choice))
-                owners.append(index)
-        prompts = [TokensPrompt(prompt_token_ids=context + continuation) for context, continuation in pairs]
+        llm = self._engine(model, tokenizer)
+        prompts = [
+            TokensPrompt(prompt_token_ids=context + continuation) for context, continuation in requests
+        ]
         params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
         results = llm.generate(prompts, params, use_tqdm=self.progress)
-        best: list[tuple[float, int]] = [(-float("inf"), -1)] * len(examples)
-        counters = [0] * len(examples)
-        for (context, continuation), owner, result in zip(pairs, owners, results, strict=True):
+        scores = []
+        for (context, continuation), result in zip(requests, results, strict=True):
             tokens = context + continuation
             logprobs = result.prompt_logprobs  # one dict per prompt token (None for the first)
-            score = sum(logprobs[i][tokens[i]].logprob for i in range(len(context), len(tokens)))
-            position, counters[owner] = counters[owner], counters[owner] + 1
-            if score > best[owner][0]:
-                best[owner] = (score, position)
-        return [position for _, position in best]
+            scores.append(sum(logprobs[i][tokens[i]].logprob for i in range(len(context), len(tokens))))
+        return scores

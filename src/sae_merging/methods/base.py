@@ -155,6 +155,16 @@ class RunContext:
         """The optimization sample of draw number `draw` for every task."""
         return {t.name: (t, self.tasks.opt_sample(t, self.seed, draw)) for t in self.tasks.tasks}
 
+    def generation_sample(self, generation: int, redraw: bool) -> Sample:
+        """The optimization sample generation t scores on: a fresh draw per generation
+        (`redraw`), or always the first (one fixed set)."""
+        return self.sample(generation if redraw else 0)
+
+    def best_member(self, members: Sequence[Member], sample: Sample) -> Outcome:
+        """The member with the best task score on `sample`, with its scores."""
+        score, member = max(((self.score(m, sample), m) for m in members), key=lambda pair: pair[0].mean)
+        return Outcome(member, score)
+
     def score(self, member: Member, sample: Sample) -> Scores:
         with self.timer.section("evaluate"):
             return self.fitness.score(member.ident, lambda: self.store.load(member.ident), sample)

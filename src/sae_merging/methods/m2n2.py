@@ -97,12 +97,12 @@ class M2N2:
         state = M2N2State(generation=0)
         for index, name in enumerate(names):
             state.members.append(self._store(ctx, state, ctx.load_expert(index), f"expert:{name}", 0))
-        sample = ctx.sample(self._draw(0))
+        sample = ctx.sample(0)
         state.metrics = self._summary(state, self._scores(ctx, state, sample), accepted=0, ratios=[])
         return state
 
     def step(self, ctx: RunContext, state: M2N2State, generation: int) -> M2N2State:
-        sample = ctx.sample(self._draw(generation))
+        sample = ctx.generation_sample(generation, self.redraw_opt)
         scores = self._scores(ctx, state, sample)
         accepted, ratios = 0, []
         for child_index in range(self.children_per_step):
@@ -124,15 +124,9 @@ class M2N2:
 
     def best(self, ctx: RunContext, state: M2N2State) -> Outcome:
         """The member with the best task score on the last optimization draw."""
-        sample = ctx.sample(self._draw(state.generation))
-        scored = [(ctx.score(m, sample), m) for m in state.members]
-        score, member = max(scored, key=lambda pair: pair[0].mean)
-        return Outcome(member, score)
+        return ctx.best_member(state.members, ctx.generation_sample(state.generation, self.redraw_opt))
 
     # --- pieces ----------------------------------------------------------------------------
-
-    def _draw(self, generation: int) -> int:
-        return generation if self.redraw_opt else 0
 
     def _scores(self, ctx: RunContext, state: M2N2State, sample: Sample) -> dict[str, Scores]:
         return {m.ident: ctx.score(m, sample) for m in state.members}

@@ -194,7 +194,7 @@ class PSO:
         """The swarm: base, experts, DARE copies of the experts; velocities; first scores."""
         state = PSOState(generation=0)
         positions = self._initial_positions(ctx, state)
-        sample = ctx.sample(self._draw(0))
+        sample = ctx.sample(0)
         rms = []
         for index, position in enumerate(positions):
             velocity = self._initial_velocity(ctx, positions, index)
@@ -210,7 +210,7 @@ class PSO:
         return state
 
     def step(self, ctx: RunContext, state: PSOState, generation: int) -> PSOState:
-        sample = ctx.sample(self._draw(generation))
+        sample = ctx.generation_sample(generation, self.redraw_opt)
         if self.redraw_opt:
             for particle in state.particles:
                 scores = ctx.score(particle.best, sample)
@@ -246,13 +246,10 @@ class PSO:
     def best(self, ctx: RunContext, state: PSOState) -> Outcome:
         """The final global best, with its scores on the last optimization draw."""
         member = state.global_best.best
-        scores = ctx.score(member, ctx.sample(self._draw(state.generation)))
+        scores = ctx.score(member, ctx.generation_sample(state.generation, self.redraw_opt))
         return Outcome(member, scores, {"swarm_size": len(state.particles), "leader": state.leader})
 
     # --- pieces ----------------------------------------------------------------------------
-
-    def _draw(self, generation: int) -> int:
-        return generation if self.redraw_opt else 0
 
     def _move(
         self,

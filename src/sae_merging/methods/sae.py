@@ -134,12 +134,12 @@ class SAE:
                 with ctx.timer.section("prune"):
                     variant = self.pruner.prune(dense, rate)
                 self._add(ctx, state, variant, origin=f"variant:{name}", rate=rate)
-        state.metrics = self._summary(ctx, state, ctx.sample(self._draw(0)), rate=None, ratios=[])
+        state.metrics = self._summary(ctx, state, ctx.sample(0), rate=None, ratios=[])
         return state
 
     def step(self, ctx: RunContext, state: SAEState, generation: int) -> SAEState:
         rate = self.schedule.rate(generation)
-        sample = ctx.sample(self._draw(generation))
+        sample = ctx.generation_sample(generation, self.redraw_opt)
         scores = {m.ident: ctx.score(m, sample) for m in state.members}
         rng = ctx.rng("pairs", generation)
         order = list(range(len(state.members)))
@@ -168,16 +168,9 @@ class SAE:
 
     def best(self, ctx: RunContext, state: SAEState) -> Outcome:
         """The member with the best task score on the last optimization draw."""
-        sample = ctx.sample(self._draw(state.generation))
-        scored = [(ctx.score(m, sample), m) for m in state.members]
-        score, member = max(scored, key=lambda pair: pair[0].mean)
-        return Outcome(member, score)
+        return ctx.best_member(state.members, ctx.generation_sample(state.generation, self.redraw_opt))
 
     # --- pieces ----------------------------------------------------------------------------
-
-    def _draw(self, generation: int) -> int:
-        """Which optimization draw generation t uses (one per generation, or always the first)."""
-        return generation if self.redraw_opt else 0
 
     def fitness(self, scores: Scores, member: Member) -> float:
         return scores.mean + self.sparsity_weight * member.sparsity

@@ -96,7 +96,8 @@ class FitnessEvaluator:
             todo = [e for e in examples if e.uid not in known]
             if not todo:
                 continue
-            self.load_weights(ident, tensors())
+            if self._loaded != ident:  # read the individual once, not once per task
+                self.load_weights(ident, tensors())
             result = self.evaluator.evaluate(self.model, self.tokenizer, task, todo)
             known.update(zip(result.uids, result.correct, strict=True))
             self.counters.examples_scored += len(todo)
