@@ -12,10 +12,10 @@ import yaml
 from conftest import FIXTURES
 
 from sae_merging.evaluation.builtin import BuiltinEvaluator
-from sae_merging.evaluation.extraction import INVALID, extract, is_correct, normalize
 from sae_merging.evaluation.lm_eval_backend import LmEvalEvaluator, task_config
 from sae_merging.models.io import load_model, load_tokenizer
 from sae_merging.tasks.base import TaskData, read_jsonl
+from sae_merging.tasks.extraction import INVALID, extract, is_correct, normalize
 from sae_merging.tasks.gsm8k import STOP
 
 GSM8K_ROWS = read_jsonl(FIXTURES / "gsm8k" / "test.jsonl") + read_jsonl(FIXTURES / "gsm8k" / "train.jsonl")

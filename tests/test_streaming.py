@@ -228,10 +228,10 @@ def test_sae_child_reads_parents_tensor_by_tensor(tmp_path, monkeypatch, granula
     a parent whole: each tensor is read when the pass reaches it."""
     from types import SimpleNamespace
 
-    from sae_merging.methods.base import Member
     from sae_merging.methods.sae import SAE
-    from sae_merging.runtime.fitness import Timer
+    from sae_merging.runtime.context import Member
     from sae_merging.runtime.store import IndividualStore
+    from sae_merging.utils.timing import Timer
 
     base = _model(9, torch.bfloat16)
     a, b = (

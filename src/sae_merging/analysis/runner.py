@@ -31,6 +31,7 @@ from sae_merging.analysis.directions import DirectionSpec, model_direction
 from sae_merging.analysis.hessian import EigenSpec, convexity_grid
 from sae_merging.analysis.landscape import FixedBatch, fixed_examples, grid_coordinates, loss_grid, task_loss
 from sae_merging.models.io import ModelRef, load_model, load_tokenizer
+from sae_merging.utils.device import resolve_device
 from sae_merging.utils.files import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def _compute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     unknown = sorted(set(cfg.analyses) - set(ANALYSES))
     if unknown or not cfg.analyses:
         raise ValueError(f"analyses={list(cfg.analyses)}: choose from {list(ANALYSES)}")
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     directions = DirectionSpec(**cfg.directions)
     eigen = EigenSpec(**{k: v for k, v in cfg.convexity.items() if k not in ("size", "span")})
     coords = {name: grid_coordinates(int(cfg[name].size), float(cfg[name].span)) for name in cfg.analyses}
@@ -205,12 +206,6 @@ def _compute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     results["load_average"] = {"start": load_start, "end": _load_average()}
     atomic_write_json(out_dir / RESULTS_FILE, results)
     return results
-
-
-def _device(name: str) -> torch.device:
-    from sae_merging.runtime.runner import resolve_device
-
-    return resolve_device(name)
 
 
 def _load_average() -> list[float] | None:

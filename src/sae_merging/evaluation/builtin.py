@@ -16,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
 
-from sae_merging.evaluation.extraction import EXTRACTIONS, is_correct
 from sae_merging.tasks.base import Example, TaskData
+from sae_merging.tasks.extraction import EXTRACTIONS, is_correct
 
 
 @dataclass

@@ -29,8 +29,8 @@ import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sae_merging.evaluation.builtin import Evaluator, TaskScores
-from sae_merging.evaluation.extraction import FLEXIBLE_PATTERN, IGNORE_PATTERNS, STRICT_PATTERN
 from sae_merging.tasks.base import Example, TaskData
+from sae_merging.tasks.extraction import FLEXIBLE_PATTERN, IGNORE_PATTERNS, STRICT_PATTERN
 
 # lm-eval's gsm8k filter names for our extraction names.
 FILTERS = {"strict": "strict-match", "flexible": "flexible-extract"}

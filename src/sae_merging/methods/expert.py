@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sae_merging.methods.base import Member, Outcome, RunContext
+from sae_merging.runtime.context import Member, Outcome, RunContext
 
 
 class Expert:

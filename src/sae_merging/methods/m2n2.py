@@ -33,8 +33,8 @@ import statistics
 import torch
 
 from sae_merging.merging import functions as merge_fns
-from sae_merging.methods.base import Member, Outcome, PopulationState, RunContext, Sample
 from sae_merging.methods.sharing import attraction, shared_matrix, weakest, weighted_index
+from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext, Sample
 from sae_merging.runtime.fitness import Scores
 
 INTERPOLATIONS = ("lerp", "slerp")

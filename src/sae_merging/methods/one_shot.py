@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from sae_merging.merging import functions as merge_fns
-from sae_merging.methods.base import Member, Outcome, RunContext
+from sae_merging.runtime.context import Member, Outcome, RunContext
 
 DRAW = 0  # the optimization draw every grid point is scored on
 

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 from sae_merging.merging import functions as merge_fns
-from sae_merging.methods.base import Member, Outcome, RunContext
+from sae_merging.runtime.context import Member, Outcome, RunContext
 
 INIT_VELOCITIES = ("zero", "random")
 RANDOM_SCOPES = ("per_particle", "per_tensor", "per_element")

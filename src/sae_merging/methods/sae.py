@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from sae_merging.merging import functions as merge_fns
-from sae_merging.methods.base import Member, Outcome, PopulationState, RunContext, Sample
 from sae_merging.methods.sharing import shared_fitness
 from sae_merging.pruning.magnitude import MagnitudePruner
+from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext, Sample
 from sae_merging.runtime.fitness import Scores
 from sae_merging.sparsity.measures import SparsityStats, pooled
 

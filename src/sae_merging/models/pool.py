@@ -1,13 +1,13 @@
 """Model pools: the experts to merge and, for methods that need it, their base.
 
-`ModelPool` takes any models by path or hub id (`model=hf`); `LabModelPool` builds (or reuses)
-the lab and offers its base and experts (`model=lab`). Both check compatibility from headers
-before anything is loaded.
+`ModelPool` takes any models by path or hub id (`model=hf`) and checks their compatibility
+from headers before anything is loaded. The lab's pool (`model=lab`) is
+`sae_merging.lab.pools.LabModelPool`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -81,44 +81,3 @@ class ModelPool:
         refs = ([self.base] if self.base else []) + self.experts
         labels = (["base"] if self.base else []) + self.expert_names
         return check_compatible(refs, labels, self.vocab_policy)
-
-
-class LabModelPool(ModelPool):
-    """The lab's base and experts, built on first use and cached (see `sae_merging.lab`)."""
-
-    def __init__(
-        self,
-        lab: Mapping,
-        dtype: str = "float32",
-        vocab_policy: str = "refuse",
-        progress: bool = True,
-    ) -> None:
-        from sae_merging.lab.build import EXPERTS, LabSpec
-
-        self.lab = dict(lab)
-        self.spec = LabSpec.from_dict(self.lab)
-        self.progress = progress
-        super().__init__(
-            experts=[], base=None, expert_names=list(EXPERTS), dtype=dtype, vocab_policy=vocab_policy
-        )
-
-    def problems(self) -> list[str]:
-        return []
-
-    @cached_property
-    def build(self):
-        from sae_merging.lab.build import build_lab
-
-        return build_lab(self.spec, self.lab.get("cache_dir", "outputs/cache/lab"), self.progress)
-
-    @property
-    def base(self) -> ModelRef:
-        return ModelRef.parse(self.build.base)
-
-    @property
-    def has_base(self) -> bool:
-        return True
-
-    @property
-    def experts(self) -> list[ModelRef]:
-        return [ModelRef.parse(path) for path in self.build.experts.values()]

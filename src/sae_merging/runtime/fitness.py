@@ -9,10 +9,8 @@ optimization draw only computes the examples it has not seen.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedTokenizerBase
@@ -116,26 +114,3 @@ class FitnessEvaluator:
         self.cache = {ident: dict(results) for ident, results in state["cache"].items()}
         self.counters = FitnessCounters(**state["counters"])
         self._loaded = None
-
-
-@dataclass
-class Timer:
-    """Seconds spent per section (merge, prune, evaluate, ...), cumulative and per generation."""
-
-    totals: dict[str, float] = field(default_factory=dict)
-    current: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def section(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - started
-            self.totals[name] = self.totals.get(name, 0.0) + elapsed
-            self.current[name] = self.current.get(name, 0.0) + elapsed
-
-    def take(self) -> dict[str, float]:
-        """This generation's seconds per section, then start the next generation at zero."""
-        taken, self.current = self.current, {}
-        return taken

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
-from sae_merging.methods.base import Outcome, RunContext
+from sae_merging.runtime.context import Outcome, RunContext
 from sae_merging.utils.files import atomic_write_json
 
 CHECKPOINT_FILE = "state.json"

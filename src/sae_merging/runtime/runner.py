@@ -21,23 +21,18 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sae_merging.methods.base import Outcome, RunContext
 from sae_merging.models.compat import IncompatibleModelsError
 from sae_merging.models.io import load_config, load_tokenizer, save_model_folder
+from sae_merging.runtime.context import Outcome, RunContext
 from sae_merging.runtime.fitness import FitnessEvaluator
 from sae_merging.runtime.loop import run_generations
 from sae_merging.runtime.store import IndividualStore
 from sae_merging.runtime.validation import ConfigError, config_problems, instantiate_checked, pool_problems
 from sae_merging.sparsity.measures import SparsityStats, pooled, zero_count
+from sae_merging.utils.device import resolve_device
 from sae_merging.utils.files import atomic_write_json, stable_hash
 
 RESULTS_FILE = "results.json"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -12,11 +12,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sae_merging.evaluation.extraction import EXTRACTIONS
 from sae_merging.models.compat import VOCAB_POLICIES
 from sae_merging.models.io import DTYPES
 from sae_merging.pruning.magnitude import GRANULARITIES
 from sae_merging.schedules.cyclic import RISES
+from sae_merging.tasks.extraction import EXTRACTIONS
 
 
 class ConfigError(ValueError):

@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from sae_merging.evaluation.extraction import normalize
 from sae_merging.tasks.base import Example, TaskData, load_rows
+from sae_merging.tasks.extraction import normalize
 
 PROMPT = "Question: {question}\nAnswer:"
 STOP = ("Question:", "</s>", "<|im_end|>")

@@ -8,7 +8,6 @@ seeded subset, stratified by `Example.group` where asked (MMLU-ProX by language)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import cached_property
 
 from sae_merging.tasks.base import Example, TaskData, sample_examples
 from sae_merging.utils.files import stable_hash
@@ -76,37 +75,3 @@ class TaskPool:
         )
         order = {e.uid: i for i, e in enumerate(task.split("test"))}
         return sorted(examples, key=lambda e: order[e.uid])
-
-
-class LabTaskPool(TaskPool):
-    """lab-math and lab-multilingual from the lab build (built on first use)."""
-
-    def __init__(
-        self,
-        lab: Mapping,
-        opt_size: Mapping[str, int | None] | None = None,
-        test_size: Mapping[str, int | None] | None = None,
-        stratify: Sequence[str] = (),
-        progress: bool = True,
-    ) -> None:
-        from sae_merging.lab.build import LabSpec
-
-        super().__init__([], opt_size, test_size, stratify)
-        self.lab = dict(lab)
-        self.spec = LabSpec.from_dict(self.lab)
-        self.progress = progress
-
-    def declared_names(self) -> list[str]:
-        from sae_merging.lab.build import MATH_TASK, MULTILINGUAL_TASK
-
-        return [MATH_TASK, MULTILINGUAL_TASK]
-
-    @cached_property
-    def _lab_tasks(self) -> list[TaskData]:
-        from sae_merging.lab.build import build_lab
-
-        return build_lab(self.spec, self.lab.get("cache_dir", "outputs/cache/lab"), self.progress).tasks()
-
-    @property
-    def tasks(self) -> list[TaskData]:
-        return self._lab_tasks

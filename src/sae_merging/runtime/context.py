@@ -1,0 +1,169 @@
+"""The shared run types: what every merging method sees (`RunContext`), the individuals it
+keeps (`Member`, `PopulationState`), the samples it scores on (`Sample`) and what it returns
+(`Outcome`). They live below the methods so that the runner and the generation loop, which
+drive methods, do not import a method's module to get them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae_merging.models.io import Checkpoint, parse_dtype
+from sae_merging.models.pool import ModelPool
+from sae_merging.runtime.fitness import FitnessEvaluator, Scores
+from sae_merging.runtime.store import IndividualStore
+from sae_merging.tasks.base import Example, TaskData
+from sae_merging.tasks.pool import TaskPool
+from sae_merging.utils.files import stable_hash
+from sae_merging.utils.timing import Timer
+
+Sample = dict[str, tuple[TaskData, Sequence[Example]]]
+
+
+@dataclass
+class Member:
+    """An individual of an archive or swarm: its weights live in the store under `ident`."""
+
+    ident: str
+    origin: str
+    generation: int = 0
+    rate: float = 0.0
+    sparsity: float = 0.0
+    parents: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Member:
+        return cls(**data)
+
+
+@dataclass
+class PopulationState:
+    """The state of archive-based methods (SAE, M2N2): what the checkpoint holds."""
+
+    generation: int
+    members: list[Member] = field(default_factory=list)
+    next_id: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "generation": self.generation,
+            "members": [m.to_json() for m in self.members],
+            "next_id": self.next_id,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> PopulationState:
+        members = [Member.from_json(m) for m in data["members"]]
+        return cls(data["generation"], members, data["next_id"], data["metrics"])
+
+
+@dataclass
+class Outcome:
+    """What a method returns: the chosen individual and its optimization-set scores."""
+
+    member: Member
+    opt_scores: Scores
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunContext:
+    models: ModelPool
+    tasks: TaskPool
+    fitness: FitnessEvaluator
+    store: IndividualStore
+    run_dir: Path
+    seed: int
+    timer: Timer = field(default_factory=Timer)
+    progress: bool = True
+    retired: list[str] = field(default_factory=list)
+
+    def retire(self, ident: str) -> None:
+        """An individual left the population: its files go once the next checkpoint no longer
+        needs them (deleting earlier would break resuming from the previous checkpoint)."""
+        self.retired.append(ident)
+        self.fitness.forget(ident)
+
+    def rng(self, *purpose: object) -> random.Random:
+        """A generator determined by the seed and `purpose` only (e.g. ("pairs", generation)):
+        nothing to checkpoint, and a resumed run draws exactly what an uninterrupted one does."""
+        return random.Random(int(stable_hash([self.seed, *purpose]), 16))
+
+    def torch_generator(self, *purpose: object) -> torch.Generator:
+        return torch.Generator().manual_seed(int(stable_hash([self.seed, *purpose]), 16) % 2**63)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return parse_dtype(self.models.dtype)
+
+    @cached_property
+    def _checkpoints(self) -> dict[str, Checkpoint]:
+        refs = {f"expert:{n}": r for n, r in zip(self.models.expert_names, self.models.experts, strict=True)}
+        if self.models.base is not None:
+            refs["base"] = self.models.base
+        return {key: Checkpoint(ref) for key, ref in refs.items()}
+
+    def merge_names(self) -> list[str]:
+        """The tensors every method merges (reference model order, tied aliases left out)."""
+        return list(self.models.compatibility.shapes)
+
+    def load_expert(self, index: int) -> dict[str, torch.Tensor]:
+        return self._load(f"expert:{self.models.expert_names[index]}")
+
+    def load_base(self, method: str) -> dict[str, torch.Tensor]:
+        self.models.require_base(method)
+        return self._load("base")
+
+    def _load(self, key: str) -> dict[str, torch.Tensor]:
+        checkpoint = self._checkpoints[key]
+        rows = self.models.compatibility.common_rows
+        tensors = {}
+        for name in self.merge_names():
+            tensor = checkpoint.get(name).to(self.dtype)
+            tensors[name] = tensor[: rows[name]] if name in rows else tensor
+        return tensors
+
+    def complete_vocab(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Merged tensors at the reference model's full shape: under vocab_policy=common_rows the
+        rows beyond the shared vocabulary come from the reference (the base, else expert 0)."""
+        rows = self.models.compatibility.common_rows
+        if not rows:
+            return dict(tensors)
+        key = "base" if self.models.base is not None else f"expert:{self.models.expert_names[0]}"
+        full = dict(tensors)
+        for name, count in rows.items():
+            tensor = self._checkpoints[key].get(name).to(tensors[name].dtype).clone()
+            tensor[:count] = tensors[name]
+            full[name] = tensor
+        return full
+
+    def sample(self, draw: int) -> Sample:
+        """The optimization sample of draw number `draw` for every task."""
+        return {t.name: (t, self.tasks.opt_sample(t, self.seed, draw)) for t in self.tasks.tasks}
+
+    def generation_sample(self, generation: int, redraw: bool) -> Sample:
+        """The optimization sample generation t scores on: a fresh draw per generation
+        (`redraw`), or always the first (one fixed set)."""
+        return self.sample(generation if redraw else 0)
+
+    def best_member(self, members: Sequence[Member], sample: Sample) -> Outcome:
+        """The member with the best task score on `sample`, with its scores."""
+        score, member = max(((self.score(m, sample), m) for m in members), key=lambda pair: pair[0].mean)
+        return Outcome(member, score)
+
+    def score(self, member: Member, sample: Sample) -> Scores:
+        with self.timer.section("evaluate"):
+            return self.fitness.score(member.ident, lambda: self.store.load(member.ident), sample)
