@@ -4,11 +4,15 @@
         [--out outputs/tables/table2_ablation/report] [--title "Table 2"]
 
 Rows are the swept settings other than the seed (read from each run's `.hydra/overrides.yaml`);
-cells are mean ± std over seeds of the test accuracy per task and their mean, plus the
-evaluation budget (models scored, examples scored) and wall time. Writes `table.md`,
-`table.tex`, `table.json` and a bar chart `table.png`. A folder that is not a finished run
-(no `results.json`) is refused by name; runs that the sweep defined but that did not finish
-are listed as missing.
+cells are the test accuracy per task and their mean over seeds: mean ± sample std (n - 1), the
+number of seeds n and the 95% t-interval, plus the evaluation budget (models scored, examples
+scored) and wall time. Below them, paired differences: the reference row (`--reference`;
+default the row `sae`, else the first SAE row) minus every other row that shares >= 2 seeds
+with it, paired by seed and by test item (each run's `test_items.jsonl`), with a 95% paired
+bootstrap CI over seeds and items and its p-value (`sae_merging.analysis.stats`). Writes
+`table.md`, `table.tex`, `table.json` and a bar chart `table.png` (means with 95% CIs). A
+folder that is not a finished run (no `results.json`) is refused by name; runs that the sweep
+defined but that did not finish are listed as missing.
 """
 
 from __future__ import annotations
@@ -22,12 +26,17 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import yaml
+
+from sae_merging.analysis.stats import paired_bootstrap, summary
 
 _PARTS = re.compile(r"(\d+(?:\.\d+)?)")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 SEED_KEYS = ("seed", "+seed")
 METHOD_KEYS = ("method", "method.index")
+TEST_ITEMS_FILE = "test_items.jsonl"
+MIN_PAIRED_SEEDS = 2
 
 
 class AggregationError(RuntimeError):
@@ -85,13 +94,28 @@ def load(sweep_dirs: list[Path]) -> tuple[list[dict], list[str]]:
                 continue
             results = json.loads(results_path.read_text())
             found.add(tuple(sorted(overrides.items())))
-            records.append({"run": str(run), "overrides": overrides, "results": results})
+            records.append(
+                {"run": str(run), "overrides": overrides, "results": results, "items": _test_items(run)}
+            )
         for combo in expected_runs(sweep_dir) or []:
             if not any(set(combo) <= set(f) for f in found) and not any(
                 set(combo) <= set(dict(_key_value(o) for o in _overrides(r)).items()) for r in runs
             ):
                 missing.append(f"{sweep_dir}: never started: {_describe(dict(combo))}")
     return records, missing
+
+
+def _test_items(run: Path) -> dict[str, dict[str, bool]] | None:
+    """Per task, the chosen model's correctness on each test item (None for an older run)."""
+    path = run / TEST_ITEMS_FILE
+    if not path.is_file():
+        return None
+    items: dict[str, dict[str, bool]] = defaultdict(dict)
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            items[row["task"]][row["uid"]] = bool(row["correct"])
+    return dict(items)
 
 
 def _describe(overrides: dict[str, str]) -> str:
@@ -117,7 +141,8 @@ def row_label(record: dict, swept: list[str], with_method: bool) -> str:
 
 
 def aggregate(records: list[dict]) -> tuple[list[str], list[dict]]:
-    """Group by method and every other override that varies across runs, except the seed."""
+    """Group by method and every other override that varies across runs, except the seed.
+    Each row keeps its runs (`records`) for the paired differences."""
     ignored = {k.lstrip("+") for k in SEED_KEYS + METHOD_KEYS} | {"experiment"}  # the sweep itself
     keys = sorted({k for r in records for k in r["overrides"]} - ignored)
     swept = [k for k in keys if len({r["overrides"].get(k) for r in records}) > 1]
@@ -125,62 +150,169 @@ def aggregate(records: list[dict]) -> tuple[list[str], list[dict]]:
     groups: dict[str, list[dict]] = defaultdict(list)
     methods: dict[str, int] = {}  # each method's first appearance: rows keep the sweeps' order
     for record in records:
-        groups[row_label(record, swept, with_method)].append(record["results"])
+        groups[row_label(record, swept, with_method)].append(record)
         methods.setdefault(method_label(record["results"]), len(methods))
     order = {
-        label: (methods[method_label(results[0])], natural_key(label)) for label, results in groups.items()
+        label: (methods[method_label(group[0]["results"])], natural_key(label))
+        for label, group in groups.items()
     }
     groups = {label: groups[label] for label in sorted(groups, key=order.__getitem__)}
     tasks = sorted({t for r in records for t in r["results"]["test"] if t != "mean"})
     rows = []
-    for label, results in groups.items():
-        row = {"label": label, "seeds": sorted(r["seed"] for r in results), "cells": {}}
+    for label, group in groups.items():
+        results = [r["results"] for r in group]
+        row = {
+            "label": label,
+            "method": method_label(results[0]),
+            "seeds": sorted(r["seed"] for r in results),
+            "cells": {},
+            "records": group,
+        }
         for column in tasks + ["mean"]:
-            values = [100 * r["test"][column] for r in results]
-            row["cells"][column] = (
-                statistics.fmean(values),
-                statistics.pstdev(values) if len(values) > 1 else 0.0,
-            )
+            cell = summary([100 * r["test"][column] for r in results])
+            row["cells"][column] = {
+                "mean": cell.mean,
+                "std": cell.std,
+                "n": cell.n,
+                "ci_low": cell.ci_low,
+                "ci_high": cell.ci_high,
+            }
         for column in ("models_scored", "examples_scored", "wall_seconds"):
             row[column] = statistics.fmean(r[column] for r in results)
         rows.append(row)
     return tasks, rows
 
 
+def reference_row(rows: list[dict], label: str | None = None) -> dict | None:
+    """The row the paired differences start from: `label`, else the row `sae`, else the first
+    row of method sae (None when the table has no SAE row)."""
+    if label is not None:
+        for row in rows:
+            if row["label"] == label:
+                return row
+        raise AggregationError(f"--reference {label!r} is no row; rows: {[r['label'] for r in rows]}")
+    for row in rows:
+        if row["label"] == "sae":
+            return row
+    return next((row for row in rows if row["method"] == "sae"), None)
+
+
+def _correctness(row: dict, seeds: list[int], task: str, uids: list[str]) -> np.ndarray:
+    by_seed = {r["results"]["seed"]: r["items"] for r in row["records"]}
+    return np.array([[by_seed[s][task][u] for u in uids] for s in seeds], dtype=float)
+
+
+def paired_rows(tasks: list[str], rows: list[dict], reference: dict | None) -> list[dict]:
+    """Reference minus each other row, paired by seed and test item, per task and for the mean
+    (in accuracy points). A row without per-item results or with < 2 shared seeds is listed
+    with the reason instead of numbers."""
+    if reference is None:
+        return []
+    paired = []
+    for row in rows:
+        if row is reference:
+            continue
+        entry = {
+            "label": f"{reference['label']} − {row['label']}",
+            "reference": reference["label"],
+            "other": row["label"],
+        }
+        seeds = sorted(set(reference["seeds"]) & set(row["seeds"]))
+        runs = [r for r in reference["records"] + row["records"] if r["results"]["seed"] in seeds]
+        if len(seeds) < MIN_PAIRED_SEEDS:
+            entry["skipped"] = f"{len(seeds)} shared seed(s); pairing needs >= {MIN_PAIRED_SEEDS}"
+        elif any(r["items"] is None for r in runs):
+            entry["skipped"] = f"no {TEST_ITEMS_FILE} in some runs (finished before per-item results)"
+        else:
+            uids = {}
+            for task in tasks:
+                shared = set.intersection(*(set(r["items"].get(task, {})) for r in runs))
+                uids[task] = sorted(shared)
+            a = {t: _correctness(reference, seeds, t, uids[t]) for t in tasks if uids[t]}
+            b = {t: _correctness(row, seeds, t, uids[t]) for t in tasks if uids[t]}
+            entry["columns"] = {}
+            for column, keys in [*((t, [t]) for t in a), ("mean", list(a))]:
+                result = paired_bootstrap({k: a[k] for k in keys}, {k: b[k] for k in keys})
+                entry["columns"][column] = {
+                    "diff": 100 * result.diff,
+                    "ci_low": 100 * result.ci_low,
+                    "ci_high": 100 * result.ci_high,
+                    "half_width": 100 * result.half_width,
+                    "p": result.p,
+                    "n_seeds": result.n_seeds,
+                    "n_items": result.n_items,
+                }
+        paired.append(entry)
+    return paired
+
+
 def _best(rows: list[dict], column: str) -> float:
-    return max(r["cells"][column][0] for r in rows)
+    return max(r["cells"][column]["mean"] for r in rows)
 
 
 def _cells(rows: list[dict], row: dict, columns: list[str], cell: str, bold: str) -> list[str]:
-    """A row's `mean ± std` cells, formatted by `cell`; the best mean of a column wrapped in `bold`."""
+    """A row's cells (mean, std, ci_low, ci_high formatted by `cell`); the best mean of a column
+    wrapped in `bold`."""
     texts = []
     for column in columns:
-        mean, std = row["cells"][column]
-        text = cell.format(mean=mean, std=std)
-        texts.append(bold.format(text) if mean == _best(rows, column) else text)
+        values = row["cells"][column]
+        text = cell.format(**values)
+        texts.append(bold.format(text) if values["mean"] == _best(rows, column) else text)
     return texts
 
 
-def markdown(tasks: list[str], rows: list[dict], title: str) -> str:
+def _paired_cell(values: dict, template: str) -> str:
+    return template.format(**values)
+
+
+PAIRED_NOTE = (
+    "paired differences in accuracy points, {reference} minus each row, by seed and test item: "
+    "diff [95% CI] and p from a paired bootstrap over seeds and items (10,000 replicates); "
+    "a CI containing 0 is no detectable difference"
+)
+
+
+def markdown(tasks: list[str], rows: list[dict], title: str, paired: list[dict] | None = None) -> str:
     columns = tasks + ["mean"]
     lines = [
-        f"**{title}** (test accuracy %, mean ± std over seeds; best in bold)",
+        f"**{title}** (test accuracy %: mean ± sample std over n seeds, [95% t-interval]; best mean in bold)",
         "",
-        "| setting | " + " | ".join(columns) + " | models scored | examples scored | wall s | seeds |",
+        "| setting | " + " | ".join(columns) + " | n | models scored | examples scored | wall s |",
         "|---|" + "---:|" * (len(columns) + 4),
     ]
     for row in rows:
-        cells = _cells(rows, row, columns, "{mean:.1f} ± {std:.1f}", "**{}**")
+        cells = _cells(rows, row, columns, "{mean:.1f} ± {std:.1f} [{ci_low:.1f}, {ci_high:.1f}]", "**{}**")
         lines.append(
             f"| {row['label']} | "
             + " | ".join(cells)
-            + f" | {row['models_scored']:.0f} | {row['examples_scored']:.0f}"
-            + f" | {row['wall_seconds']:.0f} | {len(row['seeds'])} |"
+            + f" | {len(row['seeds'])} | {row['models_scored']:.0f} | {row['examples_scored']:.0f}"
+            + f" | {row['wall_seconds']:.0f} |"
         )
+    if paired:
+        lines += ["", PAIRED_NOTE.format(reference=paired[0]["reference"]) + ":", ""]
+        lines += [
+            "| difference | " + " | ".join(columns) + " | n seeds |",
+            "|---|" + "---:|" * (len(columns) + 1),
+        ]
+        for entry in paired:
+            if "columns" not in entry:
+                lines.append(
+                    f"| {entry['label']} | " + " | ".join("–" for _ in columns) + f" | {entry['skipped']} |"
+                )
+                continue
+            cells = [
+                _paired_cell(entry["columns"][c], "{diff:+.1f} [{ci_low:+.1f}, {ci_high:+.1f}] p={p:.3f}")
+                if c in entry["columns"]
+                else "–"
+                for c in columns
+            ]
+            lines.append(
+                f"| {entry['label']} | " + " | ".join(cells) + f" | {entry['columns']['mean']['n_seeds']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def latex(tasks: list[str], rows: list[dict], title: str) -> str:
+def latex(tasks: list[str], rows: list[dict], title: str, paired: list[dict] | None = None) -> str:
     columns = tasks + ["mean"]
 
     def esc(text: str) -> str:
@@ -191,7 +323,7 @@ def latex(tasks: list[str], rows: list[dict], title: str) -> str:
         r"\centering",
         r"\begin{tabular}{l" + "r" * (len(columns) + 2) + "}",
         r"\toprule",
-        "Setting & " + " & ".join(esc(c) for c in columns) + r" & Models scored & Seeds \\",
+        "Setting & " + " & ".join(esc(c) for c in columns) + r" & Models scored & $n$ \\",
         r"\midrule",
     ]
     for row in rows:
@@ -202,7 +334,24 @@ def latex(tasks: list[str], rows: list[dict], title: str) -> str:
             + " & ".join(cells)
             + f" & {row['models_scored']:.0f} & {len(row['seeds'])} \\\\"
         )
-    lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{esc(title)}}}", r"\end{table}"]
+    compared = [entry for entry in paired or [] if "columns" in entry]
+    if compared:
+        lines.append(r"\midrule")
+        for entry in compared:
+            cells = [
+                _paired_cell(entry["columns"][c], "{diff:+.1f} [{ci_low:+.1f}, {ci_high:+.1f}]")
+                if c in entry["columns"]
+                else "--"
+                for c in columns
+            ]
+            n = entry["columns"]["mean"]["n_seeds"]
+            lines.append(
+                esc(entry["label"]).replace("−", "$-$") + " & " + " & ".join(cells) + f" & & {n} \\\\"
+            )
+    caption = esc(title) + ": mean $\\pm$ sample std over $n$ seeds"
+    if compared:
+        caption += "; below the rule, paired differences [95\\% bootstrap CI over seeds and test items]"
+    lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{caption}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
@@ -217,13 +366,16 @@ def bar_chart(tasks: list[str], rows: list[dict], title: str, path: Path) -> Non
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4))
     for i, column in enumerate(columns):
         xs = [j + (i - (len(columns) - 1) / 2) * width for j in range(len(rows))]
-        means = [r["cells"][column][0] for r in rows]
-        stds = [r["cells"][column][1] for r in rows]
-        ax.bar(xs, means, width, yerr=stds, capsize=2, label=column)
+        cells = [r["cells"][column] for r in rows]
+        means = [c["mean"] for c in cells]
+        errors = [[c["mean"] - c["ci_low"] for c in cells], [c["ci_high"] - c["mean"] for c in cells]]
+        ax.bar(xs, means, width, yerr=errors, capsize=2, label=column)
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([r["label"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels(
+        [f"{r['label']} (n={len(r['seeds'])})" for r in rows], rotation=30, ha="right", fontsize=8
+    )
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(f"{title}\nmean and 95% CI over n seeds", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
@@ -237,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="output folder (default: <first sweep>/report)"
     )
     parser.add_argument("--title", default=None)
+    parser.add_argument(
+        "--reference", default=None, help="row the paired differences start from (default: sae)"
+    )
     parser.add_argument(
         "--allow-missing", action="store_true", help="write the table even if runs are missing"
     )
@@ -255,14 +410,23 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no finished runs", file=sys.stderr)
         return 2
     tasks, rows = aggregate(records)
+    try:
+        paired = paired_rows(tasks, rows, reference_row(rows, args.reference))
+    except AggregationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     title = args.title or args.sweeps[0].name
     out = args.out or args.sweeps[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(markdown(tasks, rows, title))
-    (out / "table.tex").write_text(latex(tasks, rows, title))
-    (out / "table.json").write_text(json.dumps({"tasks": tasks, "rows": rows, "missing": missing}, indent=2))
+    text = markdown(tasks, rows, title, paired)
+    (out / "table.md").write_text(text)
+    (out / "table.tex").write_text(latex(tasks, rows, title, paired))
+    saved = [{k: v for k, v in row.items() if k != "records"} for row in rows]
+    (out / "table.json").write_text(
+        json.dumps({"tasks": tasks, "rows": saved, "paired": paired, "missing": missing}, indent=2)
+    )
     bar_chart(tasks, rows, title, out / "table.png")
-    print(markdown(tasks, rows, title))
+    print(text)
     print(f"written to {out}/table.{{md,tex,json,png}}")
     return 0
 

@@ -16,7 +16,13 @@ from sae_merging.runtime import runner
 EXPERIMENTS = Path(CONF_DIR) / "experiment"
 LAB_TABLES = sorted(p.stem for p in EXPERIMENTS.glob("table*.yaml"))
 PAPER_TABLES = sorted(f"paper/{p.stem}" for p in (EXPERIMENTS / "paper").glob("*.yaml"))
-TINY = ["lab=micro", "task.opt_size.lab-math=8", "task.opt_size.lab-multilingual=10", "schedule.steps=1"]
+TINY = [
+    "lab=micro",
+    "task.opt_size.lab-math=8",
+    "task.opt_size.lab-multilingual=10",
+    "schedule.steps=1",
+    "budget.examples=null",  # one generation, not the table's budget
+]
 
 
 def _rows(name: str) -> list[list[str]]:

@@ -2,7 +2,7 @@
 
 The order (lowest first) is the architecture the package is read in:
 utils < sparsity, schedules < models, tasks < evaluation < lab < pruning < merging
-< runtime types (context, fitness, store) < methods < runtime driver (runner, loop, ...)
+< runtime types (context, fitness, store, selection) < methods < runtime driver (runner, loop, ...)
 < analysis. Every `import` and `from ... import` is checked, including those inside functions
 (a lazy import is still a dependency).
 """
@@ -30,6 +30,7 @@ LAYERS = {
     "runtime.context": 7,
     "runtime.fitness": 7,
     "runtime.store": 7,
+    "runtime.selection": 7,  # the final-choice rules every method's best() uses
     "methods": 8,
     "runtime": 9,
     "analysis": 10,

@@ -15,7 +15,7 @@ from sae_merging.methods.pso import PSO
 from sae_merging.runtime import runner
 from sae_merging.runtime.store import IndividualStore
 
-SMOKE = ["experiment=smoke", "progress=false"]
+SMOKE = ["experiment=smoke", "progress=false", "selection=last_draw"]  # the paper's counts
 OPT_EXAMPLES = 16 + 20  # one optimization draw of the smoke experiment (lab-math + lab-multilingual)
 # individuals each method scores in the smoke experiment: grid points; particles x (steps + 1);
 # experts + steps x children

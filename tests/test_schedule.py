@@ -38,4 +38,12 @@ def test_linear_rise_and_constant():
     )
     assert ConstantSchedule(0.3, steps=4).rates() == [0.3] * 4
     with pytest.raises(ValueError):
-        CyclicSchedule().rate(13)
+        CyclicSchedule().rate(0)
+
+
+def test_rates_go_on_past_steps():
+    """A budget-stopped search may run longer than `steps`: the cycles continue."""
+    schedule = CyclicSchedule(s_min=0.05, s_max=0.9, T_mult=1, steps=3)
+    assert [schedule.rate(t) for t in (4, 5, 6)] == pytest.approx([0.05, 0.475, 0.9])
+    # T0=3, T_mult=2: cycles 1-3, 4-9, 10-21; step 13 is the 4th of the 12-step third cycle
+    assert CyclicSchedule().rate(13) == pytest.approx(0.1 + 0.5 * (1 - math.cos(math.pi * 3 / 11)) / 2)

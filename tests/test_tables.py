@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -58,13 +59,19 @@ def test_values_std_and_best(tmp_path):
     assert tasks == ["a", "b"]
     by_label = {r["label"]: r for r in rows}
     glob = by_label["scoring=global"]
-    assert glob["cells"]["a"] == pytest.approx((55.0, 5.0))  # mean, population std of 50 and 60
-    assert glob["cells"]["b"] == pytest.approx((75.0, 5.0))
-    assert glob["cells"]["mean"] == pytest.approx((65.0, 5.0))
+    # 50 and 60: mean 55, sample std sqrt(50) = 7.071, t_{0.975, 1} = 12.706 -> half-width 63.53
+    half = 12.706204736174707 * 50**0.5 / 2**0.5
+    assert glob["cells"]["a"] == pytest.approx(
+        {"mean": 55.0, "std": 50**0.5, "n": 2, "ci_low": 55 - half, "ci_high": 55 + half}
+    )
+    assert glob["cells"]["b"]["mean"] == pytest.approx(75.0)
+    assert glob["cells"]["mean"]["std"] == pytest.approx(50**0.5)
     assert glob["models_scored"] == 15
-    assert by_label["scoring=local"]["cells"]["b"] == pytest.approx((90.0, 0.0))
+    assert by_label["scoring=local"]["cells"]["b"] == pytest.approx(
+        {"mean": 90.0, "std": 0.0, "n": 1, "ci_low": 90.0, "ci_high": 90.0}
+    )
     text = tables.markdown(tasks, rows, "T")
-    assert "**90.0 ± 0.0**" in text and "**55.0 ± 5.0**" in text  # best per column in bold
+    assert "**90.0 ± 0.0 [90.0, 90.0]**" in text and "**55.0 ± 7.1 [-8.5, 118.5]**" in text
     assert "\\textbf{90.0 $\\pm$ 0.0}" in tables.latex(tasks, rows, "T")
 
 
@@ -90,3 +97,61 @@ def test_rows_in_natural_order():
     labels = ["sae, method.archive_size=10", "sae, method.archive_size=4", "sae, method.archive_size=8"]
     assert sorted(labels, key=tables.natural_key) == [labels[1], labels[2], labels[0]]
     assert sorted(["s_max=0.9", "s_max=0.45"], key=tables.natural_key) == ["s_max=0.45", "s_max=0.9"]
+
+
+def _paired_run(sweep: Path, job: int, method: str, seed: int, correct: dict[str, list[int]]) -> None:
+    folder = sweep / str(job)
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"method={method}", f"seed={seed}"]))
+    test = {t: sum(c) / len(c) for t, c in correct.items()}
+    results = {
+        "method": method,
+        "seed": seed,
+        "test": {**test, "mean": sum(test.values()) / len(test)},
+        "models_scored": 1,
+        "examples_scored": 10,
+        "wall_seconds": 1.0,
+    }
+    (folder / "results.json").write_text(json.dumps(results))
+    rows = [
+        {"task": t, "uid": f"{t}/{i}", "correct": bool(c)}
+        for t, cs in correct.items()
+        for i, c in enumerate(cs)
+    ]
+    (folder / "test_items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_paired_rows_by_seed_and_item(tmp_path):
+    """SAE minus PSO, paired: the difference is the mean over seeds and items, per task and for
+    the mean of the tasks; table.json holds diff, CI, half-width, p and n_seeds."""
+    sweep = tmp_path / "sweep"
+    sae = {
+        0: {"a": [1, 1, 0, 1], "b": [1, 0]},
+        1: {"a": [1, 0, 0, 1], "b": [1, 1]},
+        2: {"a": [1, 1, 1, 1], "b": [0, 0]},
+    }
+    pso = {
+        0: {"a": [1, 0, 0, 1], "b": [0, 0]},
+        1: {"a": [0, 0, 0, 1], "b": [1, 1]},
+        2: {"a": [1, 1, 0, 1], "b": [0, 1]},
+    }
+    job = 0
+    for seed in range(3):
+        for method, data in (("sae", sae), ("pso", pso)):
+            _paired_run(sweep, job, method, seed, data[seed])
+            job += 1
+    out = tmp_path / "out"
+    assert tables.main([str(sweep), "--out", str(out)]) == 0
+    saved = json.loads((out / "table.json").read_text())
+    (entry,) = saved["paired"]
+    assert entry["label"] == "sae − pso"
+    diff_a = np.mean([np.subtract(sae[s]["a"], pso[s]["a"]).mean() for s in range(3)]) * 100
+    diff_b = np.mean([np.subtract(sae[s]["b"], pso[s]["b"]).mean() for s in range(3)]) * 100
+    columns = entry["columns"]
+    assert columns["a"]["diff"] == pytest.approx(diff_a) and columns["b"]["diff"] == pytest.approx(diff_b)
+    assert columns["mean"]["diff"] == pytest.approx((diff_a + diff_b) / 2)
+    for column in columns.values():
+        assert set(column) >= {"diff", "ci_low", "ci_high", "half_width", "p", "n_seeds"}
+        assert column["n_seeds"] == 3 and column["ci_low"] <= column["diff"] <= column["ci_high"]
+        assert column["half_width"] == pytest.approx((column["ci_high"] - column["ci_low"]) / 2)
+    assert "sae − pso" in (out / "table.md").read_text()

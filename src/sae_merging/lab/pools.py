@@ -60,8 +60,9 @@ class LabTaskPool(TaskPool):
         test_size: Mapping[str, int | None] | None = None,
         stratify: Sequence[str] = (),
         progress: bool = True,
+        validation_size: Mapping[str, int | float | None] | None = None,
     ) -> None:
-        super().__init__([], opt_size, test_size, stratify)
+        super().__init__([], opt_size, test_size, stratify, validation_size)
         self.lab = dict(lab)
         self.spec = LabSpec.from_dict(self.lab)
         self.progress = progress

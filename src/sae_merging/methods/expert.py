@@ -1,8 +1,18 @@
-"""An expert left unmerged: the reference rows of a table, scored like any method's result."""
+"""Experts left unmerged: the reference rows of a table (`expert`, by index) and the "search
+helps" control (`best_expert`: the expert with the best selection score), scored like any
+method's result."""
 
 from __future__ import annotations
 
 from sae_merging.runtime.context import Member, Outcome, RunContext
+from sae_merging.runtime.selection import choice_sample, select
+
+
+def _stored_expert(ctx: RunContext, index: int) -> Member:
+    names = ctx.models.expert_names
+    member = Member(ident=f"expert-{index}", origin=f"expert:{names[index]}")
+    ctx.store.save(member.ident, ctx.load_expert(index))
+    return member
 
 
 class Expert:
@@ -15,6 +25,23 @@ class Expert:
         names = ctx.models.expert_names
         if not 0 <= self.index < len(names):
             raise ValueError(f"method.index={self.index}: the pool has experts 0..{len(names) - 1} ({names})")
-        member = Member(ident=f"expert-{self.index}", origin=f"expert:{names[self.index]}")
-        ctx.store.save(member.ident, ctx.load_expert(self.index))
-        return Outcome(member, ctx.score(member, ctx.sample(0)), details={"expert": names[self.index]})
+        member = _stored_expert(ctx, self.index)
+        scores = ctx.score(member, choice_sample(ctx, ctx.sample(0)))
+        return Outcome(member, scores, details={"expert": names[self.index]})
+
+
+class BestExpert:
+    """The expert a user would pick without merging: the best by the selection rule on
+    optimization data (draw 0, or the validation set). A merge that does not beat it has not
+    shown that search or merging helps."""
+
+    name = "best_expert"
+
+    def run(self, ctx: RunContext) -> Outcome:
+        members = [_stored_expert(ctx, i) for i in range(len(ctx.models.expert_names))]
+        outcome = select(ctx, members, ctx.sample(0))
+        outcome.details["chosen_expert"] = outcome.member.origin.removeprefix("expert:")
+        for member in members:
+            if member.ident != outcome.member.ident:
+                ctx.store.delete(member.ident)
+        return outcome

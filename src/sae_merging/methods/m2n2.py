@@ -36,6 +36,7 @@ from sae_merging.merging import functions as merge_fns
 from sae_merging.methods.sharing import attraction, shared_matrix, weakest, weighted_index
 from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext, Sample
 from sae_merging.runtime.fitness import Scores
+from sae_merging.runtime.selection import select
 
 INTERPOLATIONS = ("lerp", "slerp")
 
@@ -123,8 +124,8 @@ class M2N2:
         return state
 
     def best(self, ctx: RunContext, state: M2N2State) -> Outcome:
-        """The member with the best task score on the last optimization draw."""
-        return ctx.best_member(state.members, ctx.generation_sample(state.generation, self.redraw_opt))
+        """The archive member chosen by the selection rule (`selection=`)."""
+        return select(ctx, state.members, ctx.generation_sample(state.generation, self.redraw_opt))
 
     # --- pieces ----------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """One-shot merges (mergekit's definitions): linear, task arithmetic, TIES and DARE.
 
 Each is a pure per-tensor function (`sae_merging.merging.functions`) plus its parameters. The
-scaling factor lambda is either fixed (`scaling_factor`) or chosen on optimization draw 0 from
-`scaling_grid`: every grid point is merged, stored and scored through `ctx.score`, so its
-evaluations count in the budget like any evolutionary method's. The grid points run as the
+scaling factor lambda is either fixed (`scaling_factor`) or chosen from `scaling_grid` on
+optimization data (draw 0, or the validation set under `selection=validation`): every grid
+point is merged, stored and scored through `ctx.score`, so its evaluations count in the budget
+like any evolutionary method's. The grid points run as the
 generation loop's generations (point k is generation k), which gives one `metrics.jsonl` line
 per point and lets an interrupted grid search resume; only the best model so far is kept.
 """
@@ -18,8 +19,9 @@ import torch
 
 from sae_merging.merging import functions as merge_fns
 from sae_merging.runtime.context import Member, Outcome, RunContext
+from sae_merging.runtime.selection import choice_sample
 
-DRAW = 0  # the optimization draw every grid point is scored on
+DRAW = 0  # the optimization draw every grid point is scored on (unless selection=validation)
 
 
 @dataclass
@@ -55,13 +57,17 @@ class OneShotMerge:
     name = "one_shot"
     needs_base = True
     state_type = GridState
+    fixed_steps = True  # a grid has as many points as it has, whatever the budget
 
     def __init__(
         self,
         scaling_factor: float | None = None,
         scaling_grid: Sequence[float] = (0.3, 0.5, 0.7, 1.0),
         weights: Sequence[float] | None = None,
+        name: str | None = None,
     ) -> None:
+        if name is not None:  # a variant's own row name (e.g. task arithmetic at a fixed factor)
+            self.name = name
         grid = [scaling_factor] if scaling_factor is not None else list(scaling_grid)
         if not grid:
             raise ValueError(f"method {self.name}: scaling_factor is null and scaling_grid is empty")
@@ -106,7 +112,7 @@ class OneShotMerge:
         }
         details = {"scaling_factor": state.best_point["scaling_factor"], "grid": grid}
         member = state.members[0]
-        return Outcome(member, ctx.score(member, ctx.sample(DRAW)), details)
+        return Outcome(member, ctx.score(member, choice_sample(ctx, ctx.sample(DRAW))), details)
 
     # --- pieces ----------------------------------------------------------------------------
 
@@ -127,7 +133,7 @@ class OneShotMerge:
         factor = self.factors[index]
         member = Member(ident=f"grid-{index:03d}", origin=self.name, extra={"scaling_factor": factor})
         ctx.store.save(member.ident, self.merge(ctx, factor))
-        scores = ctx.score(member, ctx.sample(DRAW))
+        scores = ctx.score(member, choice_sample(ctx, ctx.sample(DRAW)))
         point = {"scaling_factor": factor, "score": scores.mean, "accuracy": scores.task_accuracy()}
         state.points.append(point)
         if state.best_point is point:

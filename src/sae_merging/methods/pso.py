@@ -54,6 +54,7 @@ import torch
 
 from sae_merging.merging import functions as merge_fns
 from sae_merging.runtime.context import Member, Outcome, RunContext
+from sae_merging.runtime.selection import select
 
 INIT_VELOCITIES = ("zero", "random")
 RANDOM_SCOPES = ("per_particle", "per_tensor", "per_element")
@@ -244,10 +245,12 @@ class PSO:
         return state
 
     def best(self, ctx: RunContext, state: PSOState) -> Outcome:
-        """The final global best, with its scores on the last optimization draw."""
-        member = state.global_best.best
-        scores = ctx.score(member, ctx.generation_sample(state.generation, self.redraw_opt))
-        return Outcome(member, scores, {"swarm_size": len(state.particles), "leader": state.leader})
+        """The personal best chosen by the selection rule (`selection=`). The global best comes
+        first, so under `last_draw` the result is the final global best (the paper's)."""
+        order = [state.leader] + [i for i in range(len(state.particles)) if i != state.leader]
+        candidates = list({state.particles[i].best.ident: state.particles[i].best for i in order}.values())
+        details = {"swarm_size": len(state.particles), "leader": state.leader}
+        return select(ctx, candidates, ctx.generation_sample(state.generation, self.redraw_opt), details)
 
     # --- pieces ----------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from sae_merging.methods.sharing import shared_fitness
 from sae_merging.pruning.magnitude import MagnitudePruner
 from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext, Sample
 from sae_merging.runtime.fitness import Scores
+from sae_merging.runtime.selection import select
 from sae_merging.sparsity.measures import SparsityStats, pooled
 
 SCORINGS = ("global", "local")
@@ -88,7 +89,9 @@ class SAE:
         sharing_alpha: float = 1.0,
         redraw_opt: bool = True,
         stream_parents_above_gb: float = 2.0,
+        name: str = "sae",
     ) -> None:
+        self.name = name  # `sae_dense`: the same loop with sparsity switched off (a control)
         self.schedule = schedule
         self.pruner = pruner
         self.scoring = scoring
@@ -167,8 +170,8 @@ class SAE:
         return state
 
     def best(self, ctx: RunContext, state: SAEState) -> Outcome:
-        """The member with the best task score on the last optimization draw."""
-        return ctx.best_member(state.members, ctx.generation_sample(state.generation, self.redraw_opt))
+        """The archive member chosen by the selection rule (`selection=`)."""
+        return select(ctx, state.members, ctx.generation_sample(state.generation, self.redraw_opt))
 
     # --- pieces ----------------------------------------------------------------------------
 

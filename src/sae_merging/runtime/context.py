@@ -72,11 +72,14 @@ class PopulationState:
 
 @dataclass
 class Outcome:
-    """What a method returns: the chosen individual and its optimization-set scores."""
+    """What a method returns: the chosen individual and its scores on the data it was chosen
+    by (`selection=`; their mean is the run's objective), and how many examples that choice
+    scored beyond the search."""
 
     member: Member
     opt_scores: Scores
     details: dict[str, Any] = field(default_factory=dict)
+    selection_examples: int = 0
 
 
 @dataclass
@@ -90,6 +93,7 @@ class RunContext:
     timer: Timer = field(default_factory=Timer)
     progress: bool = True
     retired: list[str] = field(default_factory=list)
+    selection: str = "last_draw"  # how the final model is chosen (runtime.selection)
 
     def retire(self, ident: str) -> None:
         """An individual left the population: its files go once the next checkpoint no longer
@@ -158,11 +162,6 @@ class RunContext:
         """The optimization sample generation t scores on: a fresh draw per generation
         (`redraw`), or always the first (one fixed set)."""
         return self.sample(generation if redraw else 0)
-
-    def best_member(self, members: Sequence[Member], sample: Sample) -> Outcome:
-        """The member with the best task score on `sample`, with its scores."""
-        score, member = max(((self.score(m, sample), m) for m in members), key=lambda pair: pair[0].mean)
-        return Outcome(member, score)
 
     def score(self, member: Member, sample: Sample) -> Scores:
         with self.timer.section("evaluate"):

@@ -5,6 +5,12 @@ written atomically to `checkpoint/state.json` (individuals are already on disk).
 run in a folder that holds a checkpoint resumes after its last finished generation: the
 generation's random draws depend only on (seed, generation), the fitness cache comes back with
 the state, so the resumed run computes exactly what an uninterrupted one would.
+
+With an example budget (`budget.examples=N`) the loop ignores the method's own step count and
+runs generations until N (individual, example) pairs have been scored (the `examples_scored`
+counter), finishing the generation that crosses N: every search method then spends the same
+budget, give or take one generation. Methods with a fixed number of steps (a grid of scaling
+factors) stop at their last step even below N.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ CHECKPOINT_FILE = "state.json"
 
 class Evolutionary(Protocol):
     name: str
-    steps: int
+    steps: int  # generations without a budget
 
     def initialize(self, ctx: RunContext) -> Any: ...
 
@@ -58,8 +64,10 @@ def run_generations(
     ctx: RunContext,
     state_type: type,
     log: Callable[[dict], None],
+    budget: int | None = None,
 ) -> Outcome:
-    """Run `method` from generation 0 (or from the checkpoint) to `method.steps`."""
+    """Run `method` from generation 0 (or from the checkpoint) to `method.steps`, or, with a
+    `budget`, until `budget` examples have been scored (see the module docstring)."""
     checkpoint = ctx.run_dir / "checkpoint" / CHECKPOINT_FILE
     metrics = MetricsFile(ctx.run_dir / "metrics.jsonl")
     if checkpoint.is_file():
@@ -73,19 +81,35 @@ def run_generations(
         state = method.initialize(ctx)
         _finish_generation(ctx, state, checkpoint, metrics, log, 0)
     bar = tqdm(
-        total=method.steps,
+        total=method.steps if budget is None else None,
         initial=state.generation,
         desc=f"{method.name} generations",
         disable=not ctx.progress,
         dynamic_ncols=True,
     )
-    for generation in range(state.generation + 1, method.steps + 1):
+    while _continues(method, ctx, state.generation + 1, budget):
+        generation = state.generation + 1
+        before = ctx.fitness.counters.examples_scored
         state = method.step(ctx, state, generation)
+        if budget is not None and ctx.fitness.counters.examples_scored == before:
+            raise RuntimeError(
+                f"{method.name} generation {generation} scored no new example: budget.examples={budget} "
+                "would never be reached"
+            )
         record = _finish_generation(ctx, state, checkpoint, metrics, log, generation)
         bar.set_postfix(best=f"{record.get('best/score', 0):.3f}", evals=record["evaluations"])
         bar.update()
     bar.close()
     return method.best(ctx, state)
+
+
+def _continues(method: Evolutionary, ctx: RunContext, generation: int, budget: int | None) -> bool:
+    """Whether generation `generation` runs: within the method's steps (no budget, or a method
+    with a fixed number of steps), and, under a budget, while it is not spent."""
+    if budget is None or getattr(method, "fixed_steps", False):
+        if generation > method.steps:
+            return False
+    return budget is None or ctx.fitness.counters.examples_scored < budget
 
 
 def _finish_generation(ctx, state, checkpoint: Path, metrics: MetricsFile, log, generation: int) -> dict:

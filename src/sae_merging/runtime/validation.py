@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from sae_merging.models.compat import VOCAB_POLICIES
 from sae_merging.models.io import DTYPES
 from sae_merging.pruning.magnitude import GRANULARITIES
+from sae_merging.runtime.selection import SELECTIONS
 from sae_merging.schedules.cyclic import RISES
 from sae_merging.tasks.extraction import EXTRACTIONS
 
@@ -69,6 +70,9 @@ def config_problems(cfg: DictConfig) -> list[str]:
     """Every invalid setting of a composed run config (empty when all is well)."""
     checks = _Checks(cfg)
     checks.integer("seed", 0)
+    checks.choice("selection", SELECTIONS)
+    if _get(cfg, "budget.examples") is not None:
+        checks.integer("budget.examples", 1)
     if _get(cfg, "threads") is not None:
         checks.integer("threads", 1)
     checks.rule(

@@ -4,6 +4,8 @@
 cycle the rate rises from s_min at its first step to s_max at its last (cosine or linear),
 then restarts at s_min. A one-step cycle has nothing to rise through and uses s_max.
 `constant`: s_t = rate.
+A search stopped by an example budget (`budget.examples`) may run past `steps`: the cycles
+simply go on (t = steps + 1 is the next step of the current cycle).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ class CyclicSchedule:
 
     def position(self, t: int) -> tuple[int, int]:
         """(index within its cycle, cycle length) of generation t (1-based)."""
-        if not 1 <= t <= self.steps:
-            raise ValueError(f"generation {t} is outside 1..{self.steps}")
+        if t < 1:
+            raise ValueError(f"generation {t}: generations start at 1")
         start, length = 1, self.T0
         while t >= start + length:
             start += length
@@ -53,8 +55,8 @@ class ConstantSchedule:
     steps: int = 12
 
     def rate(self, t: int) -> float:
-        if not 1 <= t <= self.steps:
-            raise ValueError(f"generation {t} is outside 1..{self.steps}")
+        if t < 1:
+            raise ValueError(f"generation {t}: generations start at 1")
         return self.rate_value
 
     def rates(self) -> list[float]:

@@ -3,6 +3,12 @@
 The optimization sample is drawn from each task's `opt` split (the paper re-draws 1,319 GSM8K
 and 200 MMLU-ProX items per generation); the test set is the task's `test` split, whole or a
 seeded subset, stratified by `Example.group` where asked (MMLU-ProX by language).
+
+`validation_size` holds out a seeded part of the `opt` split as the validation set (per task a
+count, or a share in (0, 1) of the split): the
+per-generation draws never contain it, so `selection=validation` picks the final model on
+examples no candidate was optimized on (and never on test data). Null: no validation set,
+the draws use the whole `opt` split (the paper's reading).
 """
 
 from __future__ import annotations
@@ -22,11 +28,14 @@ class TaskPool:
         opt_size: Mapping[str, int | None] | None = None,
         test_size: Mapping[str, int | None] | None = None,
         stratify: Sequence[str] = (),
+        validation_size: Mapping[str, int | float | None] | None = None,
     ) -> None:
         self._tasks = list(tasks)
         self.opt_size = dict(opt_size or {})
         self.test_size = dict(test_size or {})
+        self.validation_size = dict(validation_size or {})
         self.stratify = set(stratify)
+        self._held_out: dict[tuple[str, int], list[Example]] = {}
 
     @property
     def tasks(self) -> list[TaskData]:
@@ -40,6 +49,16 @@ class TaskPool:
         """Sizes given for tasks that do not exist (checked before any heavy work)."""
         known = set(self.declared_names())
         found = []
+        for name, size in self.validation_size.items():
+            if name not in known:
+                found.append(f"task.validation_size names unknown task {name!r}; tasks: {sorted(known)}")
+            elif size is not None and not (
+                (isinstance(size, int) and not isinstance(size, bool) and size >= 1)
+                or (isinstance(size, float) and 0 < size < 1)
+            ):
+                found.append(
+                    f"task.validation_size.{name}={size!r}: must be a count >= 1, a share in (0, 1) or null"
+                )
         for key, sizes in (("opt_size", self.opt_size), ("test_size", self.test_size)):
             for name, size in sizes.items():
                 if name not in known:
@@ -61,11 +80,41 @@ class TaskPool:
                 return task
         raise KeyError(f"unknown task {name!r}; tasks: {self.names}")
 
+    @property
+    def has_validation(self) -> bool:
+        return any(size is not None for size in self.validation_size.values())
+
+    def validation_set(self, task: TaskData, seed: int) -> list[Example]:
+        """The held-out part of a task's `opt` split (seeded; empty without `validation_size`)."""
+        key = (task.name, seed)
+        if key not in self._held_out:
+            size = self.validation_size.get(task.name)
+            pool = task.split("opt")
+            if isinstance(size, float):
+                size = max(1, round(size * len(pool)))
+            if size is None:
+                held = []
+            elif size >= len(pool):
+                raise ValueError(
+                    f"task.validation_size.{task.name}={size}: must be below the {len(pool)} "
+                    "examples of its opt split (the rest is drawn from)"
+                )
+            else:
+                held_seed = int(stable_hash([seed, task.name, "validation"]), 16)
+                held = sample_examples(pool, size, held_seed, task.name in self.stratify)
+            self._held_out[key] = held
+        return self._held_out[key]
+
+    def draw_pool(self, task: TaskData, seed: int) -> list[Example]:
+        """The `opt` split without the validation set: what optimization draws come from."""
+        held = {e.uid for e in self.validation_set(task, seed)}
+        return [e for e in task.split("opt") if e.uid not in held]
+
     def opt_sample(self, task: TaskData, seed: int, draw: int) -> list[Example]:
         """The `draw`-th optimization sample of a task (seeded, reproducible)."""
         draw_seed = int(stable_hash([seed, draw, task.name, "opt"]), 16)
         return sample_examples(
-            task.split("opt"), self.opt_size.get(task.name), draw_seed, task.name in self.stratify
+            self.draw_pool(task, seed), self.opt_size.get(task.name), draw_seed, task.name in self.stratify
         )
 
     def test_set(self, task: TaskData, seed: int) -> list[Example]:
