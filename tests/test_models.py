@@ -38,6 +38,7 @@ from sae_merging.models.io import (
     save_model_folder,
 )
 from sae_merging.models.pool import ModelPool
+from sae_merging.utils.tensorfiles import TensorFile
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
 SMALL_SHARDS = 16_000  # bytes: the micro lab's embedding gets a shard of its own, layers share
@@ -169,13 +170,13 @@ def test_interrupted_save_leaves_no_folder_and_keeps_the_previous_one(expert, tm
     checkpoint = Checkpoint(expert)
     tensors, config = checkpoint.state_dict(), checkpoint.config
     written: list[str] = []
-    save_file = io.save_file
 
-    def recording_save_file(shard: dict, path: str, **kwargs) -> None:
-        written.append(path)
-        save_file(shard, path, **kwargs)
+    class RecordingWriter(io.TensorFileWriter):
+        def close(self):
+            written.append(str(self.path))
+            return super().close()
 
-    monkeypatch.setattr(io, "save_file", recording_save_file)
+    monkeypatch.setattr(io, "TensorFileWriter", RecordingWriter)
     half = len(tensors) // 2
 
     with pytest.raises(RuntimeError, match="merge interrupted"):
@@ -239,36 +240,6 @@ def expert_shapes(expert) -> dict[str, tuple[int, ...]]:
     return {name: tuple(t.shape) for name, t in load_state_dict(expert).items()}
 
 
-class HeaderOnlyFile:
-    """A safetensors file opened for its header only: any read of tensor data fails the test."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        self._handle = safe_open(*args, **kwargs)
-
-    def __enter__(self) -> HeaderOnlyFile:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def keys(self) -> list[str]:
-        return self._handle.keys()
-
-    def get_slice(self, name: str) -> ShapeOnly:
-        return ShapeOnly(self._handle.get_slice(name).get_shape())
-
-    def get_tensor(self, name: str) -> torch.Tensor:
-        raise AssertionError(f"read the data of {name!r}")
-
-
-class ShapeOnly:
-    def __init__(self, shape: list[int]) -> None:
-        self._shape = shape
-
-    def get_shape(self) -> list[int]:
-        return self._shape
-
-
 def refuse_loading(*args, **kwargs):
     raise AssertionError("loaded a whole model")
 
@@ -276,7 +247,12 @@ def refuse_loading(*args, **kwargs):
 @pytest.fixture
 def headers_only(monkeypatch) -> None:
     """Safetensors serve headers only and no model can be loaded while the test runs."""
-    monkeypatch.setattr(io, "safe_open", HeaderOnlyFile)
+
+    def no_data(self, name, *args):
+        raise AssertionError(f"read the data of {name!r}")
+
+    monkeypatch.setattr(TensorFile, "view", no_data)
+    monkeypatch.setattr(TensorFile, "get", no_data)
     monkeypatch.setattr(io, "load_model", refuse_loading)
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sae_merging.sparsity.measures import SparsityStats, magnitude, pooled, zero_count
+from sae_merging.sparsity.measures import SparsityStats, hoyer, pooled, zero_count
 
 
 def test_zero_count():
@@ -14,13 +14,13 @@ def test_zero_count():
 
 
 def test_hoyer_extremes_and_a_hand_value():
-    assert magnitude(SparsityStats.of(torch.full((16,), -3.0))) == pytest.approx(0.0, abs=1e-12)
+    assert hoyer(SparsityStats.of(torch.full((16,), -3.0))) == pytest.approx(0.0, abs=1e-12)
     one_hot = torch.zeros(16)
     one_hot[3] = 7.0
-    assert magnitude(SparsityStats.of(one_hot)) == pytest.approx(1.0)
-    assert magnitude(SparsityStats.of(torch.zeros(5))) == 1.0
+    assert hoyer(SparsityStats.of(one_hot)) == pytest.approx(1.0)
+    assert hoyer(SparsityStats.of(torch.zeros(5))) == 1.0
     x = torch.tensor([3.0, 4.0, 0.0, 0.0])  # L1 = 7, L2 = 5, n = 4
-    assert magnitude(SparsityStats.of(x)) == pytest.approx((2 - 7 / 5) / (2 - 1))
+    assert hoyer(SparsityStats.of(x)) == pytest.approx((2 - 7 / 5) / (2 - 1))
 
 
 def test_pooling_equals_concatenation():
@@ -29,5 +29,5 @@ def test_pooling_equals_concatenation():
     whole = SparsityStats.of(torch.cat(parts))
     combined = pooled(SparsityStats.of(p) for p in parts)
     assert combined.count == whole.count and combined.zeros == whole.zeros
-    assert math.isclose(magnitude(combined), magnitude(whole), rel_tol=1e-6)
+    assert math.isclose(hoyer(combined), hoyer(whole), rel_tol=1e-6)
     assert zero_count(combined) == 3 / 15

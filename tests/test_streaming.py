@@ -10,11 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae_merging.merging import functions, streaming
-from sae_merging.methods.sae import SparsityScoring
 from sae_merging.pruning import magnitude
 from sae_merging.pruning.magnitude import MagnitudePruner
-from sae_merging.sparsity.measures import magnitude as hoyer
-from sae_merging.sparsity.measures import zero_count
 from sae_merging.utils.tensorfiles import TensorFile, TensorFileWriter, open_tensor_file
 
 SHAPES = {
@@ -118,61 +115,6 @@ def test_stream_prune_equals_pruner(tmp_path, granularity, dtype, rate):
     _assert_same(load_file(str(tmp_path / "pruned.safetensors")), pruner.prune(_load(source), rate))
 
 
-def _reference_child(a, b, p_a, p_b, rate, pruner, scoring, alpha):
-    """SAE._make_child with the linear merger, in memory."""
-    parent_a, parent_b = pruner.prune(a, rate), pruner.prune(b, rate)
-    s_a, s_b = scoring.per_tensor(parent_a, pruner), scoring.per_tensor(parent_b, pruner)
-    ratios = {n: functions.mixing_ratio(p_a, alpha * s_a[n], p_b, alpha * s_b[n]) for n in parent_a}
-    child = {n: functions.linear(parent_a[n], parent_b[n], ratios[n]) for n in parent_a}
-    child = pruner.prune(child, rate)
-    return child, ratios, scoring.of_model(child, pruner)
-
-
-@pytest.mark.parametrize(
-    "dtype,granularity,scoring_granularity,scorer",
-    [
-        (torch.bfloat16, "global", "global", zero_count),
-        (torch.float32, "global", "global", zero_count),
-        (torch.bfloat16, "local", "local", zero_count),
-        (torch.bfloat16, "global", "local", hoyer),
-        (torch.float32, "local", "global", hoyer),
-    ],
-)
-def test_sae_merge_equals_in_memory_child(tmp_path, dtype, granularity, scoring_granularity, scorer):
-    base = _model(4, dtype)
-    a, b = _model(5, dtype, base), MagnitudePruner(granularity).prune(_model(6, dtype, base), 0.3)
-    pruner = MagnitudePruner(granularity)
-    scoring = SparsityScoring(scorer, scoring_granularity)
-    args = (0.55, 0.4, 0.6, pruner, scoring, 0.1)
-    files = _save(a, tmp_path / "a.safetensors"), _save_sharded(b, tmp_path / "b")
-    expected, ratios, sparsity = _reference_child(_load(files[0]), _load(files[1]), *args)
-    child = streaming.stream_sae_merge(*files, *args, tmp_path / "child.safetensors")
-    _assert_same(load_file(str(child.path)), expected)
-    assert child.ratios == ratios
-    assert child.sparsity == pytest.approx(sparsity, rel=1e-6)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b", "child.safetensors"]
-
-
-def test_sae_merge_with_partial_scorer(tmp_path):
-    """Hydra hands scorers over as functools.partial: the counts-only path still applies."""
-    from functools import partial
-
-    model = _model(7, torch.bfloat16)
-    files = (
-        _save(model, tmp_path / "a.safetensors"),
-        _save(_model(8, torch.bfloat16, model), tmp_path / "b.st"),
-    )
-    pruner, scoring = MagnitudePruner("global"), SparsityScoring(partial(zero_count))
-    assert streaming._counts_only(scoring.scorer)
-    expected, _, _ = _reference_child(
-        _load(files[0]), _load(files[1]), 0.3, 0.3, 0.5, pruner, SparsityScoring(zero_count), 0.1
-    )
-    child = streaming.stream_sae_merge(
-        *files, 0.3, 0.3, 0.5, pruner, scoring, 0.1, tmp_path / "c.safetensors"
-    )
-    _assert_same(load_file(str(child.path)), expected)
-
-
 def test_writer_layout_mode_and_sharded_reader(tmp_path):
     model = _model(9, torch.bfloat16)
     layout = [(n, t.dtype, tuple(t.shape)) for n, t in model.items()]
@@ -198,60 +140,3 @@ def test_writer_refuses_incomplete_file(tmp_path):
     with pytest.raises(ValueError, match="not fully written"):
         writer.close()
     assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.parametrize("predict", ["sampled", "wrong"])
-def test_sae_merge_counts_the_child_during_the_merge(tmp_path, monkeypatch, predict):
-    """Under global pruning the child's threshold comes from counts taken in the merge pass (no
-    plan over the written child); a wrong prediction of the child's sample falls back to one,
-    and the child is the same either way."""
-    plans = []
-    monkeypatch.setattr(streaming, "_plan", lambda *a: plans.append(a[1]) or _PLAN(*a))
-    if predict == "wrong":
-        monkeypatch.setattr(streaming, "_predicted", lambda view, where, cut: torch.zeros(len(where)))
-    base = _model(10, torch.bfloat16)
-    files = _save(_model(11, torch.bfloat16, base), tmp_path / "a.st"), _save(base, tmp_path / "b.st")
-    args = (0.5, 0.5, 0.6, MagnitudePruner("global"), SparsityScoring(zero_count), 0.1)
-    expected, _, _ = _reference_child(_load(files[0]), _load(files[1]), *args)
-    child = streaming.stream_sae_merge(*files, *args, tmp_path / "c.safetensors")
-    _assert_same(load_file(str(child.path)), expected)
-    assert len(plans) == (2 if predict == "sampled" else 3)
-
-
-_PLAN = streaming._plan
-
-
-@pytest.mark.parametrize("granularity,scorer", [("global", zero_count), ("local", hoyer)])
-def test_sae_child_reads_parents_tensor_by_tensor(tmp_path, monkeypatch, granularity, scorer):
-    """The run's own child construction (SAE._make_child, parents from the archive on disk),
-    for parents above `stream_parents_above_gb`, equals the in-memory reference and never loads
-    a parent whole: each tensor is read when the pass reaches it."""
-    from types import SimpleNamespace
-
-    from sae_merging.methods.sae import SAE
-    from sae_merging.runtime.context import Member
-    from sae_merging.runtime.store import IndividualStore
-    from sae_merging.utils.timing import Timer
-
-    base = _model(9, torch.bfloat16)
-    a, b = (
-        _model(10, torch.bfloat16, base),
-        MagnitudePruner("global").prune(_model(11, torch.bfloat16, base), 0.5),
-    )
-    store = IndividualStore(tmp_path / "archive")
-    store.save("a", a)
-    store.save("b", b)
-    pruner, scoring = MagnitudePruner(granularity), SparsityScoring(scorer, granularity)
-    sae = SAE(schedule=None, pruner=pruner, scoring=scoring, stream_parents_above_gb=0.0)
-    expected, ratios, _ = _reference_child(a, b, 0.55, 0.4, 0.6, pruner, scoring, sae.sparsity_weight)
-
-    def whole(self, ident):
-        raise AssertionError(f"parent {ident} loaded whole")
-
-    monkeypatch.setattr(IndividualStore, "load", whole)
-    ctx = SimpleNamespace(store=store, timer=Timer())
-    members = [Member(ident=i, origin="test", generation=0, rate=0.0, sparsity=0.0) for i in "ab"]
-    child, child_ratios = sae._make_child(ctx, *members, 0.55, 0.4, 0.6, None)
-    _assert_same(child, expected)
-    assert child_ratios == list(ratios.values())
-    assert set(ctx.timer.totals) == {"prune", "merge"}

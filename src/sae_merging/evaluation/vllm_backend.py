@@ -27,12 +27,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sae_merging.evaluation.builtin import Evaluator, cut_at_stops
 from sae_merging.models.io import tied_aliases
 from sae_merging.tasks.base import TaskData
+from sae_merging.utils.tensorfiles import TensorFile, write_tensors
 
 INSTALL_HINT = (
     "evaluator=vllm needs vLLM, which runs on CUDA GPUs: `pip install vllm` (see "
@@ -44,9 +44,8 @@ log = logging.getLogger(__name__)
 
 def _load_weights(worker, path: str) -> None:
     """Run on every vLLM worker: load the tensors of `path` into its model."""
-    from safetensors.torch import load_file
-
-    worker.model_runner.model.load_weights(load_file(path).items())
+    with TensorFile(path) as file:
+        worker.model_runner.model.load_weights((name, file.get(name)) for name in file.names())
 
 
 class VllmEvaluator(Evaluator):
@@ -92,10 +91,7 @@ class VllmEvaluator(Evaluator):
             tokenizer.save_pretrained(self._folder.name)
         path = Path(self._folder.name) / WEIGHTS_FILE
         aliases = tied_aliases(model.config)  # tied copies are not saved; vLLM ties them again
-        tensors = {
-            k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in aliases
-        }
-        save_file(tensors, str(path))
+        write_tensors(path, ((k, v) for k, v in model.state_dict().items() if k not in aliases))
         if self._llm is None or not self._reload(str(path)):
             self._start()
         self._checksum = checksum

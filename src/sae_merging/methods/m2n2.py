@@ -29,10 +29,12 @@ uninterrupted one.
 from __future__ import annotations
 
 import statistics
+from functools import partial
 
 import torch
 
 from sae_merging.merging import functions as merge_fns
+from sae_merging.merging.child import ChildRecipe
 from sae_merging.methods.sharing import attraction, shared_matrix, weakest, weighted_index
 from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext, Sample
 from sae_merging.runtime.fitness import Scores
@@ -69,6 +71,7 @@ class M2N2:
         alpha: float = 1.0,
         interpolation: str = "lerp",
         redraw_opt: bool = False,
+        stream_parents_above_gb: float = 2.0,
     ) -> None:
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"method.interpolation={interpolation!r}: one of {', '.join(INTERPOLATIONS)}")
@@ -80,6 +83,9 @@ class M2N2:
         self.alpha = alpha
         self.interpolation = interpolation
         self.redraw_opt = redraw_opt
+        self.recipe = ChildRecipe(
+            merger=partial(interpolate, kind=interpolation), stream_above_gb=stream_parents_above_gb
+        )
 
     # --- the generation loop's interface ---------------------------------------------------
 
@@ -145,13 +151,15 @@ class M2N2:
     def _crossover(
         self, ctx: RunContext, a: Member, b: Member, split: int, ratio: float
     ) -> dict[str, torch.Tensor]:
-        parent_a, parent_b = ctx.store.open(a.ident), ctx.store.open(b.ident)  # read tensor by tensor
-        shares = crossover_shares(len(parent_a), split, ratio)
+        """The child through the one child path (`merging.child`), unpruned: tensor l is
+        interpolate(A_l, B_l, t_l) with the crossover's shares t_l."""
+        parents = [self.recipe.parent(ctx.store.open(m.ident), ctx.store.nbytes(m.ident)) for m in (a, b)]
+
+        def shares(parent_a, parent_b) -> dict[str, float]:
+            return dict(zip(parent_a, crossover_shares(len(parent_a), split, ratio), strict=True))
+
         with ctx.timer.section("merge"):
-            return {
-                name: interpolate(tensor, parent_b[name], t, self.interpolation)
-                for (name, tensor), t in zip(parent_a.items(), shares, strict=True)
-            }
+            return self.recipe.make(*parents, shares).tensors
 
     def _compete(self, ctx: RunContext, state: M2N2State, child: Member, scores: dict[str, Scores]) -> int:
         """1 if the child entered the archive, 0 if it left."""

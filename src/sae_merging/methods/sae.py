@@ -15,55 +15,21 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from sae_merging.merging import functions as merge_fns
+from sae_merging.merging.child import Child, ChildRecipe
 from sae_merging.methods.sharing import shared_fitness
 from sae_merging.pruning.magnitude import MagnitudePruner
 from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext, Sample
 from sae_merging.runtime.fitness import Scores
 from sae_merging.runtime.selection import select
-from sae_merging.sparsity.measures import SparsityStats, pooled
+from sae_merging.sparsity.scoring import SparsityScoring
 
-SCORINGS = ("global", "local")
 REDENSE = ("parents", "original_dense")
 COMPETITIONS = ("worst", "shared")
-
-
-@dataclass(frozen=True)
-class SparsityScoring:
-    """A sparsity measure (`scorer`: a function of SparsityStats) at a `granularity` (global:
-    one value per model; local: one per tensor), measured over the tensors the pruner prunes."""
-
-    scorer: Callable[[SparsityStats], float]
-    granularity: str = "global"
-
-    def __post_init__(self) -> None:
-        if self.granularity not in SCORINGS:
-            raise ValueError(f"scoring.granularity={self.granularity!r}; valid: {', '.join(SCORINGS)}")
-
-    def per_tensor(self, tensors: Mapping[str, torch.Tensor], pruner: MagnitudePruner) -> dict[str, float]:
-        """The sparsity each tensor contributes to eq. 5 (the model's value everywhere under
-        global scoring)."""
-        stats = {name: SparsityStats.of(t) for name, t in tensors.items()}
-        if self.granularity == "local":
-            return {name: self.scorer(s) for name, s in stats.items()}
-        model = self.model_value(stats, pruner)
-        return dict.fromkeys(tensors, model)
-
-    def model_value(self, stats: Mapping[str, SparsityStats], pruner: MagnitudePruner) -> float:
-        """S(theta) for the fitness: the pooled measure (global) or the mean per-tensor measure
-        (local) over prunable tensors."""
-        prunable = [s for name, s in stats.items() if pruner.prunable(name)]
-        if self.granularity == "global":
-            return self.scorer(pooled(prunable))
-        return statistics.fmean(self.scorer(s) for s in prunable) if prunable else 0.0
-
-    def of_model(self, tensors: Mapping[str, torch.Tensor], pruner: MagnitudePruner) -> float:
-        return self.model_value({n: SparsityStats.of(t) for n, t in tensors.items()}, pruner)
 
 
 SAEState = PopulationState
@@ -104,6 +70,7 @@ class SAE:
         self.sharing_alpha = sharing_alpha
         self.redraw_opt = redraw_opt
         self.stream_parents_above_gb = stream_parents_above_gb
+        self.recipe = ChildRecipe(merger, pruner, stream_parents_above_gb)
 
     @property
     def steps(self) -> int:
@@ -204,42 +171,42 @@ class SAE:
             state.members.append(member)
         return member
 
-    def _original_dense(self, ctx: RunContext) -> dict[str, torch.Tensor]:
-        """The uniform average of the original dense experts (the re-dense source)."""
-        experts = [ctx.load_expert(i) for i in range(len(ctx.models.experts))]
-        return {name: merge_fns.weighted_average([e[name] for e in experts]) for name in experts[0]}
+    def _original_dense(self, ctx: RunContext) -> Mapping[str, torch.Tensor]:
+        """The uniform average of the original dense experts (the re-dense source), computed
+        tensor by tensor on access when the experts are large enough to stream."""
+        experts = [ctx.expert_tensors(i) for i in range(len(ctx.models.experts))]
+        average = experts[0].map(
+            lambda name, t: merge_fns.weighted_average([t] + [e[name] for e in experts[1:]])
+        )
+        return self.recipe.parent(average, ctx.expert_nbytes())
 
     def _make_child(self, ctx: RunContext, a: Member, b: Member, p_a: float, p_b: float, rate: float, dense):
-        """Prune both parents to `rate`, mix with eq. 5, merge, re-dense, prune the child.
+        """The child of two archive members (see `child`); parents larger than
+        `stream_parents_above_gb` are streamed from the archive, smaller ones loaded."""
+        parent_a, parent_b = (
+            self.recipe.parent(ctx.store.open(m.ident), ctx.store.nbytes(m.ident)) for m in (a, b)
+        )
+        child = self.child(parent_a, parent_b, p_a, p_b, rate, dense, ctx.timer)
+        return child.tensors, list(child.weights.values())
 
-        Parents larger than `stream_parents_above_gb` are never held whole: they are read
-        from the archive lazily, tensor by tensor, and pruned as they are read (by a plan made
-        in a streaming pass), so memory holds the child plus a few tensors. Smaller ones are
-        loaded (a tensor is then read once instead of once per pass). Same result either way."""
-        with ctx.timer.section("prune"):
-            parent_a, parent_b = (self._pruned_parent(ctx, m.ident, rate) for m in (a, b))
+    def child(self, parent_a, parent_b, p_a: float, p_b: float, rate: float, dense=None, timer=None) -> Child:
+        """SAE's child (`merging.child.ChildRecipe`): both parents pruned to `rate`, each tensor
+        mixed with eq. 5's ratio from the parents' task scores `p_a`, `p_b` and the pruned
+        parents' sparsity, merged (`merger`), re-densed from `dense` (redense=original_dense),
+        the child pruned to `rate`. Parents are dicts (in memory) or LazyTensors (streamed)."""
+        return self.recipe.make(parent_a, parent_b, self.mixing_ratios(p_a, p_b), rate, dense, timer)
+
+    def mixing_ratios(self, p_a: float, p_b: float):
+        """Eq. 5 as a weight rule: lambda_l from the task scores and the pruned parents'
+        sparsity (one value per model, or per tensor under scoring=local)."""
+        alpha = self.sparsity_weight
+
+        def ratios(parent_a, parent_b) -> dict[str, float]:
             s_a = self.scoring.per_tensor(parent_a, self.pruner)
             s_b = self.scoring.per_tensor(parent_b, self.pruner)
-        with ctx.timer.section("merge"):
-            child, ratios = {}, []
-            alpha = self.sparsity_weight
-            for name in parent_a:
-                tensor_a, tensor_b = parent_a[name], parent_b[name]
-                ratio = merge_fns.mixing_ratio(p_a, alpha * s_a[name], p_b, alpha * s_b[name])
-                merged = self.merge_fn(tensor_a, tensor_b, ratio)
-                if dense is not None:
-                    merged = merge_fns.fill_zeros(merged, tensor_a, tensor_b, dense[name])
-                child[name] = merged
-                ratios.append(ratio)
-        with ctx.timer.section("prune"):
-            self.pruner.prune_(child, rate)
-        return child, ratios
+            return {n: merge_fns.mixing_ratio(p_a, alpha * s_a[n], p_b, alpha * s_b[n]) for n in s_a}
 
-    def _pruned_parent(self, ctx: RunContext, ident: str, rate: float):
-        """A parent pruned to `rate`: a lazy view for large models, in memory otherwise."""
-        if ctx.store.nbytes(ident) > self.stream_parents_above_gb * 1e9:
-            return self.pruner.pruned(ctx.store.open(ident), rate)
-        return self.pruner.prune(ctx.store.load(ident), rate)
+        return ratios
 
     def _compete(self, ctx: RunContext, state: SAEState, child: Member, scores: dict[str, Scores]) -> None:
         """The child joins while the archive has room; then it takes the place of the weakest

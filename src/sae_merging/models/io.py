@@ -16,8 +16,6 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -29,11 +27,18 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from sae_merging.utils.files import _default_mode, atomic_directory
+from sae_merging.utils.files import atomic_directory
+from sae_merging.utils.tensorfiles import (
+    SAFETENSORS_FILE,
+    SAFETENSORS_INDEX,
+    TensorFile,
+    TensorFileWriter,
+    TensorSource,
+    has_tensor_files,
+    open_tensor_file,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SAFETENSORS_FILE = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
 EXPECTED = "expected a local model folder, a .gguf file, or a hub id like 'owner/name'"
 
@@ -152,18 +157,18 @@ def tied_aliases(config: PretrainedConfig) -> dict[str, str]:
 class Checkpoint:
     """Read-only, lazy access to a model's tensors by name.
 
-    Safetensors files are opened memory-mapped and a tensor is read only when asked for; other
-    formats (GGUF, PyTorch .bin) are loaded once through transformers. Tied aliases are left
-    out of `names()`.
+    Safetensors files (one or a sharded folder) are opened memory-mapped and a tensor is read
+    only when asked for; other formats (GGUF, PyTorch .bin) are loaded once through
+    transformers. Tied aliases are left out of `names()`.
     """
 
     def __init__(self, ref: str | ModelRef) -> None:
         self.ref = ModelRef.parse(ref)
         self._tensors: dict[str, torch.Tensor] | None = None
-        self._files: dict[str, Path] = {}
-        if not self.ref.gguf_file:
-            self._files = _safetensors_files(self.ref.local_dir())
-        if not self._files:
+        self._folder: Path | None = None
+        if not self.ref.gguf_file and has_tensor_files(self.ref.local_dir()):
+            self._folder = self.ref.local_dir()
+        else:
             model = load_model(self.ref)
             aliases = tied_aliases(model.config)
             self._tensors = {k: v.detach() for k, v in model.state_dict().items() if k not in aliases}
@@ -173,40 +178,36 @@ class Checkpoint:
         return load_config(self.ref)
 
     @cached_property
-    def _handles(self) -> dict[Path, object]:
-        return {file: safe_open(file, framework="pt") for file in set(self._files.values())}
+    def files(self) -> TensorSource:
+        """The mapped safetensors file(s) (only for safetensors checkpoints)."""
+        return open_tensor_file(self._folder)
 
     def names(self) -> list[str]:
+        """In the loaded model's order, a sharded index's order, or a single file's sorted
+        order (the order safetensors lists its keys in, whoever wrote the file)."""
         aliases = tied_aliases(self.config)
-        names = self._tensors if self._tensors is not None else self._files
+        if self._tensors is not None:
+            names = list(self._tensors)
+        elif isinstance(self.files, TensorFile):
+            names = sorted(self.files.names())
+        else:
+            names = self.files.names()
         return [name for name in names if name not in aliases]
 
     def shape(self, name: str) -> tuple[int, ...]:
         if self._tensors is not None:
             return tuple(self._tensors[name].shape)
-        return tuple(self._handles[self._files[name]].get_slice(name).get_shape())
+        return self.files.shape(name)
 
     def get(self, name: str) -> torch.Tensor:
+        """The tensor, as an owned copy for safetensors (the mapping itself is read-only)."""
         if self._tensors is not None:
             return self._tensors[name]
-        return self._handles[self._files[name]].get_tensor(name)
+        return self.files.get(name)
 
     def state_dict(self, dtype: str | torch.dtype | None = None) -> dict[str, torch.Tensor]:
         dtype = parse_dtype(dtype)
         return {n: self.get(n).to(dtype) if dtype else self.get(n) for n in self.names()}
-
-
-def _safetensors_files(folder: Path) -> dict[str, Path]:
-    """Tensor name -> safetensors file in a model folder (single file or sharded index)."""
-    index = folder / SAFETENSORS_INDEX
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return {name: folder / file for name, file in weight_map.items()}
-    single = folder / SAFETENSORS_FILE
-    if single.is_file():
-        with safe_open(single, framework="pt") as handle:
-            return {name: single for name in handle.keys()}
-    return {}
 
 
 def load_state_dict(ref: str | ModelRef, dtype: str | torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -257,31 +258,34 @@ def _write_shards(
     aliases: Mapping[str, str],
     max_shard_bytes: int,
 ) -> tuple[dict[str, str], set[torch.dtype], int]:
+    """Stream the tensors into shard files of at most `max_shard_bytes` (unless one tensor alone
+    is larger), each tensor written as it comes: nothing is held beyond the tensor at hand."""
     weight_map: dict[str, str] = {}
     dtypes: set[torch.dtype] = set()
-    shard: dict[str, torch.Tensor] = {}
+    writer: TensorFileWriter | None = None
     shard_bytes = total = 0
-
-    def flush() -> None:
-        nonlocal shard, shard_bytes
-        if shard:
-            name = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
-            save_file(shard, str(folder / name), metadata={"format": "pt"})
-            os.chmod(folder / name, _default_mode(directory=False))  # save_file leaves it private
-            weight_map.update(dict.fromkeys(shard, name))
-            shard, shard_bytes = {}, 0
-
-    for name, tensor in items:
-        if name in aliases:
-            continue
-        size = tensor.numel() * tensor.element_size()
-        if shard and shard_bytes + size > max_shard_bytes:
-            flush()
-        shard[name] = tensor.detach().contiguous().cpu()
-        dtypes.add(tensor.dtype)
-        shard_bytes += size
-        total += size
-    flush()
+    try:
+        for name, tensor in items:
+            if name in aliases:
+                continue
+            size = tensor.numel() * tensor.element_size()
+            if writer is not None and shard_bytes + size > max_shard_bytes:
+                writer.close()
+                writer = None
+            if writer is None:
+                shard = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
+                writer, shard_bytes = TensorFileWriter(folder / shard, {"format": "pt"}), 0
+            writer.write(name, tensor)
+            weight_map[name] = writer.path.name
+            dtypes.add(tensor.dtype)
+            shard_bytes += size
+            total += size
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.close()
     return weight_map, dtypes, total
 
 

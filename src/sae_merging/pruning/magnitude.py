@@ -46,7 +46,8 @@ SPREAD = 3.0  # bracket half-width, in standard errors of the sampled rank
 MAX_KEYS = 8  # a bracket this narrow (in keys) is counted key by key
 MAX_CANDIDATES = 1 << 22  # a bracket holding at most this many entries is collected and sorted
 
-TensorSource = Callable[[], Iterable[torch.Tensor]]
+# one pass over the tensors to prune, callable again for every further pass
+TensorPasses = Callable[[], Iterable[torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -411,7 +412,7 @@ class ThresholdSearch:
 
 
 def _count_pass(
-    tensors: TensorSource, request: CountRequest, scratch: Scratch
+    tensors: TensorPasses, request: CountRequest, scratch: Scratch
 ) -> tuple[list[list[int]], list[torch.Tensor] | None]:
     """Per tensor, the request's counts, and its collected keys (None when they exceed
     MAX_CANDIDATES)."""
@@ -436,7 +437,7 @@ def _count_pass(
     return counts, candidates
 
 
-def select(tensors: TensorSource, k: int, total: int | None = None) -> Selection:
+def select(tensors: TensorPasses, k: int, total: int | None = None) -> Selection:
     """The k-th smallest magnitude key (1-based) over all tensors yielded by `tensors()`, which
     is called at least twice (sample, count) and may stream from mapped files. `total` is their
     entry count (found by one more call when not given)."""
@@ -459,14 +460,14 @@ def select(tensors: TensorSource, k: int, total: int | None = None) -> Selection
             return selection
 
 
-def kth_smallest_magnitude(tensors: TensorSource, k: int) -> tuple[float, int]:
+def kth_smallest_magnitude(tensors: TensorPasses, k: int) -> tuple[float, int]:
     """(value, rank) of the k-th smallest |w| (1-based k) over all tensors yielded by
     `tensors()`, where `rank` = how many entries are smaller."""
     selection = select(tensors, k)
     return selection.space.value(selection.threshold), sum(selection.below)
 
 
-def plan_cuts(tensors: TensorSource, k: int, sizes: Sequence[int]) -> tuple[TensorCut, ...] | None:
+def plan_cuts(tensors: TensorPasses, k: int, sizes: Sequence[int]) -> tuple[TensorCut, ...] | None:
     """Cuts that zero exactly the k smallest magnitudes over all tensors (None when k == 0)."""
     total = sum(sizes)
     if k <= 0 or total == 0:
@@ -493,7 +494,7 @@ class MagnitudePruner:
         cuts = plan_cuts(lambda: [tensor], round(rate * tensor.numel()), [tensor.numel()])
         return cuts[0].prune(tensor) if cuts else tensor
 
-    def plan(self, tensors: TensorSource, rate: float, sizes: Sequence[int]) -> PrunePlan:
+    def plan(self, tensors: TensorPasses, rate: float, sizes: Sequence[int]) -> PrunePlan:
         """How to prune the tensors yielded by `tensors()` (the prunable ones, of `sizes`
         entries): one threshold over all of them (global), or one per tensor (local)."""
         if self.granularity == "global":

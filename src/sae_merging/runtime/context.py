@@ -6,6 +6,7 @@ drive methods, do not import a method's module to get them.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ from sae_merging.runtime.store import IndividualStore
 from sae_merging.tasks.base import Example, TaskData
 from sae_merging.tasks.pool import TaskPool
 from sae_merging.utils.files import stable_hash
+from sae_merging.utils.tensorfiles import LazyTensors
 from sae_merging.utils.timing import Timer
 
 Sample = dict[str, tuple[TaskData, Sequence[Example]]]
@@ -125,20 +127,32 @@ class RunContext:
         return list(self.models.compatibility.shapes)
 
     def load_expert(self, index: int) -> dict[str, torch.Tensor]:
-        return self._load(f"expert:{self.models.expert_names[index]}")
+        return dict(self.expert_tensors(index).items())
+
+    def expert_tensors(self, index: int) -> LazyTensors:
+        """Expert `index`'s merge tensors, each read when accessed (nothing is kept)."""
+        return self._lazy(f"expert:{self.models.expert_names[index]}")
+
+    def expert_nbytes(self) -> int:
+        """The bytes of one model's merge tensors in the run's dtype."""
+        rows = self.models.compatibility.common_rows
+        item = torch.empty((), dtype=self.dtype).element_size()
+        shapes = self.models.compatibility.shapes
+        return sum(math.prod((rows[n], *s[1:]) if n in rows else s) * item for n, s in shapes.items())
 
     def load_base(self, method: str) -> dict[str, torch.Tensor]:
         self.models.require_base(method)
-        return self._load("base")
+        return dict(self._lazy("base").items())
 
-    def _load(self, key: str) -> dict[str, torch.Tensor]:
+    def _lazy(self, key: str) -> LazyTensors:
         checkpoint = self._checkpoints[key]
         rows = self.models.compatibility.common_rows
-        tensors = {}
-        for name in self.merge_names():
+
+        def read(name: str) -> torch.Tensor:
             tensor = checkpoint.get(name).to(self.dtype)
-            tensors[name] = tensor[: rows[name]] if name in rows else tensor
-        return tensors
+            return tensor[: rows[name]] if name in rows else tensor
+
+        return LazyTensors(self.merge_names(), read)
 
     def complete_vocab(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Merged tensors at the reference model's full shape: under vocab_policy=common_rows the

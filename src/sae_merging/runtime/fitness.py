@@ -18,7 +18,8 @@ from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedToken
 from sae_merging.models.io import parse_dtype, tied_aliases
 from sae_merging.tasks.base import Example, TaskData
 
-TensorSource = Callable[[], Mapping[str, torch.Tensor]]
+# reads an individual's tensors, called only when some example is not cached yet
+WeightsLoader = Callable[[], Mapping[str, torch.Tensor]]
 
 
 @dataclass
@@ -82,7 +83,7 @@ class FitnessEvaluator:
         self._loaded = ident
 
     def score(
-        self, ident: str, tensors: TensorSource, samples: Mapping[str, tuple[TaskData, Sequence[Example]]]
+        self, ident: str, tensors: WeightsLoader, samples: Mapping[str, tuple[TaskData, Sequence[Example]]]
     ) -> Scores:
         """Correctness of individual `ident` on each task's sample; `tensors` is called only if
         some example is not cached yet."""

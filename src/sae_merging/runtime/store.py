@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from sae_merging.utils.files import atomic_directory
-from sae_merging.utils.tensorfiles import LazyTensors
+from sae_merging.utils.tensorfiles import LazyTensors, TensorFile, write_tensors
 
 _MASK, _VALUES = "::mask", "::values"
 TENSORS_FILE = "tensors.safetensors"
@@ -53,6 +51,20 @@ def unpack(mask: torch.Tensor, values: torch.Tensor, shape: list[int]) -> torch.
     return flat.reshape(shape)
 
 
+def _stored(
+    tensors: Mapping[str, torch.Tensor], shapes: dict[str, list[int]]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The (name, tensor) entries of the file, a tensor as is or as its mask and values; each
+    tensor's shape is noted in `shapes` as it passes (a lazy mapping is read once)."""
+    for name, tensor in tensors.items():
+        shapes[name] = list(tensor.shape)
+        packed = pack(tensor)
+        if packed is None:
+            yield name, tensor
+        else:
+            yield from ((name + key, value) for key, value in packed.items())
+
+
 class IndividualStore:
     """Individuals by id under `root`; `save` is atomic, `load` returns name -> tensor."""
 
@@ -67,19 +79,13 @@ class IndividualStore:
         return (self.path(ident) / META_FILE).is_file()
 
     def save(self, ident: str, tensors: Mapping[str, torch.Tensor], meta: Mapping | None = None) -> None:
-        stored: dict[str, torch.Tensor] = {}
+        """Write the tensors (compacted where smaller); the folder appears complete or not at
+        all. A lazy mapping is read and written one tensor at a time, never held whole."""
         shapes: dict[str, list[int]] = {}
-        for name, tensor in tensors.items():
-            shapes[name] = list(tensor.shape)
-            packed = pack(tensor)
-            if packed is None:
-                stored[name] = tensor.detach().contiguous().cpu()
-            else:
-                stored.update({name + key: value for key, value in packed.items()})
         with atomic_directory(self.path(ident)) as tmp:
-            save_file(stored, str(tmp / TENSORS_FILE))
+            write_tensors(tmp / TENSORS_FILE, _stored(tensors, shapes))
             (tmp / META_FILE).write_text(
-                json.dumps({"shapes": shapes, "order": list(tensors), **(meta or {})})
+                json.dumps({"shapes": shapes, "order": list(shapes), **(meta or {})})
             )
 
     def meta(self, ident: str) -> dict:
@@ -96,12 +102,10 @@ class IndividualStore:
         path, shapes = str(self.path(ident) / TENSORS_FILE), meta["shapes"]
 
         def read(name: str) -> torch.Tensor:
-            with safe_open(path, framework="pt") as stored:
-                if name in stored.keys():
-                    return stored.get_tensor(name)
-                return unpack(
-                    stored.get_tensor(name + _MASK), stored.get_tensor(name + _VALUES), shapes[name]
-                )
+            with TensorFile(path) as stored:
+                if name in stored.entries:
+                    return stored.get(name)
+                return unpack(stored.view(name + _MASK), stored.view(name + _VALUES), shapes[name])
 
         return LazyTensors(meta["order"], read)
 

@@ -1,8 +1,10 @@
 """Sparsity measures in [0, 1] (`scorer=`), per tensor and pooled over a model.
 
 - `zero_count`: the fraction of exact zeros.
-- `magnitude`: Hoyer's measure (sqrt(n) - L1/L2) / (sqrt(n) - 1): 0 for a tensor whose entries
-  all have one magnitude, 1 for a tensor with a single non-zero; an all-zero tensor counts 1.
+- `hoyer` (`scorer=magnitude`): Hoyer's measure (sqrt(n) - L1/L2) / (sqrt(n) - 1): 0 for a
+  tensor whose entries all have one magnitude, 1 for a tensor with a single non-zero; an
+  all-zero tensor counts 1. (Named for Hoyer in the code so that it is not confused with the
+  magnitude *pruner*; the config keeps the user-facing name `scorer=magnitude`.)
 
 Both pool over several tensors from running sums (count, zeros, L1, squared L2), so a model's
 measure streams tensor by tensor and equals the measure of all its tensors concatenated.
@@ -45,7 +47,7 @@ def zero_count(stats: SparsityStats) -> float:
     return stats.zeros / stats.count if stats.count else 0.0
 
 
-def magnitude(stats: SparsityStats) -> float:
+def hoyer(stats: SparsityStats) -> float:
     """Hoyer's sparsity (sqrt(n) - L1/L2) / (sqrt(n) - 1), clipped to [0, 1]; an all-zero or
     single-entry tensor counts as fully sparse."""
     if stats.count == 0:
@@ -57,7 +59,8 @@ def magnitude(stats: SparsityStats) -> float:
     return min(1.0, max(0.0, value))
 
 
-SCORERS = {"zero_count": zero_count, "magnitude": magnitude}
+# user-facing names (`scorer=`) -> measures
+SCORERS = {"zero_count": zero_count, "magnitude": hoyer}
 
 
 def pooled(stats: Iterable[SparsityStats]) -> SparsityStats:

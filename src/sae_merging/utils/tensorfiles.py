@@ -1,4 +1,9 @@
-"""Streaming access to safetensors files: merge models larger than RAM one tensor at a time.
+"""The one tensor I/O module: reading and writing safetensors files and sharded folders.
+
+Every reader and writer of tensor files in the package goes through here: model folders
+(`models.io`), the archive of individuals (`runtime.store`), the streaming merges
+(`merging.streaming`) and the experiments. Reads are memory-mapped, writes are streaming and
+atomic. A model is merged larger than RAM one tensor at a time.
 
 `TensorFile` maps a file once and hands out zero-copy tensor views of it; `release(name)` tells
 the kernel the process no longer needs those pages (they stay in the page cache, but leave the
@@ -104,6 +109,12 @@ class TensorFile:
     def layout(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
         return [(name, dtype, shape) for name, (dtype, shape, _, _) in self.entries.items()]
 
+    def get(self, name: str) -> torch.Tensor:
+        """The tensor as an owned copy (safe to keep or change), its pages then released."""
+        tensor = self.view(name).clone()
+        self.release(name)
+        return tensor
+
     def view(self, name: str) -> torch.Tensor:
         """The tensor as a read-only view of the mapped file (no copy); never write to it."""
         dtype, shape, start, end = self.entries[name]
@@ -175,6 +186,9 @@ class ShardedTensorFile:
     def view(self, name: str) -> torch.Tensor:
         return self._owner[name].view(name)
 
+    def get(self, name: str) -> torch.Tensor:
+        return self._owner[name].get(name)
+
     def release(self, name: str, start: int = 0, stop: int | None = None) -> None:
         self._owner[name].release(name, start, stop)
 
@@ -183,7 +197,17 @@ class ShardedTensorFile:
             shard.close()
 
 
-def open_tensor_file(path: str | os.PathLike) -> TensorFile | ShardedTensorFile:
+# What a streaming pass reads from: one file or a sharded folder, with the same interface.
+TensorSource = TensorFile | ShardedTensorFile
+
+
+def has_tensor_files(folder: str | os.PathLike) -> bool:
+    """Whether a model folder holds safetensors weights (one file or a sharded index)."""
+    folder = Path(folder)
+    return (folder / SAFETENSORS_INDEX).is_file() or (folder / SAFETENSORS_FILE).is_file()
+
+
+def open_tensor_file(path: str | os.PathLike) -> TensorSource:
     """A safetensors file, or a model folder holding `model.safetensors` or a sharded index."""
     path = Path(path)
     if path.is_dir():
@@ -227,12 +251,6 @@ def _raw_bytes(tensor: torch.Tensor) -> memoryview:
     if tensor.numel() == 0:
         return memoryview(b"")
     return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-
-
-def write_at(fd: int, offset: int, tensor: torch.Tensor) -> None:
-    """Write a tensor's bytes at `offset` of an open file (e.g. over a tensor of a safetensors
-    file, to update it in place)."""
-    _pwrite_all(fd, _raw_bytes(tensor), offset)
 
 
 class TensorFileWriter:
@@ -343,6 +361,13 @@ def write_tensors(path: str | os.PathLike, items: Iterable[tuple[str, torch.Tens
         writer.abort()
         raise
     writer.close()
+
+
+def lazy_tensors(path: str | os.PathLike) -> LazyTensors:
+    """A file's (or sharded folder's) tensors in file order, each read (as an owned copy) when
+    accessed; the mapping keeps the file open."""
+    source = open_tensor_file(path)
+    return LazyTensors(source.names(), source.get)
 
 
 class LazyTensors(Mapping[str, torch.Tensor]):

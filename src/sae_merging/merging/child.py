@@ -1,0 +1,105 @@
+"""The one way two parents make a child: SAE's and M2N2's children, and the benchmark's.
+
+A child is made in four steps, each an option of `ChildRecipe`:
+
+1. **Prune the parents** (temporary copies) to the rate (`pruner`; rate 0 or no pruner: as is).
+2. **Weigh each tensor**: a `WeightRule` sees both pruned parents and gives every tensor the
+   number the merger takes (SAE: eq. 5's share of parent A from the parents' scores and
+   sparsity; M2N2: the crossover's share of parent B).
+3. **Merge** tensor by tensor (`merger(a, b, weight)`: eq. 4, attraction, lerp, slerp) and,
+   given a `dense` reference, re-dense the positions zero in both parents from it.
+4. **Prune the child** to the rate.
+
+Two regimes, one result. A parent given as a `LazyTensors` (`parent()` chooses that above
+`stream_above_gb`) is *streamed*: never held whole, each tensor read when a pass reaches it and
+pruned as it is read, by a plan made in one streaming pass; the child is then the only model in
+memory. A parent given as a dict is held in memory (a tensor is read once, not once per pass).
+Every step is a function of one tensor at a time and the pruning plan depends only on the
+values and their order, so both regimes give the same child bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from sae_merging.merging import functions
+from sae_merging.pruning.magnitude import MagnitudePruner
+from sae_merging.utils.tensorfiles import LazyTensors
+from sae_merging.utils.timing import Timer
+
+Tensors = Mapping[str, torch.Tensor]
+Merger = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+# (pruned parent A, pruned parent B) -> the merger's weight for each tensor
+WeightRule = Callable[[Tensors, Tensors], Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class Child:
+    """The child's tensors (in memory) and the weight each tensor was merged with."""
+
+    tensors: dict[str, torch.Tensor]
+    weights: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ChildRecipe:
+    """How a child is made (see the module docstring)."""
+
+    merger: Merger = functions.linear
+    pruner: MagnitudePruner | None = None
+    stream_above_gb: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.stream_above_gb < 0:
+            raise ValueError(f"stream_parents_above_gb={self.stream_above_gb}: must be >= 0")
+
+    def streams(self, nbytes: int) -> bool:
+        """Whether a model of `nbytes` is streamed rather than held in memory."""
+        return nbytes > self.stream_above_gb * 1e9
+
+    def parent(self, tensors: LazyTensors, nbytes: int) -> Tensors:
+        """A parent as the recipe takes it: the lazy tensors themselves when the model is large
+        enough to stream, else all of them read into memory."""
+        return tensors if self.streams(nbytes) else dict(tensors.items())
+
+    def pruned(self, tensors: Tensors, rate: float) -> Tensors:
+        """A parent pruned to `rate`: a lazy pruned view when it streams, a copy otherwise."""
+        if self.pruner is None or rate <= 0:
+            return tensors
+        if isinstance(tensors, LazyTensors):
+            return self.pruner.pruned(tensors, rate)
+        return self.pruner.prune(tensors, rate)
+
+    def make(
+        self,
+        parent_a: Tensors,
+        parent_b: Tensors,
+        weights: WeightRule,
+        rate: float = 0.0,
+        dense: Tensors | None = None,
+        timer: Timer | None = None,
+    ) -> Child:
+        """The child of two parents (dicts in memory, or `LazyTensors` streamed)."""
+
+        def section(name: str):
+            return timer.section(name) if timer is not None else nullcontext()
+
+        with section("prune"):
+            pruned_a, pruned_b = self.pruned(parent_a, rate), self.pruned(parent_b, rate)
+            weight = dict(weights(pruned_a, pruned_b))
+        with section("merge"):
+            child = {}
+            for name in pruned_a:
+                tensor_a, tensor_b = pruned_a[name], pruned_b[name]
+                merged = self.merger(tensor_a, tensor_b, weight[name])
+                if dense is not None:
+                    merged = functions.fill_zeros(merged, tensor_a, tensor_b, dense[name])
+                child[name] = merged
+        if self.pruner is not None and rate > 0:
+            with section("prune"):
+                self.pruner.prune_(child, rate)
+        return Child(child, weight)

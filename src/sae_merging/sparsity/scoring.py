@@ -1,0 +1,54 @@
+"""How sparsity enters SAE (`scoring=`): a measure (`scorer=`) at a granularity, one value per
+model (`global`) or one per tensor (`local`), over the tensors the pruner prunes."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from sae_merging.sparsity.measures import SparsityStats, pooled
+
+SCORINGS = ("global", "local")
+
+
+class Prunable(Protocol):
+    """What scoring needs of a pruner: which tensors it prunes."""
+
+    def prunable(self, name: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class SparsityScoring:
+    """A sparsity measure (`scorer`: a function of SparsityStats) at a `granularity` (global:
+    one value per model; local: one per tensor), measured over the tensors the pruner prunes."""
+
+    scorer: Callable[[SparsityStats], float]
+    granularity: str = "global"
+
+    def __post_init__(self) -> None:
+        if self.granularity not in SCORINGS:
+            raise ValueError(f"scoring.granularity={self.granularity!r}; valid: {', '.join(SCORINGS)}")
+
+    def per_tensor(self, tensors: Mapping[str, torch.Tensor], pruner: Prunable) -> dict[str, float]:
+        """The sparsity each tensor contributes to eq. 5 (the model's value everywhere under
+        global scoring)."""
+        stats = {name: SparsityStats.of(t) for name, t in tensors.items()}
+        if self.granularity == "local":
+            return {name: self.scorer(s) for name, s in stats.items()}
+        model = self.model_value(stats, pruner)
+        return dict.fromkeys(tensors, model)
+
+    def model_value(self, stats: Mapping[str, SparsityStats], pruner: Prunable) -> float:
+        """S(theta) for the fitness: the pooled measure (global) or the mean per-tensor measure
+        (local) over prunable tensors."""
+        prunable = [s for name, s in stats.items() if pruner.prunable(name)]
+        if self.granularity == "global":
+            return self.scorer(pooled(prunable))
+        return statistics.fmean(self.scorer(s) for s in prunable) if prunable else 0.0
+
+    def of_model(self, tensors: Mapping[str, torch.Tensor], pruner: Prunable) -> float:
+        return self.model_value({n: SparsityStats.of(t) for n, t in tensors.items()}, pruner)

@@ -1,0 +1,210 @@
+"""The one child path (`merging.child`): SAE's child equals its formula, streamed parents give
+the same child as parents in memory bit for bit under every option, and the benchmark's SAE
+row makes exactly the child `method=sae` makes."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sae_merging.merging import functions
+from sae_merging.methods.m2n2 import M2N2, crossover_shares, interpolate
+from sae_merging.methods.sae import SAE
+from sae_merging.pruning import magnitude
+from sae_merging.pruning.magnitude import MagnitudePruner
+from sae_merging.runtime.context import Member
+from sae_merging.runtime.store import IndividualStore
+from sae_merging.sparsity.measures import SparsityStats, hoyer, zero_count
+from sae_merging.sparsity.scoring import SparsityScoring
+from sae_merging.utils.tensorfiles import LazyTensors, write_tensors
+from sae_merging.utils.timing import Timer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {
+    "model.embed_tokens.weight": (40, 16),
+    "model.layers.0.self_attn.q_proj.weight": (16, 16),
+    "model.layers.0.mlp.up_proj.weight": (24, 16),
+    "model.layers.0.input_layernorm.weight": (16,),
+    "model.layers.1.self_attn.o_proj.weight": (16, 16),
+    "model.norm.weight": (16,),
+}
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """Chunks and samples smaller than the tensors, so the sampled and chunked paths run."""
+    monkeypatch.setattr(magnitude, "CHUNK", 100)
+    monkeypatch.setattr(magnitude, "SAMPLE", 64)
+    monkeypatch.setattr(magnitude, "SAMPLE_BLOCK", 8)
+
+
+def _model(seed: int, base: dict | None = None, dtype=torch.bfloat16) -> dict[str, torch.Tensor]:
+    """A random Llama-like model on a coarse grid (many ties, some zeros); near `base` if given."""
+    g = torch.Generator().manual_seed(seed)
+    model = {}
+    for name, shape in SHAPES.items():
+        if base is None:
+            tensor = (torch.randn(shape, generator=g) * 4).round() / 200
+        else:
+            tensor = base[name].float() + (torch.randn(shape, generator=g) * 0.4).round() / 200
+        model[name] = tensor.to(dtype)
+    return model
+
+
+def _lazy(tensors: dict[str, torch.Tensor], reads: list[str] | None = None) -> LazyTensors:
+    """A streamed parent: each tensor handed out as a fresh copy when read."""
+
+    def read(name: str) -> torch.Tensor:
+        if reads is not None:
+            reads.append(name)
+        return tensors[name].clone()
+
+    return LazyTensors(list(tensors), read)
+
+
+def _assert_same(got, expected) -> None:
+    assert list(got) == list(expected)
+    for name, tensor in expected.items():
+        assert got[name].dtype == tensor.dtype, name
+        assert torch.equal(got[name], tensor), name
+
+
+def _sae(merger="linear", redense="parents", granularity="global", scoring="global", scorer=zero_count, **kw):
+    mergers = {"linear": functions.linear, "attraction": functions.attraction}
+    return SAE(
+        schedule=None,
+        pruner=MagnitudePruner(granularity),
+        scoring=SparsityScoring(scorer, scoring),
+        merger=mergers[merger],
+        redense=redense,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def parents():
+    base = _model(1)
+    a = _model(2, base)
+    b = MagnitudePruner("global").prune(_model(3, base), 0.4)  # already sparse: local sparsities differ
+    return a, b
+
+
+def test_sae_child_equals_its_formula(parents):
+    """Eq. 5 ratios from the pruned parents' sparsity, eq. 4, the child pruned, by hand."""
+    a, b = parents
+    sae = _sae(scoring="local", scorer=hoyer)
+    rate, p_a, p_b, alpha = 0.5, 0.6, 0.3, sae.sparsity_weight
+    pruner = sae.pruner
+    pa, pb = pruner.prune(a, rate), pruner.prune(b, rate)
+    ratios = {}
+    for name in a:  # scoring=local: each tensor's own measure, prunable or not
+        s_a, s_b = hoyer(SparsityStats.of(pa[name])), hoyer(SparsityStats.of(pb[name]))
+        ratios[name] = (p_a + alpha * s_a) / ((p_a + alpha * s_a) + (p_b + alpha * s_b))
+    merged = {n: (ratios[n] * pa[n].float() + (1 - ratios[n]) * pb[n].float()).to(a[n].dtype) for n in a}
+    expected = pruner.prune(merged, rate)
+    child = sae.child(a, b, p_a, p_b, rate)
+    _assert_same(child.tensors, expected)
+    assert child.weights == pytest.approx(ratios, rel=1e-12)
+    assert len(set(ratios.values())) > 1  # the per-tensor sparsity mattered
+
+
+OPTIONS = list(
+    itertools.product(
+        ["linear", "attraction"], ["parents", "original_dense"], ["local", "global"], ["local", "global"]
+    )
+)
+
+
+@pytest.mark.parametrize("merger,redense,granularity,scoring", OPTIONS)
+def test_streamed_parents_give_the_same_child(parents, merger, redense, granularity, scoring):
+    """Every option, both regimes: the child and its ratios are identical bit for bit."""
+    a, b = parents
+    sae = _sae(merger, redense, granularity, scoring, scorer=hoyer if scoring == "local" else zero_count)
+    dense = {n: functions.weighted_average([a[n], b[n]]) for n in a} if redense == "original_dense" else None
+    in_memory = sae.child(a, b, 0.55, 0.4, 0.6, dense)
+    reads: list[str] = []
+    lazy_dense = _lazy(dense) if dense is not None else None
+    streamed = sae.child(_lazy(a, reads), _lazy(b, reads), 0.55, 0.4, 0.6, lazy_dense)
+    _assert_same(streamed.tensors, in_memory.tensors)
+    assert streamed.weights == in_memory.weights
+    assert len(reads) > 2 * len(a)  # the streamed parents were read pass by pass, not once
+    if redense == "original_dense" and merger == "linear":
+        # re-densing changed the child (under attraction the child's pruning can undo it all)
+        plain = _sae(merger, "parents", granularity, scoring).child(a, b, 0.55, 0.4, 0.6)
+        assert any(not torch.equal(plain.tensors[n], in_memory.tensors[n]) for n in a)
+
+
+def test_m2n2_crossover_goes_through_the_child_path(parents, tmp_path):
+    """M2N2's child is interpolate(A_l, B_l, t_l) with the crossover shares, streamed or not."""
+    a, b = parents
+    store = IndividualStore(tmp_path)
+    store.save("a", a)
+    store.save("b", b)
+    members = [Member(ident=i, origin="test") for i in "ab"]
+    shares = crossover_shares(len(a), 2, 0.3)
+    expected = {n: interpolate(a[n], b[n], t, "slerp") for n, t in zip(a, shares, strict=True)}
+    for above in (0.0, 10.0):
+        m2n2 = M2N2(interpolation="slerp", stream_parents_above_gb=above)
+        ctx = SimpleNamespace(store=store, timer=Timer())
+        _assert_same(m2n2._crossover(ctx, *members, 2, 0.3), expected)
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "experiments" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("benchmark", module)  # (its dataclasses look their module up)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_benchmark_child_is_method_sae_child(parents, tmp_path, stream):
+    """The benchmark's SAE row (parents from checkpoint files) makes the child that
+    `method=sae` makes from the same parents in its archive, at the same rate and scores."""
+    benchmark = _benchmark()
+    a, b = parents
+    files = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    for model, file in zip((a, b), files, strict=True):
+        write_tensors(file, model.items())
+    sae = benchmark.sae_method()
+    assert isinstance(sae, SAE) and sae.pruner.granularity == "global"
+    if stream:  # the recipe is frozen; parents this small stream only below a zero threshold
+        object.__setattr__(sae.recipe, "stream_above_gb", 0.0)
+    got = benchmark.sae_child(sae, *files, tmp_path / "out", 0.5, 0.4)
+    store = IndividualStore(tmp_path / "archive")
+    store.save("a", a)
+    store.save("b", b)
+    ctx = SimpleNamespace(store=store, timer=Timer())
+    members = [Member(ident=i, origin="test") for i in "ab"]
+    expected, _ = sae._make_child(ctx, *members, 0.5, 0.4, benchmark.RATE, None)
+    _assert_same(got, expected)
+    _assert_same(IndividualStore(tmp_path / "out").load("child"), expected)
+
+
+@pytest.mark.parametrize("granularity,scorer", [("global", zero_count), ("local", hoyer)])
+def test_sae_child_reads_parents_tensor_by_tensor(parents, tmp_path, monkeypatch, granularity, scorer):
+    """The run's own child construction (parents from the archive on disk), for parents above
+    `stream_parents_above_gb`, equals the in-memory child and never loads a parent whole."""
+    a, b = parents
+    store = IndividualStore(tmp_path / "archive")
+    store.save("a", a)
+    store.save("b", b)
+    sae = _sae(granularity=granularity, scoring=granularity, scorer=scorer, stream_parents_above_gb=0.0)
+    expected = sae.child(a, b, 0.55, 0.4, 0.6)
+
+    def whole(self, ident):
+        raise AssertionError(f"parent {ident} loaded whole")
+
+    monkeypatch.setattr(IndividualStore, "load", whole)
+    ctx = SimpleNamespace(store=store, timer=Timer())
+    members = [Member(ident=i, origin="test") for i in "ab"]
+    child, ratios = sae._make_child(ctx, *members, 0.55, 0.4, 0.6, None)
+    _assert_same(child, expected.tensors)
+    assert ratios == list(expected.weights.values())
+    assert set(ctx.timer.totals) == {"prune", "merge"}
