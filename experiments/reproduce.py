@@ -6,8 +6,9 @@
     python experiments/reproduce.py table1 --aggregate-only
     python experiments/reproduce.py table2 -- seed=0,1,2,3,4   # extra Hydra overrides
 
-Each table is one or more `experiment=` configs (conf/experiment/); runs land in fixed folders
-under outputs/tables/, so re-running a table skips runs that already finished and completes
+Each table is one or more `experiment=` configs (conf/experiment/), run at `scale=lab` or
+`scale=paper` (conf/scale/); runs land in fixed folders under outputs/tables/ (paper scale:
+outputs/tables/paper/), so re-running a table skips runs that already finished and completes
 the others. The report (Markdown, LaTeX, JSON, bar chart) goes to outputs/tables/<table>/.
 """
 
@@ -36,11 +37,18 @@ TABLES = {
 
 def run_table(name: str, scale: str, overrides: list[str], aggregate_only: bool) -> dict:
     title, experiments = TABLES[name]
-    prefix = "paper/" if scale == "paper" else ""
+    prefix = "paper/" if scale == "paper" else ""  # where conf/scale/<scale>.yaml puts the sweeps
     started = time.perf_counter()
     if not aggregate_only:
         for experiment in experiments:
-            command = [sys.executable, "run.py", "-m", f"experiment={prefix}{experiment}", *overrides]
+            command = [
+                sys.executable,
+                "run.py",
+                "-m",
+                f"experiment={experiment}",
+                f"scale={scale}",
+                *overrides,
+            ]
             print("$", " ".join(command[1:]), flush=True)
             subprocess.run(command, cwd=ROOT, check=True)
     seconds = time.perf_counter() - started

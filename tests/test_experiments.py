@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import CONF_DIR, compose_config
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from sae_merging.runtime import runner
 
 EXPERIMENTS = Path(CONF_DIR) / "experiment"
 LAB_TABLES = sorted(p.stem for p in EXPERIMENTS.glob("table*.yaml"))
-PAPER_TABLES = sorted(f"paper/{p.stem}" for p in (EXPERIMENTS / "paper").glob("*.yaml"))
 TINY = [
     "lab=micro",
     "task.opt_size.lab-math=8",
@@ -43,16 +43,39 @@ def test_every_lab_table_is_listed():
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("name", PAPER_TABLES)
-def test_paper_tables_compose(name):
-    cfg = compose_config([f"experiment={name}"])
-    assert cfg.model.base == "meta-llama/Llama-3.2-3B-Instruct"
-    assert list(cfg.model.experts) == [
-        "MergeBench/Llama-3.2-3B-Instruct_math",
-        "MergeBench/Llama-3.2-3B-Instruct_multilingual",
-    ]
-    assert cfg.task.opt_size == {"gsm8k": 1319, "mmlu_prox": 200}
-    assert cfg.device == "cuda"
+@pytest.mark.parametrize("name", LAB_TABLES)
+@pytest.mark.parametrize("scale", ["lab", "paper"])
+def test_every_experiment_composes_at_both_scales(name, scale):
+    """One config per experiment, at either scale (`scale=paper`: the paper's models, tasks and
+    SLURM, sweeps apart from the lab's), with the same rows."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name="config", overrides=[f"experiment={name}", f"scale={scale}"], return_hydra_config=True
+        )
+    launcher = cfg.hydra.launcher._target_.rsplit(".", 1)[-1]
+    if scale == "paper":
+        assert cfg.model.base == "meta-llama/Llama-3.2-3B-Instruct"
+        assert list(cfg.model.experts) == [
+            "MergeBench/Llama-3.2-3B-Instruct_math",
+            "MergeBench/Llama-3.2-3B-Instruct_multilingual",
+        ]
+        assert cfg.task.opt_size == {"gsm8k": 1319, "mmlu_prox": 200}
+        assert cfg.device == "cuda"
+    else:
+        assert cfg.model._target_ == "sae_merging.lab.pools.LabModelPool"
+        assert cfg.device == "auto"
+    assert launcher == ("SlurmLauncher" if scale == "paper" else "JoblibLauncher")
+    prefix = "outputs/tables/paper" if scale == "paper" else "outputs/tables"
+    assert cfg.hydra.sweep.dir == f"{prefix}/{name}"
+    assert "scale" in cfg.hydra.job.config.override_dirname.exclude_keys  # same run names
+
+
+def test_ablation_rows_reuse_the_sparsity_range_configs():
+    """Table 2's wide-range row is Table 4's `sparsity_range=wide`, not a copy of it."""
+    ablation = compose_config(["experiment=table2_ablation", "+ablation=wide_range"])
+    wide = compose_config(["experiment=table4_range", "+sparsity_range=wide"])
+    assert (ablation.schedule.s_min, ablation.schedule.s_max) == (wide.schedule.s_min, wide.schedule.s_max)
+    assert (wide.schedule.s_min, wide.schedule.s_max) == (0.05, 0.9)
 
 
 @pytest.mark.slow

@@ -64,7 +64,7 @@ def test_multirun_through_launcher(tmp_path, micro_lab, launcher):
 
 def test_slurm_launcher_config_composes():
     """The paper-scale tables run on SLURM: partition, GPUs, time and memory from the config."""
-    result = _run_py(["experiment=paper/table2_ablation", "--cfg", "hydra"])
+    result = _run_py(["experiment=table2_ablation", "scale=paper", "--cfg", "hydra"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "_target_: hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in result.stdout
     for setting in ("partition:", "gpus_per_node: 1", "timeout_min:", "mem_gb:"):

@@ -30,7 +30,6 @@ LAYERS = {
     "runtime.context": 7,
     "runtime.fitness": 7,
     "runtime.store": 7,
-    "runtime.selection": 7,
     "runtime.selection": 7,  # the final-choice rules every method's best() uses
     "methods": 8,
     "runtime": 9,

@@ -40,7 +40,7 @@ TEST_ITEMS_FILE = "test_items.jsonl"
 def config_hash(cfg: DictConfig) -> str:
     """A hash of the settings that determine the result (not where outputs go)."""
     data = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("hydra", "progress"):
+    for key in ("hydra", "progress", "tables_dir"):
         data.pop(key, None)
     for node in (data.get("lab"), data.get("model", {}).get("lab"), data.get("task", {}).get("lab")):
         if isinstance(node, dict):
