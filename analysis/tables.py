@@ -3,7 +3,9 @@
     python analysis/tables.py outputs/tables/table2_ablation [more sweep folders...] \
         [--out outputs/tables/table2_ablation/report] [--title "Table 2"]
 
-Rows are the swept settings other than the seed (read from each run's `.hydra/overrides.yaml`);
+Rows are the swept settings other than the seed: which keys a run overrode comes from its
+`.hydra/overrides.yaml`, their values from the config the run saved (`.hydra/config.yaml`, and
+`.hydra/hydra.yaml` for config-group choices such as `scorer=magnitude`);
 cells are the test accuracy per task and their mean over seeds: mean ± sample std (n - 1), the
 number of seeds n and the 95% t-interval, plus the evaluation budget (models scored, examples
 scored) and wall time. Below them, paired differences: the reference row (`--reference`;
@@ -43,14 +45,56 @@ class AggregationError(RuntimeError):
     pass
 
 
-def _overrides(run_dir: Path) -> list[str]:
+def _parsed(overrides: list[str]) -> list:
+    """Overrides parsed as Hydra parses them (quoting, `+`/`~` prefixes, sweeps)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(overrides)
+
+
+def _override_strings(run_dir: Path) -> list[str]:
     path = run_dir / ".hydra" / "overrides.yaml"
     return yaml.safe_load(path.read_text()) or [] if path.is_file() else []
 
 
-def _key_value(override: str) -> tuple[str, str]:
-    key, _, value = override.partition("=")
-    return key.lstrip("+~"), value
+def _overrides(run_dir: Path) -> dict[str, str]:
+    """The run's overrides as typed: key -> value (for matching the sweep's definition)."""
+    return {o.key_or_group: o.get_value_element_as_str() for o in _parsed(_override_strings(run_dir))}
+
+
+def _format(value) -> str:
+    """A saved config value as an override would write it."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def settings(run_dir: Path) -> dict[str, str]:
+    """Each overridden setting of a run with the value the run actually used, read from the
+    config it saved: a config-group choice from `.hydra/hydra.yaml`, any other key from
+    `.hydra/config.yaml`."""
+    folder = run_dir / ".hydra"
+    if not (folder / "config.yaml").is_file():
+        raise AggregationError(f"{run_dir}: no saved config (.hydra/config.yaml); not a Hydra run folder")
+    config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    hydra_file = folder / "hydra.yaml"
+    hydra = yaml.safe_load(hydra_file.read_text()) if hydra_file.is_file() else {}
+    choices = ((hydra or {}).get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
+    found = {}
+    for key, value in _overrides(run_dir).items():
+        if key in choices:
+            found[key] = _format(choices[key])
+            continue
+        node, known = config, True
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                known = False
+                break
+            node = node[part]
+        found[key] = _format(node) if known else value  # (e.g. a hydra.* setting)
+    return found
 
 
 def find_runs(sweep_dir: Path) -> list[Path]:
@@ -60,20 +104,26 @@ def find_runs(sweep_dir: Path) -> list[Path]:
     return sorted(p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml"))
 
 
+def _values(override) -> list[str]:
+    """The values a parsed override sweeps over (one, when it is not a sweep)."""
+    if override.is_sweep_override():
+        return list(override.sweep_string_iterator())
+    return [override.get_value_element_as_str()]
+
+
 def expected_runs(sweep_dir: Path) -> list[tuple[tuple[str, str], ...]] | None:
-    """The override combinations the sweep defined (from Hydra's `multirun.yaml`)."""
+    """The override combinations the sweep defined (from Hydra's `multirun.yaml`, its sweeps
+    expanded as Hydra expands them)."""
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         return None
     config = yaml.safe_load(path.read_text())
     hydra = config.get("hydra", {})
-    params = dict((hydra.get("sweeper") or {}).get("params") or {})
-    for override in hydra.get("overrides", {}).get("task", []):
-        key, value = _key_value(override)
-        if "," in value and not value.startswith("["):
-            params[key] = value
-    axes = [[(key.lstrip("+~"), v.strip()) for v in str(values).split(",")] for key, values in params.items()]
-    return [tuple(sorted(combo)) for combo in itertools.product(*axes)] if axes else None
+    params = {key: str(values) for key, values in ((hydra.get("sweeper") or {}).get("params") or {}).items()}
+    sweeps = _parsed([f"{key}={values}" for key, values in params.items()])
+    sweeps += [o for o in _parsed(hydra.get("overrides", {}).get("task", [])) if o.is_sweep_override()]
+    axes = {o.key_or_group: [(o.key_or_group, v) for v in _values(o)] for o in sweeps}
+    return [tuple(sorted(combo)) for combo in itertools.product(*axes.values())] if axes else None
 
 
 def load(sweep_dirs: list[Path]) -> tuple[list[dict], list[str]]:
@@ -85,22 +135,18 @@ def load(sweep_dirs: list[Path]) -> tuple[list[dict], list[str]]:
         runs = find_runs(sweep_dir)
         if not runs:
             raise AggregationError(f"{sweep_dir} holds no run folders (no */.hydra/overrides.yaml)")
-        found = set()
+        started = [set(_overrides(run).items()) for run in runs]
         for run in runs:
             results_path = run / "results.json"
-            overrides = dict(_key_value(o) for o in _overrides(run))
             if not results_path.is_file():
-                missing.append(f"{run}: not a finished run (no results.json): {_describe(overrides)}")
+                missing.append(f"{run}: not a finished run (no results.json): {_describe(_overrides(run))}")
                 continue
             results = json.loads(results_path.read_text())
-            found.add(tuple(sorted(overrides.items())))
             records.append(
-                {"run": str(run), "overrides": overrides, "results": results, "items": _test_items(run)}
+                {"run": str(run), "overrides": settings(run), "results": results, "items": _test_items(run)}
             )
         for combo in expected_runs(sweep_dir) or []:
-            if not any(set(combo) <= set(f) for f in found) and not any(
-                set(combo) <= set(dict(_key_value(o) for o in _overrides(r)).items()) for r in runs
-            ):
+            if not any(set(combo) <= run for run in started):
                 missing.append(f"{sweep_dir}: never started: {_describe(dict(combo))}")
     return records, missing
 

@@ -16,10 +16,34 @@ tables = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tables)
 
 
-def _run(sweep: Path, job: int, overrides: list[str], test: dict | None, evals: int = 10) -> None:
-    folder = sweep / str(job)
+GROUPS = ("method", "scoring", "scorer", "ablation")
+
+
+def _hydra_files(folder: Path, overrides: list[str], config: dict | None = None) -> None:
+    """What Hydra saves in a run's `.hydra/`: the overrides, the composed config (here each
+    override's value as YAML reads it, unless given) and the group choices."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    pairs = [o.lstrip("+~").split("=", 1) for o in overrides]
+    choices = {key: value for key, value in pairs if key in GROUPS}
+    if config is None:
+        config = {}
+        for key, value in pairs:
+            if key not in GROUPS:
+                *parents, leaf = key.split(".")
+                node = config
+                for part in parents:
+                    node = node.setdefault(part, {})
+                node[leaf] = yaml.safe_load(value)
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}})
+    )
+
+
+def _run(sweep: Path, job: int, overrides: list[str], test: dict | None, evals: int = 10) -> None:
+    folder = sweep / str(job)
+    _hydra_files(folder, overrides)
     if test is not None:
         seed = int(next(o for o in overrides if o.startswith("seed=")).split("=")[1])
         results = {
@@ -92,6 +116,33 @@ def test_not_a_run_folder(tmp_path, capsys):
     assert "holds no run folders" in capsys.readouterr().err
 
 
+def test_swept_values_come_from_the_saved_config(tmp_path):
+    """A row shows the value the run used, as its saved config holds it (`.9` ran as 0.9; a
+    group choice from hydra.yaml), and the sweep's definition is expanded as Hydra expands it
+    (a quoted value with a comma is one value)."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    multirun = {"hydra": {"sweeper": {"params": {"schedule.s_max": ".9,'0.5,x'", "+ablation": "wide_range"}}}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    _run(sweep, 0, ["schedule.s_max=.9", "+ablation=wide_range", "seed=0"], {"a": 0.5})
+    records, missing = tables.load([sweep])
+    assert records[0]["overrides"] == {"schedule.s_max": "0.9", "ablation": "wide_range", "seed": "0"}
+    assert missing == [f"{sweep}: never started: ablation=wide_range schedule.s_max='0.5,x'"]
+    _, rows = tables.aggregate(records)
+    assert rows[0]["label"] == "default"  # one run: nothing varies
+    _run(sweep, 1, ["schedule.s_max=0.50", "+ablation=wide_range", "seed=0"], {"a": 0.6})
+    _, rows = tables.aggregate(tables.load([sweep])[0])
+    assert [r["label"] for r in rows] == ["schedule.s_max=0.5", "schedule.s_max=0.9"]
+
+
+def test_a_run_without_saved_config_is_refused(tmp_path):
+    sweep = tmp_path / "sweep"
+    _run(sweep, 0, ["seed=0"], {"a": 0.5})
+    (sweep / "0" / ".hydra" / "config.yaml").unlink()
+    with pytest.raises(tables.AggregationError, match="no saved config"):
+        tables.load([sweep])
+
+
 def test_rows_in_natural_order():
     """Swept numbers sort as numbers, not as strings."""
     labels = ["sae, method.archive_size=10", "sae, method.archive_size=4", "sae, method.archive_size=8"]
@@ -101,8 +152,7 @@ def test_rows_in_natural_order():
 
 def _paired_run(sweep: Path, job: int, method: str, seed: int, correct: dict[str, list[int]]) -> None:
     folder = sweep / str(job)
-    (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"method={method}", f"seed={seed}"]))
+    _hydra_files(folder, [f"method={method}", f"seed={seed}"])
     test = {t: sum(c) / len(c) for t, c in correct.items()}
     results = {
         "method": method,

@@ -1,8 +1,10 @@
 """Experiment loggers (`logger=`): Weights & Biases, or nothing.
 
-`metrics.jsonl` in the run folder is written whatever the logger; W&B adds curves. W&B runs
-offline unless `logger.mode=online` (then it needs `WANDB_API_KEY` or `wandb login`), and its
-files go into the run folder, so a run leaves nothing behind elsewhere.
+`metrics.jsonl` in the run folder is written whatever the logger; W&B adds curves (every metric
+against `generation`, so a resumed run's curves continue where they stopped), the chosen model
+and `results.json` as artifacts, and the final scores as the run summary. W&B runs offline
+unless `logger.mode=online` (then it needs `WANDB_API_KEY` or `wandb login`), and its files go
+into the run folder, so a run leaves nothing behind elsewhere.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ class NoLogger:
 
     def log(self, record: Mapping[str, Any]) -> None:
         pass
+
+    def log_outputs(self, results_file: Path, model_dir: Path) -> None:
+        """The run's outputs once written: `results.json` and the chosen model's folder."""
 
     def finish(self, summary: Mapping[str, Any]) -> None:
         pass
@@ -52,11 +57,27 @@ class WandbLogger(NoLogger):
             id=_run_id(run_dir),
             settings=wandb.Settings(silent=True, console="off"),
         )
+        self.run.define_metric("generation")
+        self.run.define_metric("*", step_metric="generation")
 
     def log(self, record: Mapping[str, Any]) -> None:
         if self.run is not None:
-            numbers = {k: v for k, v in record.items() if isinstance(v, int | float) and k != "generation"}
-            self.run.log(numbers, step=int(record["generation"]))
+            numbers = {k: v for k, v in record.items() if isinstance(v, int | float)}
+            self.run.log(numbers)
+
+    def log_outputs(self, results_file: Path, model_dir: Path) -> None:
+        """`results.json` as a file artifact; the model by reference to its folder (not copied:
+        a paper-scale model is gigabytes)."""
+        if self.run is None:
+            return
+        import wandb
+
+        results = wandb.Artifact(f"results-{self.run.id}", type="results")
+        results.add_file(str(results_file))
+        self.run.log_artifact(results)
+        model = wandb.Artifact(f"model-{self.run.id}", type="model")
+        model.add_reference(Path(model_dir).resolve().as_uri())
+        self.run.log_artifact(model)
 
     def finish(self, summary: Mapping[str, Any]) -> None:
         if self.run is not None:

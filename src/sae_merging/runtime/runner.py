@@ -61,12 +61,17 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     method, ctx, tokenizer = prepare(cfg, run_dir)
     logger = instantiate(cfg.logger)
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=f"{method.name}-seed{cfg.seed}")
-    if hasattr(method, "step"):
-        outcome = run_generations(method, ctx, method.state_type, logger.log, budget_examples(cfg))
-    else:
-        outcome = method.run(ctx)
-    results = finish(ctx, cfg, method.name, outcome, tokenizer, time.perf_counter() - started)
-    logger.finish({f"final/{k}": v for k, v in results["test"].items()})
+    summary: dict[str, Any] = {}
+    try:  # the logger is finished however the run ends (an interrupted W&B run stays resumable)
+        if hasattr(method, "step"):
+            outcome = run_generations(method, ctx, method.state_type, logger.log, budget_examples(cfg))
+        else:
+            outcome = method.run(ctx)
+        results = finish(ctx, cfg, method.name, outcome, tokenizer, time.perf_counter() - started)
+        logger.log_outputs(run_dir / RESULTS_FILE, run_dir / "model")
+        summary = {f"final/{k}": v for k, v in results["test"].items()}
+    finally:
+        logger.finish(summary)
     return results
 
 
