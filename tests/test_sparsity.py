@@ -31,3 +31,17 @@ def test_pooling_equals_concatenation():
     assert combined.count == whole.count and combined.zeros == whole.zeros
     assert math.isclose(hoyer(combined), hoyer(whole), rel_tol=1e-6)
     assert zero_count(combined) == 3 / 15
+
+
+def test_zero_count_scoring_reads_counts_only():
+    """zero_count (as Hydra hands it over, a bare partial) reads only the counts, which equal
+    the full statistics' counts; other measures still get the sums."""
+    from functools import partial
+
+    from sae_merging.sparsity.scoring import SparsityScoring
+
+    t = torch.tensor([0.0, -0.0, 1.5, -2.0, 0.0], dtype=torch.bfloat16)
+    assert SparsityStats.counts(t) == SparsityStats(5, 3)
+    assert zero_count(SparsityStats.counts(t)) == zero_count(SparsityStats.of(t)) == 0.6
+    assert SparsityScoring(partial(zero_count)).stats(t) == SparsityStats(5, 3)
+    assert SparsityScoring(partial(hoyer)).stats(t) == SparsityStats.of(t)

@@ -33,6 +33,11 @@ class SparsityStats:
         t = tensor.detach().to(torch.float32)
         return cls(t.numel(), int((t == 0).sum()), float(t.abs().sum()), float(t.pow(2).sum()))
 
+    @classmethod
+    def counts(cls, tensor: torch.Tensor) -> SparsityStats:
+        """Entries and exact zeros only (the sums left 0), as `zero_count` needs them."""
+        return cls(tensor.numel(), tensor.numel() - int(torch.count_nonzero(tensor)))
+
     def __add__(self, other: SparsityStats) -> SparsityStats:
         return SparsityStats(
             self.count + other.count,

@@ -3,6 +3,7 @@ model (`global`) or one per tensor (`local`), over the tensors the pruner prunes
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from sae_merging.sparsity.measures import SparsityStats, pooled
+from sae_merging.sparsity.measures import SparsityStats, pooled, zero_count
 
 SCORINGS = ("global", "local")
 
@@ -36,11 +37,9 @@ class SparsityScoring:
     def per_tensor(self, tensors: Mapping[str, torch.Tensor], pruner: Prunable) -> dict[str, float]:
         """The sparsity each tensor contributes to eq. 5 (the model's value everywhere under
         global scoring)."""
-        stats = {name: SparsityStats.of(t) for name, t in tensors.items()}
         if self.granularity == "local":
-            return {name: self.scorer(s) for name, s in stats.items()}
-        model = self.model_value(stats, pruner)
-        return dict.fromkeys(tensors, model)
+            return {name: self.scorer(self.stats(t)) for name, t in tensors.items()}
+        return dict.fromkeys(tensors, self.of_model(tensors, pruner))
 
     def model_value(self, stats: Mapping[str, SparsityStats], pruner: Prunable) -> float:
         """S(theta) for the fitness: the pooled measure (global) or the mean per-tensor measure
@@ -51,4 +50,20 @@ class SparsityScoring:
         return statistics.fmean(self.scorer(s) for s in prunable) if prunable else 0.0
 
     def of_model(self, tensors: Mapping[str, torch.Tensor], pruner: Prunable) -> float:
-        return self.model_value({n: SparsityStats.of(t) for n, t in tensors.items()}, pruner)
+        """S(theta), reading only the tensors it is measured over."""
+        stats = {
+            n: self.stats(tensors[n]) for n in tensors if self.granularity == "local" or pruner.prunable(n)
+        }
+        return self.model_value(stats, pruner)
+
+    def stats(self, tensor: torch.Tensor) -> SparsityStats:
+        """What the scorer reads of a tensor: only its counts for `zero_count` (one cheap pass
+        instead of float32 sums), all the sums otherwise."""
+        return SparsityStats.counts(tensor) if _reads_counts_only(self.scorer) else SparsityStats.of(tensor)
+
+
+def _reads_counts_only(scorer: Callable) -> bool:
+    """Whether the scorer is `zero_count` (Hydra hands it over as a bare functools.partial)."""
+    while isinstance(scorer, functools.partial) and not scorer.args and not scorer.keywords:
+        scorer = scorer.func
+    return scorer is zero_count
