@@ -37,6 +37,10 @@ Merger = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 WeightRule = Callable[[Tensors, Tensors], Mapping[str, float]]
 
 
+class _Loaded(dict):
+    """A parent read into memory by `ChildRecipe.parent`: nobody else holds it."""
+
+
 @dataclass(frozen=True)
 class Child:
     """The child's tensors (in memory) and the weight each tensor was merged with."""
@@ -63,15 +67,19 @@ class ChildRecipe:
 
     def parent(self, tensors: LazyTensors, nbytes: int) -> Tensors:
         """A parent as the recipe takes it: the lazy tensors themselves when the model is large
-        enough to stream, else all of them read into memory."""
-        return tensors if self.streams(nbytes) else dict(tensors.items())
+        enough to stream, else all of them read into memory (a copy the recipe owns, so it is
+        pruned where it lies instead of beside a second copy)."""
+        return tensors if self.streams(nbytes) else _Loaded(tensors.items())
 
     def pruned(self, tensors: Tensors, rate: float) -> Tensors:
-        """A parent pruned to `rate`: a lazy pruned view when it streams, a copy otherwise."""
+        """A parent pruned to `rate`: a lazy pruned view when it streams, in place when the
+        recipe loaded it, a copy otherwise (the caller's dict is left as it was)."""
         if self.pruner is None or rate <= 0:
             return tensors
         if isinstance(tensors, LazyTensors):
             return self.pruner.pruned(tensors, rate)
+        if isinstance(tensors, _Loaded):
+            return self.pruner.prune_(tensors, rate)
         return self.pruner.prune(tensors, rate)
 
     def make(
