@@ -308,7 +308,10 @@ def _cells(rows: list[dict], row: dict, columns: list[str], cell: str, bold: str
 
 
 def _paired_cell(values: dict, template: str) -> str:
-    return template.format(**values)
+    """A paired row's cell; p below 0.001 is written as such (the bootstrap's floor is
+    2 / (replicates + 1), not 0)."""
+    p = values["p"]
+    return template.format(**{**values, "p": "<0.001" if p < 0.001 else f"={p:.3f}"})
 
 
 PAIRED_NOTE = (
@@ -347,7 +350,7 @@ def markdown(tasks: list[str], rows: list[dict], title: str, paired: list[dict] 
                 )
                 continue
             cells = [
-                _paired_cell(entry["columns"][c], "{diff:+.1f} [{ci_low:+.1f}, {ci_high:+.1f}] p={p:.3f}")
+                _paired_cell(entry["columns"][c], "{diff:+.1f} [{ci_low:+.1f}, {ci_high:+.1f}] p{p}")
                 if c in entry["columns"]
                 else "–"
                 for c in columns
