@@ -23,6 +23,46 @@ import time
 from pathlib import Path
 
 
+def input_problems(
+    base: str,
+    experts: list[str],
+    out: str | Path,
+    scale: float,
+    weights: list[float] | None,
+    prune: float | None,
+    granularity: str,
+) -> list[str]:
+    """Every bad argument, one line each, found without importing torch or reading weights: the
+    numbers, the model folders (headers parse; the base has the tokenizer the output gets) and
+    the output folder."""
+    from sae_merging.models.files import model_problems
+    from sae_merging.pruning.settings import GRANULARITIES
+    from sae_merging.runtime.preflight import folder_problem
+    from sae_merging.utils import settings as check
+
+    found = []
+    for key, value, test in (
+        ("--scale", scale, lambda v: check.number("", v)),
+        ("--weights", weights, lambda v: check.numbers("", v, 0, optional=True, nonempty=True)),
+        ("--prune", prune, lambda v: v is None or check.rate("", v)),
+        ("--granularity", granularity, lambda v: check.choice("", v, GRANULARITIES)),
+    ):
+        try:
+            test(value)
+        except check.SettingError as error:
+            found.append(f"{key} {value}: {error.allowed}")
+    if weights is not None and len(weights) != len(experts):
+        found.append(f"--weights: {len(weights)} weights for {len(experts)} experts")
+    found += model_problems("--base", base, need_tokenizer=True)
+    for index, expert in enumerate(experts):
+        found += model_problems(f"--experts[{index}]", expert)
+    if problem := folder_problem(Path(out).parent, "--out"):
+        found.append(problem)
+    if Path(out).exists() and not Path(out).is_dir():
+        found.append(f"--out {out}: is a file; the output is a model folder")
+    return found
+
+
 def merge_checkpoints(
     base: str,
     experts: list[str],
@@ -32,7 +72,12 @@ def merge_checkpoints(
     prune: float | None = None,
     granularity: str = "global",
 ) -> Path:
-    """Write the merged (and optionally pruned) model folder `out`; returns it."""
+    """Write the merged (and optionally pruned) model folder `out`; returns it. Every input is
+    checked first (`input_problems`), so nothing is merged that could not be saved."""
+    from sae_merging.utils.settings import ConfigError
+
+    if problems := input_problems(base, experts, out, scale, weights, prune, granularity):
+        raise ConfigError(problems)
     from transformers import GenerationConfig
 
     from sae_merging.merging import streaming
@@ -40,9 +85,7 @@ def merge_checkpoints(
     from sae_merging.pruning.magnitude import MagnitudePruner
     from sae_merging.utils.files import atomic_directory
 
-    if prune is not None and not 0.0 <= prune < 1.0:
-        raise ValueError(f"--prune {prune}: the rate must be in [0, 1)")
-    pruner = MagnitudePruner(granularity)  # refuses an unknown granularity before any work
+    pruner = MagnitudePruner(granularity)
     folders = [ModelRef.parse(spec).local_dir() for spec in (base, *experts)]
     config = load_config(str(folders[0]))
     with atomic_directory(out) as tmp:
@@ -77,8 +120,9 @@ def main() -> None:
         out = merge_checkpoints(
             args.base, args.experts, args.out, args.scale, args.weights, args.prune, args.granularity
         )
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as error:  # bad inputs (ConfigError: one line each)
+        for line in getattr(error, "problems", None) or [str(error)]:
+            print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
 

@@ -253,7 +253,6 @@ def test_command_reports_bad_settings_in_one_line(tmp_path):
         cwd=root,
         capture_output=True,
         text=True,
-        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: redraw_only=true needs")

@@ -13,6 +13,7 @@ from sae_merging.lab.pools import LabTaskPool
 from sae_merging.runtime import runner
 from sae_merging.runtime.fitness import FitnessEvaluator
 from sae_merging.tasks.pool import TaskPool
+from sae_merging.utils.settings import SettingError
 
 SMOKE = ["experiment=smoke", "progress=false"]
 BUDGET = 700
@@ -130,8 +131,10 @@ def test_validation_set_is_held_out_of_every_draw_and_of_test(micro_lab):
         assert drawn and not drawn & held
         assert drawn | held == {e.uid for e in task.split("opt")}  # the rest is all drawn from
         assert not held & {e.uid for e in task.split("test")}
-    assert TaskPool(tasks, validation_size={"nope": 3}).problems()
-    assert TaskPool(tasks, validation_size={tasks[0].name: 1.5}).problems()
+    with pytest.raises(SettingError, match="validation_size='nope': names an unknown task"):
+        TaskPool(tasks, validation_size={"nope": 3})
+    with pytest.raises(SettingError, match="must be a finite number in \\(0, 1\\)"):
+        TaskPool(tasks, validation_size={tasks[0].name: 1.5})
 
 
 def test_all_draws_is_the_mean_over_every_scored_draw_example(tmp_path, micro_lab):
@@ -156,9 +159,9 @@ def test_all_draws_is_the_mean_over_every_scored_draw_example(tmp_path, micro_la
 
 
 def test_validation_without_a_held_out_set_is_a_config_error(tmp_path, micro_lab):
-    from sae_merging.runtime.validation import ConfigError
+    from sae_merging.utils.settings import ConfigError
 
-    with pytest.raises(ConfigError, match="selection=validation"):
+    with pytest.raises(ConfigError, match="selection='validation'"):
         _run(tmp_path / "run", ["task.validation_size=null"])
     with pytest.raises(ConfigError, match="selection="):
         _run(tmp_path / "run2", ["selection=best_on_test"])

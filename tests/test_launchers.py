@@ -27,7 +27,6 @@ def _run_py(args: list[str]) -> subprocess.CompletedProcess:
         env=dict(os.environ),
         capture_output=True,
         text=True,
-        timeout=300,
     )
 
 

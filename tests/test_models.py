@@ -38,6 +38,7 @@ from sae_merging.models.io import (
     save_model_folder,
 )
 from sae_merging.models.pool import ModelPool
+from sae_merging.utils.settings import SettingError
 from sae_merging.utils.tensorfiles import TensorFile
 
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"
@@ -319,12 +320,13 @@ def test_pool_problems_name_the_key_and_the_value(expert, tmp_path):
     assert len(problems) == 1
     assert problems[0].startswith(f"model.experts[1]={missing!r}: no such file or folder")
 
-    problems = ModelPool(experts=["owner/a", "./gone.gguf"], base=missing, expert_names=["a"]).problems()
+    problems = ModelPool(experts=["owner/a", "./gone.gguf"], base=missing).problems()
     assert any(p.startswith(f"model.base={missing!r}") for p in problems)
     assert any(p.startswith("model.experts[1]='./gone.gguf'") for p in problems)
-    assert any("expert_names has 1 names for 2 experts" in p for p in problems)
     assert not any("owner/a" in p for p in problems)
-    assert len(problems) == 3
+    assert len(problems) == 2
+    with pytest.raises(SettingError, match=r"expert_names=\['a'\]: needs one name per expert \(2\)"):
+        ModelPool(experts=["owner/a", "owner/b"], expert_names=["a"])
 
 
 def test_pool_needs_two_experts_and_leaves_hub_ids_alone():

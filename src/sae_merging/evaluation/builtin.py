@@ -16,8 +16,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
 
+from sae_merging.evaluation.settings import EvaluatorSettings
 from sae_merging.tasks.base import Example, TaskData
-from sae_merging.tasks.extraction import EXTRACTIONS, is_correct
+from sae_merging.tasks.extraction import is_correct
 
 
 @dataclass
@@ -105,10 +106,7 @@ class Evaluator:
         max_length: int | None = None,
         progress: bool = False,
     ) -> None:
-        if extraction not in EXTRACTIONS:
-            raise ValueError(f"evaluator.extraction={extraction!r}; valid: {', '.join(EXTRACTIONS)}")
-        if batch_size < 1:
-            raise ValueError(f"evaluator.batch_size={batch_size}: must be >= 1")
+        EvaluatorSettings(batch_size, extraction, max_length, progress)  # checks
         self.batch_size = batch_size
         self.extraction = extraction
         self.max_length = max_length

@@ -29,6 +29,7 @@ import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sae_merging.evaluation.builtin import Evaluator, TaskScores
+from sae_merging.evaluation.settings import LmEvalSettings
 from sae_merging.tasks.base import Example, TaskData
 from sae_merging.tasks.extraction import FLEXIBLE_PATTERN, IGNORE_PATTERNS, STRICT_PATTERN
 
@@ -164,6 +165,7 @@ class LmEvalEvaluator(Evaluator):
         num_fewshot: int | None = None,
         progress: bool = False,
     ) -> None:
+        LmEvalSettings(batch_size, extraction, max_length, progress, registered or {}, num_fewshot)  # checks
         super().__init__(batch_size, extraction, max_length, progress)
         self.registered = dict(registered or {})
         self.num_fewshot = num_fewshot  # registered tasks only; None keeps the task's own

@@ -30,6 +30,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sae_merging.evaluation.builtin import Evaluator, cut_at_stops
+from sae_merging.evaluation.settings import VllmSettings
 from sae_merging.models.io import tied_aliases
 from sae_merging.tasks.base import TaskData
 from sae_merging.utils.tensorfiles import TensorFile, write_tensors
@@ -63,6 +64,7 @@ class VllmEvaluator(Evaluator):
         gpu_memory_utilization: float = 0.5,
         dtype: str = "auto",
     ) -> None:
+        VllmSettings(batch_size, extraction, max_length, progress, gpu_memory_utilization, dtype)  # checks
         try:
             import vllm  # noqa: F401
         except ImportError as error:

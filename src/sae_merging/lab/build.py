@@ -17,8 +17,8 @@ import copy
 import json
 import random
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -27,86 +27,11 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from sae_merging.lab import math_problems, multilingual
+from sae_merging.lab.spec import EXPERTS, MATH_TASK, MULTILINGUAL_TASK, LabSpec
 from sae_merging.lab.tokenizer import build_tokenizer
-from sae_merging.lab.training import TrainSpec, encode, train
+from sae_merging.lab.training import encode, train
 from sae_merging.tasks.base import SPLITS, Example, TaskData, read_jsonl, write_jsonl
-from sae_merging.utils.files import atomic_directory, atomic_write_json, stable_hash
-
-LAB_FORMAT = 1  # bump when a change to this module changes what a build contains
-MATH_TASK, MULTILINGUAL_TASK = "lab-math", "lab-multilingual"
-EXPERTS = ("math", "multilingual")
-
-
-@dataclass(frozen=True)
-class LabModelSpec:
-    hidden_size: int = 128
-    intermediate_size: int = 352
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    max_position_embeddings: int = 256
-
-
-@dataclass(frozen=True)
-class BaseDataSpec:
-    """How many examples of each kind the base is trained on (loss on every token)."""
-
-    math_one_step: int = 10000
-    math_multi_step: int = 2000
-    multilingual_english: int = 10000
-    multilingual_unanswered: int = 5000
-
-
-@dataclass(frozen=True)
-class ExpertSpec:
-    """`n_train` task examples plus a `replay` share of the base's answered data (as instruction
-    tuning mixes in general data), which keeps the experts from forgetting what the base knew."""
-
-    n_train: int = 20000
-    replay: float = 0.3
-    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=400, lr=5e-4, warmup=20))
-
-
-@dataclass(frozen=True)
-class LabSpec:
-    name: str = "default"
-    seed: int = 0
-    model: LabModelSpec = field(default_factory=LabModelSpec)
-    math: math_problems.MathSpec = field(default_factory=math_problems.MathSpec)
-    multilingual: multilingual.MultilingualSpec = field(default_factory=multilingual.MultilingualSpec)
-    base_data: BaseDataSpec = field(default_factory=BaseDataSpec)
-    base_train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=1500, lr=3e-3))
-    math_expert: ExpertSpec = field(default_factory=ExpertSpec)
-    multilingual_expert: ExpertSpec = field(
-        default_factory=lambda: ExpertSpec(train=TrainSpec(steps=800, lr=5e-4, warmup=20))
-    )
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> LabSpec:
-        """Build from a plain mapping (a Hydra `lab` node), refusing unknown keys."""
-        return _from_dict(cls, dict(data))
-
-    def key(self) -> str:
-        return stable_hash({"format": LAB_FORMAT, "spec": asdict(self)})
-
-
-def _from_dict(cls: type, data: dict):
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known) - {"cache_dir", "_target_"})
-    if unknown:
-        raise ValueError(f"unknown lab setting(s) {unknown} for {cls.__name__}; valid: {sorted(known)}")
-    values = {}
-    for name, value in data.items():
-        if name not in known:
-            continue
-        default = (
-            known[name].default_factory() if callable(known[name].default_factory) else known[name].default
-        )
-        if is_dataclass(default) and isinstance(value, Mapping):
-            value = _from_dict(type(default), dict(value))
-        elif isinstance(value, Sequence) and not isinstance(value, str):
-            value = tuple(value)
-        values[name] = value
-    return cls(**values)
+from sae_merging.utils.files import atomic_directory, atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -211,14 +136,15 @@ def _build(spec: LabSpec, out: Path, progress: bool) -> None:
     from sae_merging.models.io import save_model_folder
 
     started = time.perf_counter()
-    stages = tqdm(total=5, desc=f"building lab '{spec.name}'", disable=not progress)
+    # one bar over all training steps (the bulk of the time), so its ETA is the build's
+    steps = spec.base_train.steps + spec.math_expert.train.steps + spec.multilingual_expert.train.steps
+    bar = tqdm(total=steps, desc=f"building lab '{spec.name}'", unit="step", disable=not progress)
     timings: dict[str, float] = {}
 
     def stage(name: str, begin: float) -> None:
         timings[name] = round(time.perf_counter() - begin, 2)
-        stages.set_postfix_str(name)
-        stages.update()
 
+    bar.set_description_str(f"building lab '{spec.name}': data")
     begin = time.perf_counter()
     tasks = lab_tasks_from_spec(spec)
     answered, unanswered = _base_corpus(spec)
@@ -246,7 +172,8 @@ def _build(spec: LabSpec, out: Path, progress: bool) -> None:
     base = LlamaForCausalLM(config)
     corpus = [encode(tokenizer, e.prompt, e.target, True) for e in answered]
     corpus += [encode(tokenizer, e.prompt, "", True) for e in unanswered]
-    train(base, corpus, spec.base_train, spec.seed, tokenizer.pad_token_id, "base", progress)
+    bar.set_description_str(f"building lab '{spec.name}': base")
+    train(base, corpus, spec.base_train, spec.seed, tokenizer.pad_token_id, bar)
     models["base"] = base
     stage("base", begin)
 
@@ -263,13 +190,13 @@ def _build(spec: LabSpec, out: Path, progress: bool) -> None:
         n_replay = round(len(data) * expert.replay / (1 - expert.replay))
         replay = random.Random(f"replay/{name}/{spec.seed}").sample(answered, min(n_replay, len(answered)))
         data += [encode(tokenizer, e.prompt, e.target, False) for e in replay]
-        train(
-            model, data, expert.train, spec.seed + offset, tokenizer.pad_token_id, f"{name} expert", progress
-        )
+        bar.set_description_str(f"building lab '{spec.name}': {name} expert")
+        train(model, data, expert.train, spec.seed + offset, tokenizer.pad_token_id, bar)
         models[name] = model
         stage(f"{name} expert", begin)
 
     begin = time.perf_counter()
+    bar.set_description_str(f"building lab '{spec.name}': evaluation")
     for name, model in models.items():
         save_model_folder(out / name, model.state_dict(), config, tokenizer, generation)
     average = copy.deepcopy(base)
@@ -283,7 +210,7 @@ def _build(spec: LabSpec, out: Path, progress: bool) -> None:
         for name, model in models.items()
     }
     stage("evaluation", begin)
-    stages.close()
+    bar.close()
     atomic_write_json(
         out / "build.json",
         {

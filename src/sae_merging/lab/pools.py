@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 
-from sae_merging.lab.build import EXPERTS, MATH_TASK, MULTILINGUAL_TASK, LabSpec, build_lab
+from sae_merging.lab.build import build_lab
+from sae_merging.lab.settings import LabModelPoolSettings, LabTaskPoolSettings
 from sae_merging.models.io import ModelRef
 from sae_merging.models.pool import ModelPool
 from sae_merging.tasks.base import TaskData
@@ -23,19 +24,16 @@ class LabModelPool(ModelPool):
         vocab_policy: str = "refuse",
         progress: bool = True,
     ) -> None:
-        self.lab = dict(lab)
-        self.spec = LabSpec.from_dict(self.lab)
-        self.progress = progress
-        super().__init__(
-            experts=[], base=None, expert_names=list(EXPERTS), dtype=dtype, vocab_policy=vocab_policy
-        )
+        self.settings = LabModelPoolSettings(lab, dtype, vocab_policy, progress)  # checks
+        self.lab, self.spec, self.progress = self.settings.lab, self.settings.spec, progress
+        self.dtype, self.vocab_policy = dtype, vocab_policy
 
     def problems(self) -> list[str]:
         return []
 
     @cached_property
     def build(self):
-        return build_lab(self.spec, self.lab.get("cache_dir", "outputs/cache/lab"), self.progress)
+        return build_lab(self.spec, self.settings.cache_dir, self.progress)
 
     @property
     def base(self) -> ModelRef:
@@ -62,17 +60,17 @@ class LabTaskPool(TaskPool):
         progress: bool = True,
         validation_size: Mapping[str, int | float | None] | None = None,
     ) -> None:
-        super().__init__([], opt_size, test_size, stratify, validation_size)
-        self.lab = dict(lab)
-        self.spec = LabSpec.from_dict(self.lab)
-        self.progress = progress
-
-    def declared_names(self) -> list[str]:
-        return [MATH_TASK, MULTILINGUAL_TASK]
+        self.settings = LabTaskPoolSettings(
+            lab, opt_size, test_size, stratify, progress, validation_size
+        )  # checks
+        self.lab, self.spec, self.progress = self.settings.lab, self.settings.spec, progress
+        self.opt_size, self.test_size = self.settings.opt_size, self.settings.test_size
+        self.stratify, self.validation_size = self.settings.stratify, self.settings.validation_size
+        self._held_out: dict = {}
 
     @cached_property
     def _lab_tasks(self) -> list[TaskData]:
-        return build_lab(self.spec, self.lab.get("cache_dir", "outputs/cache/lab"), self.progress).tasks()
+        return build_lab(self.spec, self.settings.cache_dir, self.progress).tasks()
 
     @property
     def tasks(self) -> list[TaskData]:

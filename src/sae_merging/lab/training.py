@@ -8,17 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-
-@dataclass(frozen=True)
-class TrainSpec:
-    steps: int
-    batch_size: int = 32
-    lr: float = 3e-3
-    warmup: int = 50
-    weight_decay: float = 0.0
+from sae_merging.lab.spec import TrainSpec
 
 
 @dataclass(frozen=True)
@@ -62,10 +54,10 @@ def train(
     spec: TrainSpec,
     seed: int,
     pad_id: int,
-    desc: str = "train",
-    progress: bool = True,
+    bar=None,
 ) -> list[float]:
-    """Train in place on batches drawn (seeded) from `data`; returns the loss per step."""
+    """Train in place on batches drawn (seeded) from `data`; returns the loss per step. `bar`
+    (a tqdm bar, or None) advances by one per step and shows the recent loss."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -85,8 +77,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     model.train()
     losses: list[float] = []
-    bar = tqdm(range(spec.steps), desc=desc, leave=False, mininterval=1.0, disable=not progress)
-    for _ in bar:
+    for _ in range(spec.steps):
         batch = collate([data[rng.randrange(len(data))] for _ in range(spec.batch_size)], pad_id)
         loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
@@ -95,7 +86,9 @@ def train(
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
-        if len(losses) % 20 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.3f}")
+        if bar is not None:
+            bar.update()
+            if len(losses) % 20 == 0:
+                bar.set_postfix_str(f"loss {sum(losses[-20:]) / 20:.3f}", refresh=False)
     model.eval()
     return losses

@@ -4,6 +4,7 @@ method's result."""
 
 from __future__ import annotations
 
+from sae_merging.methods.settings import BestExpertSettings, ExpertSettings
 from sae_merging.runtime.context import Member, Outcome, RunContext
 from sae_merging.runtime.selection import choice_sample, select
 
@@ -15,27 +16,20 @@ def _stored_expert(ctx: RunContext, index: int) -> Member:
     return member
 
 
-class Expert:
-    name = "expert"
-
-    def __init__(self, index: int = 0) -> None:
-        self.index = index
+class Expert(ExpertSettings):
+    """`index` is checked against the pool before anything is loaded (`ExpertSettings`)."""
 
     def run(self, ctx: RunContext) -> Outcome:
         names = ctx.models.expert_names
-        if not 0 <= self.index < len(names):
-            raise ValueError(f"method.index={self.index}: the pool has experts 0..{len(names) - 1} ({names})")
         member = _stored_expert(ctx, self.index)
         scores = ctx.score(member, choice_sample(ctx, ctx.sample(0)))
         return Outcome(member, scores, details={"expert": names[self.index]})
 
 
-class BestExpert:
+class BestExpert(BestExpertSettings):
     """The expert a user would pick without merging: the best by the selection rule on
     optimization data (draw 0, or the validation set). A merge that does not beat it has not
     shown that search or merging helps."""
-
-    name = "best_expert"
 
     def run(self, ctx: RunContext) -> Outcome:
         members = [_stored_expert(ctx, i) for i in range(len(ctx.models.expert_names))]

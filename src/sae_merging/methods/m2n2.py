@@ -35,12 +35,11 @@ import torch
 
 from sae_merging.merging import functions as merge_fns
 from sae_merging.merging.child import ChildRecipe
+from sae_merging.methods.settings import M2N2Settings
 from sae_merging.methods.sharing import attraction, shared_matrix, weakest, weighted_index
 from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext, Sample
 from sae_merging.runtime.fitness import Scores
 from sae_merging.runtime.selection import select
-
-INTERPOLATIONS = ("lerp", "slerp")
 
 
 def interpolate(a: torch.Tensor, b: torch.Tensor, t: float, kind: str = "lerp") -> torch.Tensor:
@@ -57,46 +56,19 @@ def crossover_shares(count: int, split: int, ratio: float) -> list[float]:
 M2N2State = PopulationState
 
 
-class M2N2:
-    """See the module docstring. Parameters mirror `conf/method/m2n2.yaml`."""
+class M2N2(M2N2Settings):
+    """See the module docstring. Parameters mirror `conf/method/m2n2.yaml` (checked by
+    `M2N2Settings`)."""
 
-    name = "m2n2"
     state_type = M2N2State
 
-    def __init__(
-        self,
-        steps: int = 12,
-        children_per_step: int = 3,
-        archive_size: int = 6,
-        alpha: float = 1.0,
-        interpolation: str = "lerp",
-        redraw_opt: bool = False,
-        stream_parents_above_gb: float = 2.0,
-    ) -> None:
-        if interpolation not in INTERPOLATIONS:
-            raise ValueError(f"method.interpolation={interpolation!r}: one of {', '.join(INTERPOLATIONS)}")
-        if children_per_step < 1:
-            raise ValueError(f"method.children_per_step={children_per_step}: must be >= 1")
-        self.steps = steps
-        self.children_per_step = children_per_step
-        self.archive_size = archive_size
-        self.alpha = alpha
-        self.interpolation = interpolation
-        self.redraw_opt = redraw_opt
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self.recipe = ChildRecipe(
-            merger=partial(interpolate, kind=interpolation), stream_above_gb=stream_parents_above_gb
+            merger=partial(interpolate, kind=self.interpolation), stream_above_gb=self.stream_parents_above_gb
         )
 
     # --- the generation loop's interface ---------------------------------------------------
-
-    def problems(self, models) -> list[str]:
-        """Checked before any weights are loaded."""
-        n = len(models.expert_names)
-        return (
-            [f"method.archive_size={self.archive_size}: must hold the {n} experts"]
-            if self.archive_size < n
-            else []
-        )
 
     def initialize(self, ctx: RunContext) -> M2N2State:
         """Generation 0: the experts."""

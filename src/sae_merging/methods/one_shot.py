@@ -11,13 +11,20 @@ per point and lets an interrupted grid search resume; only the best model so far
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from sae_merging.merging import functions as merge_fns
+from sae_merging.methods.settings import (
+    DareSettings,
+    LinearSettings,
+    OneShotSettings,
+    TaskArithmeticSettings,
+    TiesSettings,
+)
 from sae_merging.runtime.context import Member, Outcome, RunContext
 from sae_merging.runtime.selection import choice_sample
 
@@ -50,39 +57,22 @@ class GridState:
         return max(self.points, key=lambda p: p["score"])
 
 
-class OneShotMerge:
+class OneShotMerge(OneShotSettings):
     """A merge of the experts (and of the base, when `needs_base`) by `merge_tensor`, at a fixed
-    scaling factor or at the best one of a grid. Subclasses define the per-tensor merge."""
+    scaling factor or at the best one of a grid. Subclasses define the per-tensor merge; their
+    settings (`sae_merging.methods.settings`) check the arguments."""
 
-    name = "one_shot"
-    needs_base = True
     state_type = GridState
     fixed_steps = True  # a grid has as many points as it has, whatever the budget
 
-    def __init__(
-        self,
-        scaling_factor: float | None = None,
-        scaling_grid: Sequence[float] = (0.3, 0.5, 0.7, 1.0),
-        weights: Sequence[float] | None = None,
-        name: str | None = None,
-    ) -> None:
-        if name is not None:  # a variant's own row name (e.g. task arithmetic at a fixed factor)
-            self.name = name
-        grid = [scaling_factor] if scaling_factor is not None else list(scaling_grid)
-        if not grid:
-            raise ValueError(f"method {self.name}: scaling_factor is null and scaling_grid is empty")
-        self.factors = [None if f is None else float(f) for f in grid]
-        self.weights = list(weights) if weights is not None else None
+    @property
+    def factors(self) -> list[float | None]:
+        grid = [self.scaling_factor] if self.scaling_factor is not None else list(self.scaling_grid)
+        return [None if f is None else float(f) for f in grid]
 
     @property
     def steps(self) -> int:
         return len(self.factors) - 1
-
-    def problems(self, models) -> list[str]:
-        """Checked before any weights are loaded."""
-        if self.needs_base and not models.has_base:
-            return [f"method {self.name!r} needs a base model: set model.base=PATH_OR_ID"]
-        return []
 
     def merge_tensor(
         self,
@@ -154,72 +144,33 @@ class OneShotMerge:
         }
 
 
-class Linear(OneShotMerge):
+class Linear(OneShotMerge, LinearSettings):
     """Weighted average of the experts, sum_i w_i theta_i / sum_i w_i (mergekit's `linear`); no
     base and no scaling factor. `weights: null` is the uniform average."""
-
-    name = "linear"
-    needs_base = False
-
-    def __init__(self, weights: Sequence[float] | None = None) -> None:
-        super().__init__(scaling_grid=[None], weights=weights)  # one point, without a factor
 
     def merge_tensor(self, ctx, name, base, experts, factor):
         return merge_fns.weighted_average(experts, self.weights)
 
 
-class TaskArithmetic(OneShotMerge):
+class TaskArithmetic(OneShotMerge, TaskArithmeticSettings):
     """theta_0 + lambda * sum_i w_i (theta_i - theta_0) (mergekit's `task_arithmetic`)."""
-
-    name = "task_arithmetic"
 
     def merge_tensor(self, ctx, name, base, experts, factor):
         return merge_fns.task_arithmetic(base, experts, factor, self.weights)
 
 
-class _Sparsified(OneShotMerge):
-    """A task-vector merge that keeps a fraction `density` of each task vector."""
-
-    def __init__(
-        self,
-        density: float,
-        scaling_factor: float | None = None,
-        scaling_grid: Sequence[float] = (0.3, 0.5, 0.7, 1.0),
-        weights: Sequence[float] | None = None,
-    ) -> None:
-        if not 0 < density <= 1:
-            raise ValueError(f"method.density={density}: must be in (0, 1]")
-        super().__init__(scaling_factor, scaling_grid, weights)
-        self.density = density
-
-
-class Ties(_Sparsified):
+class Ties(OneShotMerge, TiesSettings):
     """TIES (mergekit's `ties`): per-tensor magnitude top-k of the task vectors (k = density * n),
     sign election by the sum, disjoint mean, times lambda."""
-
-    name = "ties"
 
     def merge_tensor(self, ctx, name, base, experts, factor):
         return merge_fns.ties(base, experts, self.density, factor, self.weights)
 
 
-class Dare(_Sparsified):
+class Dare(OneShotMerge, DareSettings):
     """DARE (mergekit's `dare_linear`): each task-vector entry kept with probability density and
     rescaled by 1/density, then task arithmetic. The drop masks depend on (seed, tensor name)
     only, so every grid point merges the same sparsified task vectors."""
-
-    name = "dare"
-
-    def __init__(
-        self,
-        density: float,
-        scaling_factor: float | None = None,
-        scaling_grid: Sequence[float] = (0.3, 0.5, 0.7, 1.0),
-        weights: Sequence[float] | None = None,
-        rescale: bool = True,
-    ) -> None:
-        super().__init__(density, scaling_factor, scaling_grid, weights)
-        self.rescale = rescale
 
     def merge_tensor(self, ctx, name, base, experts, factor):
         generator = ctx.torch_generator("dare", name)

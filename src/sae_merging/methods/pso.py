@@ -53,11 +53,9 @@ from typing import Any
 import torch
 
 from sae_merging.merging import functions as merge_fns
+from sae_merging.methods.settings import PSOSettings
 from sae_merging.runtime.context import Member, Outcome, RunContext
 from sae_merging.runtime.selection import select
-
-INIT_VELOCITIES = ("zero", "random")
-RANDOM_SCOPES = ("per_particle", "per_tensor", "per_element")
 
 Coefficient = float | torch.Tensor
 
@@ -151,43 +149,12 @@ class PSOState:
         return cls(data["generation"], particles, data["leader"], dict(data["limits"]), data["metrics"])
 
 
-class PSO:
-    """See the module docstring. Parameters mirror `conf/method/pso.yaml`."""
+class PSO(PSOSettings):
+    """See the module docstring. Parameters mirror `conf/method/pso.yaml` (checked by
+    `PSOSettings`)."""
 
     name = "pso"
     state_type = PSOState
-
-    def __init__(
-        self,
-        steps: int = 10,
-        inertia: float = 0.2,
-        c1: float = 2.0,
-        c2: float = 2.0,
-        dare_drop: float = 0.8,
-        include_base: bool = True,
-        swarm_size: int | None = None,
-        init_velocity: str = "zero",
-        random_scope: str = "per_element",
-        clamp: float | None = None,
-        redraw_opt: bool = False,
-    ) -> None:
-        if init_velocity not in INIT_VELOCITIES:
-            raise ValueError(f"method.init_velocity={init_velocity!r}: one of {', '.join(INIT_VELOCITIES)}")
-        if random_scope not in RANDOM_SCOPES:
-            raise ValueError(f"method.random_scope={random_scope!r}: one of {', '.join(RANDOM_SCOPES)}")
-        if not 0 <= dare_drop < 1:
-            raise ValueError(f"method.dare_drop={dare_drop}: must be a rate in [0, 1)")
-        if clamp is not None and clamp <= 0:
-            raise ValueError(f"method.clamp={clamp}: must be null or > 0")
-        self.steps = steps
-        self.inertia, self.c1, self.c2 = inertia, c1, c2
-        self.dare_drop = dare_drop
-        self.include_base = include_base
-        self.swarm_size = swarm_size
-        self.init_velocity = init_velocity
-        self.random_scope = random_scope
-        self.clamp = clamp
-        self.redraw_opt = redraw_opt
 
     # --- the generation loop's interface ---------------------------------------------------
 
@@ -287,25 +254,12 @@ class PSO:
                 )
         return x, v
 
-    def _head(self, expert_names: list[str]) -> list[str]:
-        return (["base"] if self.include_base else []) + [f"expert:{n}" for n in expert_names]
-
-    def problems(self, models) -> list[str]:
-        """Checked before any weights are loaded."""
-        found = [] if models.has_base else [f"method {self.name!r} needs a base model: set model.base"]
-        head = self._head(models.expert_names)
-        if self.swarm_size is not None and self.swarm_size < len(head):
-            found.append(
-                f"method.swarm_size={self.swarm_size}: must hold {' + '.join(head)} (>= {len(head)})"
-            )
-        return found
-
     def _initial_positions(self, ctx: RunContext, state: PSOState) -> list[Member]:
         """Store the base, the experts and the DARE copies (particles in that order); note the
         velocity limits on the way, since they need the task vectors."""
         base = ctx.load_base(self.name)
         names = ctx.models.expert_names
-        head = self._head(names)
+        head = self.head(names)
         size = self.swarm_size if self.swarm_size is not None else len(head) + len(names)
         # DARE copy j sparsifies expert j mod K (copies cycle over the experts)
         copies = range(size - len(head))

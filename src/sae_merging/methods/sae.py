@@ -14,78 +14,33 @@ prunes the child to s_t, scores it with fitness p + alpha * S, and lets it compe
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from sae_merging.merging import functions as merge_fns
 from sae_merging.merging.child import Child, ChildRecipe
+from sae_merging.methods.settings import SAESettings
 from sae_merging.methods.sharing import shared_fitness
-from sae_merging.pruning.magnitude import MagnitudePruner
 from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext, Sample
 from sae_merging.runtime.fitness import Scores
 from sae_merging.runtime.selection import select
-from sae_merging.sparsity.scoring import SparsityScoring
-
-REDENSE = ("parents", "original_dense")
-COMPETITIONS = ("worst", "shared")
-
 
 SAEState = PopulationState
 
 
-class SAE:
-    """See the module docstring. Parameters mirror `conf/method/sae.yaml`."""
+class SAE(SAESettings):
+    """See the module docstring. Parameters mirror `conf/method/sae.yaml` (checked by
+    `SAESettings`)."""
 
-    name = "sae"
     state_type = SAEState
 
-    def __init__(
-        self,
-        schedule,
-        pruner: MagnitudePruner,
-        scoring: SparsityScoring,
-        merger: Callable = merge_fns.linear,
-        archive_size: int = 6,
-        n_sparse_variants: int = 2,
-        sparsity_weight: float = 0.1,
-        redense: str = "parents",
-        competition: str = "worst",
-        sharing_alpha: float = 1.0,
-        redraw_opt: bool = True,
-        stream_parents_above_gb: float = 2.0,
-        name: str = "sae",
-    ) -> None:
-        self.name = name  # `sae_dense`: the same loop with sparsity switched off (a control)
-        self.schedule = schedule
-        self.pruner = pruner
-        self.scoring = scoring
-        self.merge_fn = merger
-        self.archive_size = archive_size
-        self.n_sparse_variants = n_sparse_variants
-        self.sparsity_weight = sparsity_weight
-        self.redense = redense
-        self.competition = competition
-        self.sharing_alpha = sharing_alpha
-        self.redraw_opt = redraw_opt
-        self.stream_parents_above_gb = stream_parents_above_gb
-        self.recipe = ChildRecipe(merger, pruner, stream_parents_above_gb)
-
-    @property
-    def steps(self) -> int:
-        return self.schedule.steps
-
-    def problems(self, models) -> list[str]:
-        """Checked before any weights are loaded: generation 0 must fit in the archive."""
-        n = len(models.expert_names)
-        needed = n * (1 + self.n_sparse_variants)
-        if needed <= self.archive_size:
-            return []
-        return [
-            f"method.archive_size={self.archive_size}: must hold the {n} experts and their "
-            f"{self.n_sparse_variants} sparse variants each (>= {needed})"
-        ]
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.merger is None:
+            self.merger = merge_fns.linear
+        self.recipe = ChildRecipe(self.merger, self.pruner, self.stream_parents_above_gb)
 
     # --- the generation loop's interface ---------------------------------------------------
 

@@ -24,11 +24,11 @@ from sae_merging.models.io import (
     load_config,
     tied_aliases,
 )
+from sae_merging.models.settings import VOCAB_POLICIES
+from sae_merging.utils.settings import InputError
 
-VOCAB_POLICIES = ("refuse", "common_rows")
 
-
-class IncompatibleModelsError(ValueError):
+class IncompatibleModelsError(InputError):
     """The models cannot be merged tensor by tensor."""
 
 

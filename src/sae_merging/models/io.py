@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from sae_merging.models.files import looks_like_path
 from sae_merging.utils.files import atomic_directory
 from sae_merging.utils.tensorfiles import (
     SAFETENSORS_FILE,
@@ -106,11 +107,6 @@ class ModelRef:
         if not self.gguf_file:
             return {}
         return {**self.load_kwargs(), "quantization_config": GgufConfig(dequantize=True)}
-
-
-def looks_like_path(spec: str) -> bool:
-    """A spec that cannot be a hub id (`owner/name`) names a local path."""
-    return spec.startswith((".", "/", "~")) or spec.count("/") != 1
 
 
 def load_config(ref: str | ModelRef) -> PretrainedConfig:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
-from pathlib import Path
 
 from sae_merging.models.compat import Compatibility, check_compatible
-from sae_merging.models.io import ModelRef, looks_like_path
+from sae_merging.models.io import ModelRef
+from sae_merging.models.settings import ModelPoolSettings
 
 
 class ModelPool:
-    """Experts (and an optional base) named by local path, `.gguf` file or hub id."""
+    """Experts (and an optional base) named by local path, `.gguf` file or hub id; the
+    arguments are checked by `ModelPoolSettings` (`settings`)."""
 
     def __init__(
         self,
@@ -26,49 +27,30 @@ class ModelPool:
         dtype: str = "float32",
         vocab_policy: str = "refuse",
     ) -> None:
-        self._experts = list(experts or [])
-        self._base = base
-        self._names = list(expert_names) if expert_names else None
+        self.settings = ModelPoolSettings(experts, base, expert_names, dtype, vocab_policy)
         self.dtype = dtype
         self.vocab_policy = vocab_policy
 
     def problems(self) -> list[str]:
-        """Config problems found without loading anything (missing local paths, bad counts)."""
-        found = []
-        if len(self._experts) < 2:
-            found.append(f"model.experts needs at least 2 models, got {len(self._experts)}")
-        if self._names is not None and len(self._names) != len(self._experts):
-            found.append(f"model.expert_names has {len(self._names)} names for {len(self._experts)} experts")
-        for key, spec in [("model.base", self._base)] + [
-            (f"model.experts[{i}]", e) for i, e in enumerate(self._experts)
-        ]:
-            if spec is None:
-                continue
-            path = Path(str(spec)).expanduser()
-            if looks_like_path(str(spec)) and not path.exists():
-                found.append(
-                    f"{key}={spec!r}: no such file or folder (a local path or a hub id 'owner/name')"
-                )
-        return found
+        """Problems found without loading anything (see `ModelPoolSettings.problems`)."""
+        return self.settings.problems()
 
     @property
     def base(self) -> ModelRef | None:
-        return ModelRef.parse(self._base) if self._base else None
+        return ModelRef.parse(self.settings.base) if self.settings.base else None
 
     @property
     def has_base(self) -> bool:
         """Known without resolving anything (a lab pool always has its base)."""
-        return bool(self._base)
+        return self.settings.has_base
 
     @property
     def experts(self) -> list[ModelRef]:
-        return [ModelRef.parse(e) for e in self._experts]
+        return [ModelRef.parse(e) for e in self.settings.experts]
 
     @property
     def expert_names(self) -> list[str]:
-        if self._names:
-            return list(self._names)
-        return [Path(str(ref)).name or str(ref) for ref in self.experts]
+        return list(self.settings.expert_names)
 
     def require_base(self, method: str) -> ModelRef:
         if self.base is None:

@@ -35,10 +35,9 @@ from dataclasses import dataclass
 
 import torch
 
+from sae_merging.pruning.settings import MagnitudePrunerSettings
 from sae_merging.utils.tensorfiles import LazyTensors
 
-GRANULARITIES = ("local", "global")
-DEFAULT_SKIP = ("*embed*", "*norm*", "*.bias", "lm_head*")
 CHUNK = 1 << 20  # entries per step of every pass (buffers of a few MB: cache-sized, few calls)
 SAMPLE = 1 << 20  # magnitudes sampled to bracket the threshold (all of them in smaller models)
 SAMPLE_BLOCK = 256  # contiguous entries per sampled block (few pages of a mapped file to touch)
@@ -477,14 +476,8 @@ def plan_cuts(tensors: TensorPasses, k: int, sizes: Sequence[int]) -> tuple[Tens
     return select(tensors, k, total).cuts(k)
 
 
-@dataclass(frozen=True)
-class MagnitudePruner:
-    granularity: str = "local"
-    skip: Sequence[str] = DEFAULT_SKIP
-
-    def __post_init__(self) -> None:
-        if self.granularity not in GRANULARITIES:
-            raise ValueError(f"pruner.granularity={self.granularity!r}; valid: {', '.join(GRANULARITIES)}")
+class MagnitudePruner(MagnitudePrunerSettings):
+    """Magnitude pruning; `MagnitudePrunerSettings` checks the arguments."""
 
     def prunable(self, name: str) -> bool:
         return not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.skip)

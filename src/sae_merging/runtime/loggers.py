@@ -13,8 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sae_merging.utils import settings as check
+from sae_merging.utils.settings import Settings
 
-class NoLogger:
+WANDB_MODES = ("offline", "online", "disabled", "shared")
+
+
+class NoLogger(Settings, target="sae_merging.runtime.loggers.NoLogger"):
+    """Logs nothing (`logger=none`); `metrics.jsonl` is still written."""
+
     def start(self, run_dir: Path, config: Mapping[str, Any], name: str) -> None:
         pass
 
@@ -28,7 +35,9 @@ class NoLogger:
         pass
 
 
-class WandbLogger(NoLogger):
+class WandbLogger(NoLogger, target="sae_merging.runtime.loggers.WandbLogger"):
+    """W&B; wandb itself is imported only when the run starts (its arguments are checked here)."""
+
     def __init__(
         self,
         project: str = "sae-merging",
@@ -37,6 +46,9 @@ class WandbLogger(NoLogger):
         group: str | None = None,
         tags: list[str] | None = None,
     ) -> None:
+        check.text("project", project)
+        check.text("entity", entity, optional=True)
+        check.choice("mode", mode, WANDB_MODES)
         self.project, self.entity, self.mode, self.group = project, entity, mode, group
         self.tags = list(tags or [])
         self.run = None

@@ -56,7 +56,7 @@ class MetricsFile:
 
     def append(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json.dumps(record, allow_nan=False) + "\n")
 
 
 def run_generations(

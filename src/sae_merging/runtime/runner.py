@@ -13,7 +13,6 @@ Run folder (Hydra's output dir):
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,19 +21,37 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sae_merging.models.compat import IncompatibleModelsError
 from sae_merging.models.io import load_config, load_tokenizer, save_model_folder
 from sae_merging.runtime.context import Outcome, RunContext
 from sae_merging.runtime.fitness import FitnessEvaluator
 from sae_merging.runtime.loop import CHECKPOINT_FILE, run_generations
+from sae_merging.runtime.preflight import Plan, device_problem, preflight
 from sae_merging.runtime.store import IndividualStore
-from sae_merging.runtime.validation import ConfigError, config_problems, instantiate_checked, pool_problems
 from sae_merging.sparsity.measures import SparsityStats, pooled, zero_count
 from sae_merging.utils.device import resolve_device
 from sae_merging.utils.files import atomic_write_json, atomic_write_text, stable_hash
+from sae_merging.utils.settings import ConfigError, InputError
 
 RESULTS_FILE = "results.json"
 TEST_ITEMS_FILE = "test_items.jsonl"
+ELAPSED_FILE = "checkpoint/elapsed.json"
+
+
+class RunClock:
+    """Wall time of a run over all its processes: an interrupted process leaves its share in
+    `checkpoint/elapsed.json` (updated every generation), which the resumed one adds to."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ELAPSED_FILE
+        self.before = json.loads(self.path.read_text())["seconds"] if self.path.is_file() else 0.0
+        self.started = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def save(self) -> None:
+        atomic_write_json(self.path, {"seconds": round(self.seconds, 3)})
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -48,26 +65,43 @@ def config_hash(cfg: DictConfig) -> str:
     return stable_hash(data)
 
 
-def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Execute the configured method; raises ConfigError / IncompatibleModelsError early."""
-    started = time.perf_counter()
+def run(cfg: DictConfig, run_dir: str | Path, plan: Plan | None = None) -> dict[str, Any]:
+    """Execute the configured method; every bad input is refused (ConfigError,
+    IncompatibleModelsError) before any model is loaded."""
     run_dir = Path(run_dir)
-    problems = config_problems(cfg)
-    if problems:
-        raise ConfigError(problems)
+    plan = plan or preflight(cfg, run_dir)
     finished = _finished(run_dir, cfg)
     if finished is not None:
         return finished
+    evaluators = [plan.objects.get("evaluator"), plan.run.final_evaluator]
+    if problem := device_problem(cfg.device, evaluators):
+        raise ConfigError([problem])
+    clock = RunClock(run_dir)
+    try:
+        return _run(cfg, run_dir, clock)
+    except InputError:
+        raise
+    except BaseException:  # interrupted (or failed): keep this process's share of the wall time
+        clock.save()
+        raise
+
+
+def _run(cfg: DictConfig, run_dir: Path, clock: RunClock) -> dict[str, Any]:
     method, ctx, tokenizer = prepare(cfg, run_dir)
     logger = instantiate(cfg.logger)
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=f"{method.name}-seed{cfg.seed}")
+
+    def log(record: dict) -> None:
+        logger.log(record)
+        clock.save()
+
     summary: dict[str, Any] = {}
     try:  # the logger is finished however the run ends (an interrupted W&B run stays resumable)
         if hasattr(method, "step"):
-            outcome = run_generations(method, ctx, method.state_type, logger.log, budget_examples(cfg))
+            outcome = run_generations(method, ctx, method.state_type, log, budget_examples(cfg))
         else:
             outcome = method.run(ctx)
-        results = finish(ctx, cfg, method.name, outcome, tokenizer, time.perf_counter() - started)
+        results = finish(ctx, cfg, method.name, outcome, tokenizer, clock)
         logger.log_outputs(run_dir / RESULTS_FILE, run_dir / "model")
         summary = {f"final/{k}": v for k, v in results["test"].items()}
     finally:
@@ -76,20 +110,12 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
 
 def prepare(cfg: DictConfig, run_dir: Path):
-    """The method, its RunContext and the tokenizer of a validated config (raises ConfigError
-    for what only the instantiated pools can tell)."""
+    """The method, its RunContext and the tokenizer of a checked config (`preflight`); raises
+    IncompatibleModelsError for models whose headers differ."""
     models = instantiate_checked(cfg.model, "model")
     tasks = instantiate_checked(cfg.task, "task")
     method = instantiate_checked(cfg.method, "method")
     evaluator = instantiate_checked(cfg.evaluator, "evaluator")
-    problems = pool_problems(models, tasks, method)
-    if cfg.get("selection") == "validation" and not tasks.has_validation:
-        problems.append(
-            "selection=validation: the task pool holds out no validation set; set "
-            "task.validation_size (e.g. {TASK: 200}) or choose selection=all_draws or last_draw"
-        )
-    if problems:
-        raise ConfigError(problems)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)
@@ -118,6 +144,21 @@ def budget_examples(cfg: DictConfig) -> int | None:
     return None if value is None else int(value)
 
 
+def instantiate_checked(node: DictConfig, key: str):
+    """`hydra.utils.instantiate`, turning a constructor's ValueError (a bad setting of a class
+    without registered settings) into a ConfigError line instead of a traceback."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(node)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if not isinstance(cause, ValueError | TypeError):
+            raise
+        message = str(cause)
+        raise ConfigError([message if message.startswith(key) else f"{key}: {message}"]) from error
+
+
 def _finished(run_dir: Path, cfg: DictConfig) -> dict | None:
     """The results of this very config if the folder already holds them (a re-launched sweep
     skips its finished runs); results of another config are not silently reused."""
@@ -133,15 +174,18 @@ def _finished(run_dir: Path, cfg: DictConfig) -> dict | None:
 
 
 def finish(
-    ctx: RunContext, cfg: DictConfig, method: str, outcome: Outcome, tokenizer, seconds: float
+    ctx: RunContext, cfg: DictConfig, method: str, outcome: Outcome, tokenizer, clock: RunClock
 ) -> dict:
     """Test the chosen individual, save it as a Hugging Face folder, write results.json."""
     tensors = ctx.store.load(outcome.member.ident)
+    refuse_non_finite(tensors, outcome.member.ident)
     final_evaluator = (
         instantiate(cfg.final_evaluator) if cfg.get("final_evaluator") else ctx.fitness.evaluator
     )
     test, test_sizes, items = test_scores(ctx, outcome.member.ident, tensors, final_evaluator, tokenizer)
-    atomic_write_text(ctx.run_dir / TEST_ITEMS_FILE, "".join(json.dumps(row) + "\n" for row in items))
+    atomic_write_text(
+        ctx.run_dir / TEST_ITEMS_FILE, "".join(json.dumps(row, allow_nan=False) + "\n" for row in items)
+    )
     opt = outcome.opt_scores.task_accuracy()
     stats = [SparsityStats.of(t) for t in tensors.values()]
     reference = ctx.models.base or ctx.models.experts[0]
@@ -166,7 +210,7 @@ def finish(
         "chosen": outcome.member.to_json(),
         "details": outcome.details,
         "seconds": {k: round(v, 3) for k, v in ctx.timer.totals.items()},
-        "wall_seconds": round(seconds, 2),
+        "wall_seconds": round(clock.seconds, 2),
     }
     atomic_write_json(ctx.run_dir / RESULTS_FILE, results)
     return results
@@ -195,6 +239,20 @@ def test_scores(ctx: RunContext, ident: str, tensors, evaluator, tokenizer) -> t
     return test, sizes, items
 
 
+class NonFiniteModelError(InputError):
+    """The chosen model holds NaN or inf: it is not saved (its settings let the merge diverge)."""
+
+
+def refuse_non_finite(tensors, ident: str) -> None:
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise NonFiniteModelError(
+                f"the chosen model {ident} has {bad} non-finite weights in {name!r} (of {tensor.numel()}); "
+                "nothing was saved: check the method's numeric settings"
+            )
+
+
 def summary_lines(results: dict) -> list[str]:
     test = ", ".join(f"{k} {v:.3f}" for k, v in results["test"].items())
     return [
@@ -203,19 +261,3 @@ def summary_lines(results: dict) -> list[str]:
         f"  sparsity {results['sparsity']:.3f}, {results['fitness_evaluations']} fitness evaluations, "
         f"{results['examples_scored']} examples scored, {results['wall_seconds']:.0f}s",
     ]
-
-
-def main(cfg: DictConfig, run_dir: str | Path) -> dict | None:
-    """The `run.py` entry: clear one-line errors (exit status 2) instead of tracebacks."""
-    try:
-        results = run(cfg, run_dir)
-    except ConfigError as error:
-        for line in error.problems:
-            print(f"config error: {line}", file=sys.stderr)
-        sys.exit(2)
-    except (IncompatibleModelsError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    for line in summary_lines(results):
-        print(line)
-    return results

@@ -21,8 +21,7 @@ from collections.abc import Sequence
 
 from sae_merging.runtime.context import Member, Outcome, RunContext, Sample
 from sae_merging.runtime.fitness import Scores
-
-SELECTIONS = ("last_draw", "all_draws", "validation")
+from sae_merging.tasks.settings import SELECTIONS  # noqa: F401  (the rules, checked in preflight)
 
 
 def validation_sample(ctx: RunContext) -> Sample:

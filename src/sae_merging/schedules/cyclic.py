@@ -6,6 +6,9 @@ then restarts at s_min. A one-step cycle has nothing to rise through and uses s_
 `constant`: s_t = rate.
 A search stopped by an example budget (`budget.examples`) may run past `steps`: the cycles
 simply go on (t = steps + 1 is the next step of the current cycle).
+
+The schedules are light (no torch), so they are their own settings and check their
+arguments in `__post_init__` (see `sae_merging.utils.settings`).
 """
 
 from __future__ import annotations
@@ -13,17 +16,30 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from sae_merging.utils import settings as check
+from sae_merging.utils.settings import Settings
+
 RISES = ("cosine", "linear")
 
 
 @dataclass(frozen=True)
-class CyclicSchedule:
+class CyclicSchedule(Settings, target="sae_merging.schedules.cyclic.CyclicSchedule"):
     s_min: float = 0.1
     s_max: float = 0.6
     T0: int = 3
     T_mult: int = 2
     steps: int = 12
     rise: str = "cosine"
+
+    def __post_init__(self) -> None:
+        check.rate("s_min", self.s_min)
+        check.rate("s_max", self.s_max)
+        if self.s_min > self.s_max:
+            raise check.SettingError("s_min", self.s_min, f"must be <= s_max ({self.s_max!r})")
+        check.integer("T0", self.T0, 1)
+        check.integer("T_mult", self.T_mult, 1)
+        check.integer("steps", self.steps, 1)
+        check.choice("rise", self.rise, RISES)
 
     def position(self, t: int) -> tuple[int, int]:
         """(index within its cycle, cycle length) of generation t (1-based)."""
@@ -50,9 +66,13 @@ class CyclicSchedule:
 
 
 @dataclass(frozen=True)
-class ConstantSchedule:
+class ConstantSchedule(Settings, target="sae_merging.schedules.cyclic.ConstantSchedule"):
     rate_value: float = 0.3
     steps: int = 12
+
+    def __post_init__(self) -> None:
+        check.rate("rate_value", self.rate_value)
+        check.integer("steps", self.steps, 1)
 
     def rate(self, t: int) -> float:
         if t < 1:

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import functools
 import statistics
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Protocol
 
 import torch
 
 from sae_merging.sparsity.measures import SparsityStats, pooled, zero_count
-
-SCORINGS = ("global", "local")
+from sae_merging.sparsity.settings import SparsityScoringSettings
 
 
 class Prunable(Protocol):
@@ -22,17 +20,10 @@ class Prunable(Protocol):
     def prunable(self, name: str) -> bool: ...
 
 
-@dataclass(frozen=True)
-class SparsityScoring:
+class SparsityScoring(SparsityScoringSettings):
     """A sparsity measure (`scorer`: a function of SparsityStats) at a `granularity` (global:
-    one value per model; local: one per tensor), measured over the tensors the pruner prunes."""
-
-    scorer: Callable[[SparsityStats], float]
-    granularity: str = "global"
-
-    def __post_init__(self) -> None:
-        if self.granularity not in SCORINGS:
-            raise ValueError(f"scoring.granularity={self.granularity!r}; valid: {', '.join(SCORINGS)}")
+    one value per model; local: one per tensor), measured over the tensors the pruner prunes;
+    `SparsityScoringSettings` checks the arguments."""
 
     def per_tensor(self, tensors: Mapping[str, torch.Tensor], pruner: Prunable) -> dict[str, float]:
         """The sparsity each tensor contributes to eq. 5 (the model's value everywhere under

@@ -98,8 +98,16 @@ def write_jsonl(path: Path, examples: Sequence[Example]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSONL file; a bad line is an error naming the file and the line."""
+    rows = []
     with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    return rows
 
 
 def is_local_source(source: str) -> bool:

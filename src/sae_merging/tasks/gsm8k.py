@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from sae_merging.tasks.base import Example, TaskData, load_rows
 from sae_merging.tasks.extraction import normalize
+from sae_merging.tasks.settings import Gsm8kSettings
 
 PROMPT = "Question: {question}\nAnswer:"
 STOP = ("Question:", "</s>", "<|im_end|>")
@@ -57,8 +58,7 @@ def load_gsm8k(
     """GSM8K from `source`: a folder holding train.jsonl and test.jsonl (fields `question`,
     `answer`), or a hub id (config `main`; needs the hub). `test_source` reads the test split
     from elsewhere (then `source` may be a single train .jsonl file)."""
-    if num_fewshot < 0:
-        raise ValueError(f"num_fewshot={num_fewshot}: must be >= 0")
+    Gsm8kSettings(source, test_source, num_fewshot, fewshot_seed, name, max_new_tokens)  # checks
     rows = load_rows({"train": source, "test": test_source or source}, config_name="main")
     pool = rows["train"]
     splits: dict[str, list[Example]] = {"train": []}

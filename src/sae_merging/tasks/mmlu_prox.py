@@ -16,16 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sae_merging.tasks.base import Example, TaskData, is_local_source, load_rows
+from sae_merging.tasks.base import Example, TaskData, load_rows
+from sae_merging.tasks.settings import LANG_FIELD, LETTERS, MmluProxSettings
 
 # The languages of lm-eval's mmlu_prox tasks (configs of li-lab/MMLU-ProX).
 LANGUAGES = (
     "af", "ar", "bn", "cs", "de", "en", "es", "fr", "hi", "hu", "id", "it", "ja", "ko", "mr",
     "ne", "pt", "ru", "sr", "sw", "te", "th", "uk", "ur", "vi", "wo", "yo", "zh", "zu",
 )  # fmt: skip
-LETTERS = "ABCDEFGHIJKLMNOP"
 INSTRUCTION = "The following is a multiple choice question. Answer with the letter of the correct option."
-LANG_FIELD = "{lang}"
 
 
 def render_prompt(question: str, options: Sequence[str]) -> str:
@@ -71,17 +70,8 @@ def load_mmlu_prox(
     local folder holding test.jsonl / validation.jsonl; a local path holds one language unless
     it contains `{lang}`, which is replaced by each language. `opt_source` defaults to
     `test_source` (its validation split)."""
-    languages = (languages,) if isinstance(languages, str) else tuple(languages)
-    if not 1 <= max_options <= len(LETTERS):
-        raise ValueError(f"max_options={max_options}: must be in 1..{len(LETTERS)}")
-    test_source = str(test_source)
-    opt_source = str(opt_source or test_source)
-    for source in {test_source, opt_source}:
-        if len(languages) > 1 and is_local_source(source) and LANG_FIELD not in source:
-            raise ValueError(
-                f"local source {source!r} holds one language, but languages={list(languages)}; "
-                f"put {LANG_FIELD} in the path to read one file or folder per language"
-            )
+    settings = MmluProxSettings(test_source, opt_source, languages, name, max_options)  # checks
+    languages, test_source, opt_source = settings.languages, settings.test_source, settings.opt_source
     splits: dict[str, list[Example]] = {"train": [], "opt": [], "test": []}
     for language in languages:
         rows = load_rows(

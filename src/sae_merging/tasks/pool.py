@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from sae_merging.tasks.base import Example, TaskData, sample_examples
+from sae_merging.tasks.settings import TaskPoolSettings
 from sae_merging.utils.files import stable_hash
 
 
@@ -30,11 +31,10 @@ class TaskPool:
         stratify: Sequence[str] = (),
         validation_size: Mapping[str, int | float | None] | None = None,
     ) -> None:
+        self.settings = TaskPoolSettings(tasks, opt_size, test_size, stratify, validation_size)  # checks
         self._tasks = list(tasks)
-        self.opt_size = dict(opt_size or {})
-        self.test_size = dict(test_size or {})
-        self.validation_size = dict(validation_size or {})
-        self.stratify = set(stratify)
+        self.opt_size, self.test_size = self.settings.opt_size, self.settings.test_size
+        self.stratify, self.validation_size = self.settings.stratify, self.settings.validation_size
         self._held_out: dict[tuple[str, int], list[Example]] = {}
 
     @property
@@ -45,34 +45,12 @@ class TaskPool:
     def names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
-    def problems(self) -> list[str]:
-        """Sizes given for tasks that do not exist (checked before any heavy work)."""
-        known = set(self.declared_names())
-        found = []
-        for name, size in self.validation_size.items():
-            if name not in known:
-                found.append(f"task.validation_size names unknown task {name!r}; tasks: {sorted(known)}")
-            elif size is not None and not (
-                (isinstance(size, int) and not isinstance(size, bool) and size >= 1)
-                or (isinstance(size, float) and 0 < size < 1)
-            ):
-                found.append(
-                    f"task.validation_size.{name}={size!r}: must be a count >= 1, a share in (0, 1) or null"
-                )
-        for key, sizes in (("opt_size", self.opt_size), ("test_size", self.test_size)):
-            for name, size in sizes.items():
-                if name not in known:
-                    found.append(f"task.{key} names unknown task {name!r}; tasks: {sorted(known)}")
-                elif size is not None and (not isinstance(size, int) or size < 1):
-                    found.append(f"task.{key}.{name}={size!r}: must be a positive integer or null")
-        for name in self.stratify:
-            if name not in known:
-                found.append(f"task.stratify names unknown task {name!r}; tasks: {sorted(known)}")
-        return found
-
     def declared_names(self) -> list[str]:
-        """Task names known without loading data (overridden where loading is heavy)."""
-        return self.names
+        """Task names known without loading data (the lab's without building it)."""
+        return self.settings.declared_names()
+
+    def problems(self) -> list[str]:
+        return self.settings.problems() if hasattr(self.settings, "problems") else []
 
     def task(self, name: str) -> TaskData:
         for task in self.tasks:
@@ -82,7 +60,7 @@ class TaskPool:
 
     @property
     def has_validation(self) -> bool:
-        return any(size is not None for size in self.validation_size.values())
+        return self.settings.has_validation
 
     def validation_set(self, task: TaskData, seed: int) -> list[Example]:
         """The held-out part of a task's `opt` split (seeded; empty without `validation_size`)."""

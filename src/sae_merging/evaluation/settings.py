@@ -1,0 +1,51 @@
+"""The evaluators' settings (`evaluator=`, `final_evaluator=`), checked before anything heavy is
+imported (the backends import torch, transformers, lm-eval or vLLM)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from sae_merging.tasks.extraction import EXTRACTIONS
+from sae_merging.utils import settings as check
+from sae_merging.utils.settings import Settings
+
+VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(eq=False)
+class EvaluatorSettings(Settings, target="sae_merging.evaluation.builtin.BuiltinEvaluator"):
+    batch_size: int = 64
+    extraction: str = "strict"
+    max_length: int | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        check.integer("batch_size", self.batch_size, 1)
+        check.choice("extraction", self.extraction, EXTRACTIONS)
+        check.integer("max_length", self.max_length, 1, optional=True)
+        check.flag("progress", self.progress)
+
+
+@dataclass(eq=False)
+class LmEvalSettings(EvaluatorSettings, target="sae_merging.evaluation.lm_eval_backend.LmEvalEvaluator"):
+    registered: Mapping[str, str] = field(default_factory=dict)
+    num_fewshot: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.registered = dict(self.registered or {})
+        check.integer("num_fewshot", self.num_fewshot, 0, optional=True)
+
+
+@dataclass(eq=False)
+class VllmSettings(EvaluatorSettings, target="sae_merging.evaluation.vllm_backend.VllmEvaluator"):
+    gpu_memory_utilization: float = 0.5
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check.number("gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, low_open=True)
+        check.choice("dtype", self.dtype, VLLM_DTYPES)
+
+    needs_cuda = True

@@ -1,0 +1,126 @@
+"""What a lab build is made of (`lab=`): sizes, data counts, training settings, as frozen
+dataclasses in a module that imports nothing heavy, so a bad `lab.*` setting is refused before
+torch is imported (`LabSpec.from_dict` refuses unknown keys and checks every number).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+
+from sae_merging.lab import math_problems, multilingual
+from sae_merging.utils import settings as check
+from sae_merging.utils.files import stable_hash
+
+LAB_FORMAT = 1  # bump when a change to this module changes what a build contains
+MATH_TASK, MULTILINGUAL_TASK = "lab-math", "lab-multilingual"
+EXPERTS = ("math", "multilingual")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    steps: int
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup: int = 50
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        check.integer("steps", self.steps, 1)
+        check.integer("batch_size", self.batch_size, 1)
+        check.number("lr", self.lr, 0, low_open=True)
+        check.integer("warmup", self.warmup, 0)
+        check.number("weight_decay", self.weight_decay, 0)
+
+
+@dataclass(frozen=True)
+class LabModelSpec:
+    hidden_size: int = 128
+    intermediate_size: int = 352
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 256
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            check.integer(name, value, 1)
+
+
+@dataclass(frozen=True)
+class BaseDataSpec:
+    """How many examples of each kind the base is trained on (loss on every token)."""
+
+    math_one_step: int = 10000
+    math_multi_step: int = 2000
+    multilingual_english: int = 10000
+    multilingual_unanswered: int = 5000
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            check.integer(name, value, 0)
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """`n_train` task examples plus a `replay` share of the base's answered data (as instruction
+    tuning mixes in general data), which keeps the experts from forgetting what the base knew."""
+
+    n_train: int = 20000
+    replay: float = 0.3
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=400, lr=5e-4, warmup=20))
+
+    def __post_init__(self) -> None:
+        check.integer("n_train", self.n_train, 1)
+        check.rate("replay", self.replay)
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    name: str = "default"
+    seed: int = 0
+    model: LabModelSpec = field(default_factory=LabModelSpec)
+    math: math_problems.MathSpec = field(default_factory=math_problems.MathSpec)
+    multilingual: multilingual.MultilingualSpec = field(default_factory=multilingual.MultilingualSpec)
+    base_data: BaseDataSpec = field(default_factory=BaseDataSpec)
+    base_train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=1500, lr=3e-3))
+    math_expert: ExpertSpec = field(default_factory=ExpertSpec)
+    multilingual_expert: ExpertSpec = field(
+        default_factory=lambda: ExpertSpec(train=TrainSpec(steps=800, lr=5e-4, warmup=20))
+    )
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> LabSpec:
+        """Build from a plain mapping (a Hydra `lab` node), refusing unknown keys."""
+        return _from_dict(cls, dict(data))
+
+    def __post_init__(self) -> None:
+        check.integer("seed", self.seed, 0)
+
+    def key(self) -> str:
+        return stable_hash({"format": LAB_FORMAT, "spec": asdict(self)})
+
+
+def _from_dict(cls: type, data: dict):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known) - {"cache_dir", "_target_"})
+    if unknown:
+        raise check.SettingError(unknown[0], data[unknown[0]], f"unknown setting; valid: {', '.join(known)}")
+    values = {}
+    for name, value in data.items():
+        if name not in known:
+            continue
+        default = (
+            known[name].default_factory() if callable(known[name].default_factory) else known[name].default
+        )
+        if is_dataclass(default) and isinstance(value, Mapping):
+            try:
+                value = _from_dict(type(default), dict(value))
+            except check.SettingError as error:
+                raise check.SettingError(f"{name}.{error.key}", error.value, error.allowed) from None
+        elif isinstance(value, Sequence) and not isinstance(value, str):
+            value = tuple(value)
+        values[name] = value
+    try:
+        return cls(**values)
+    except TypeError as error:  # a required setting left out
+        raise check.SettingError("", data, f"incomplete settings for {cls.__name__} ({error})") from None

@@ -1,0 +1,23 @@
+"""The pruner's settings (`pruner=`), checked before anything heavy is imported."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sae_merging.utils import settings as check
+from sae_merging.utils.settings import Settings
+
+GRANULARITIES = ("local", "global")
+DEFAULT_SKIP = ("*embed*", "*norm*", "*.bias", "lm_head*")
+
+
+@dataclass(frozen=True)
+class MagnitudePrunerSettings(Settings, target="sae_merging.pruning.magnitude.MagnitudePruner"):
+    granularity: str = "local"
+    skip: Sequence[str] = DEFAULT_SKIP
+
+    def __post_init__(self) -> None:
+        check.choice("granularity", self.granularity, GRANULARITIES)
+        if isinstance(self.skip, str) or not all(isinstance(p, str) for p in self.skip):
+            raise check.SettingError("skip", self.skip, "must be a list of fnmatch patterns")

@@ -1,0 +1,273 @@
+"""Every input of a run checked before any heavy work, in about a second.
+
+The config's light objects are built first: for each node with a `_target_`, the settings
+class registered for it (see `sae_merging.utils.settings`; the modules that hold them import
+no torch, transformers, lm-eval or wandb). Each settings class checks its own arguments; a key
+it does not take is an error, not a silent skip. Then the checks that span objects (an
+archive that cannot hold generation 0, a method that needs a base), then the files (model
+folders and their headers, the tokenizer, local data files) and the run folder. Everything
+found is reported at once, one line each; `run.py` exits with status 2.
+
+A `_target_` with no registered settings (a class of your own) is only checked to name an
+importable module here; its constructor checks the rest when the run builds it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sae_merging.tasks.settings import SELECTIONS
+from sae_merging.utils import settings as check
+from sae_merging.utils.settings import ConfigError, SettingError, Settings
+
+__all__ = ["ConfigError", "Plan", "RunSettings", "preflight", "build"]
+
+# Light modules whose import registers the settings of every class the configs name.
+SETTINGS_MODULES = (
+    "sae_merging.evaluation.settings",
+    "sae_merging.lab.settings",
+    "sae_merging.methods.settings",
+    "sae_merging.models.settings",
+    "sae_merging.pruning.settings",
+    "sae_merging.runtime.loggers",
+    "sae_merging.schedules.cyclic",
+    "sae_merging.sparsity.settings",
+    "sae_merging.tasks.settings",
+)
+# The config groups (conf/<group>/); `lab` has no _target_: model and task read it.
+GROUPS = (
+    "lab",
+    "model",
+    "task",
+    "evaluator",
+    "method",
+    "merger",
+    "pruner",
+    "scorer",
+    "scoring",
+    "schedule",
+    "logger",
+)
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+_REFERENCE = re.compile(r"^\$\{([\w.]+)\}$")
+
+
+@dataclass(eq=False)
+class RunSettings(Settings):
+    """The top-level keys of `conf/config.yaml` (the groups aside)."""
+
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+    threads: int | str | None = None
+    final_evaluator: Any = None
+    budget: Mapping[str, Any] = field(default_factory=dict)
+    selection: str = "validation"
+
+    def __post_init__(self) -> None:
+        check.integer("seed", self.seed, 0)
+        if not isinstance(self.device, str) or DEVICE_PATTERN.fullmatch(self.device) is None:
+            raise SettingError("device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
+        check.flag("progress", self.progress)
+        if self.threads != "auto":
+            check.integer("threads", self.threads, 1, optional=True)
+        self.budget = dict(self.budget or {})
+        for key in self.budget:
+            if key != "examples":
+                raise SettingError(f"budget.{key}", self.budget[key], "unknown setting; valid: examples")
+        check.integer("budget.examples", self.budget.get("examples"), 1, optional=True)
+        check.choice("selection", self.selection, SELECTIONS)
+
+
+@dataclass
+class Plan:
+    """The checked light objects of a run, and what is legal but worth a warning."""
+
+    run: RunSettings
+    objects: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Unchecked:
+    """Stands for an object whose class has no registered settings."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+
+def _load_registry() -> dict[str, type]:
+    for module in SETTINGS_MODULES:
+        importlib.import_module(module)
+    return Settings.registry
+
+
+class _Builder:
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.registry = _load_registry()
+        self.problems: list[str] = []
+
+    def problem(self, line: str) -> None:
+        if line not in self.problems:
+            self.problems.append(line)
+
+    def value(self, parent: DictConfig | ListConfig, index: Any, key: str) -> tuple[Any, bool]:
+        """A child's value, built where it is an object node; (value, ok)."""
+        if isinstance(parent, DictConfig) and OmegaConf.is_interpolation(parent, index):
+            reference = _REFERENCE.match(str(parent._get_node(index)._value()))
+            if reference:
+                key = reference.group(1)  # `${schedule}`: problems are reported as schedule.*
+        try:
+            child = parent[index]
+        except OmegaConfBaseException as error:
+            self.problem(f"{key}: {str(error).splitlines()[0]}")
+            return None, False
+        if isinstance(child, DictConfig) and "_target_" in child:
+            built = self.node(child, key)  # its problems are recorded; the parent is still checked
+            return (_Unchecked(str(child["_target_"])) if built is None else built), True
+        if isinstance(child, ListConfig):
+            items = [self.value(child, i, f"{key}[{i}]") for i in range(len(child))]
+            return [v for v, _ in items], all(ok for _, ok in items)
+        if isinstance(child, DictConfig):
+            items = {k: self.value(child, k, f"{key}.{k}") for k in child.keys()}
+            return {k: v for k, (v, _) in items.items()}, all(ok for _, ok in items.values())
+        if isinstance(child, float) and not math.isfinite(child):
+            self.problem(f"{key}={child!r}: must be a finite number (NaN and inf are refused everywhere)")
+            return child, False
+        return child, True
+
+    def node(self, node: DictConfig, key: str) -> Any:
+        """The settings object of a `_target_` node (None when it has problems)."""
+        target = str(node["_target_"])
+        cls = self.registry.get(target)
+        names = [k for k in node.keys() if not str(k).startswith("_")]
+        if cls is None:
+            self.unregistered(target, key)
+            values = [self.value(node, k, f"{key}.{k}") for k in names]
+            return _Unchecked(target) if all(ok for _, ok in values) else None
+        parameters = inspect.signature(cls).parameters
+        accepted = [p for p in parameters if p != "self"]
+        open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        kwargs, ok = {}, True
+        for name in names:
+            if name not in parameters and not open_ended:
+                self.problem(f"{key}.{name}: unknown setting for {target}; valid: {', '.join(accepted)}")
+                ok = False
+                continue
+            kwargs[name], good = self.value(node, name, f"{key}.{name}")
+            ok = ok and good
+        if not ok:
+            return None
+        if node.get("_partial_", False):
+            return _Unchecked(target)
+        try:
+            return cls(**kwargs)
+        except SettingError as error:
+            self.problem(error.line(key))
+        except TypeError as error:  # a required setting left out
+            self.problem(f"{key}: {error}".replace(f"{cls.__name__}.__init__() ", ""))
+        return None
+
+    def unregistered(self, target: str, key: str) -> None:
+        module = target.rpartition(".")[0]
+        try:
+            found = bool(module) and importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            self.problem(f"{key}._target_={target!r}: no module {module!r} to import it from")
+
+
+def build(cfg: DictConfig) -> tuple[dict[str, Any], RunSettings | None, list[str]]:
+    """The light objects of a composed run config: ({group: object}, run settings, problems)."""
+    builder = _Builder(cfg)
+    objects: dict[str, Any] = {}
+    top = {}
+    for key in cfg.keys():
+        if key in GROUPS:
+            continue
+        if key not in inspect.signature(RunSettings).parameters:
+            valid = ", ".join([*inspect.signature(RunSettings).parameters, *GROUPS])
+            builder.problem(f"{key}: unknown setting; valid top-level keys: {valid}")
+            continue
+        value, ok = builder.value(cfg, key, key)
+        if ok:
+            top[key] = value
+    for key in GROUPS:
+        if key in cfg and isinstance(cfg[key], DictConfig) and "_target_" in cfg[key]:
+            objects[key] = builder.node(cfg[key], key)
+        elif key in cfg:
+            builder.value(cfg, key, key)
+    run = None
+    try:
+        run = RunSettings(**top)
+    except SettingError as error:
+        builder.problem(error.line())
+    return objects, run, builder.problems
+
+
+def folder_problem(folder: Path, key: str = "hydra.run.dir") -> str | None:
+    """Why outputs cannot be written to `folder` (None when they can)."""
+    if folder.exists() and not folder.is_dir():
+        return f"{key}={str(folder)!r}: is a file, not a folder; choose another folder"
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{key}={str(folder)!r}: {str(existing)!r} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{key}={str(folder)!r}: {str(existing)!r} is not writable; choose another folder"
+    return None
+
+
+def preflight(cfg: DictConfig, run_dir: str | Path | None = None) -> Plan:
+    """Check a composed run config (see the module docstring); raises ConfigError."""
+    objects, run, problems = build(cfg)
+    warnings: list[str] = []
+    models, method = objects.get("model"), objects.get("method")
+    for name in ("model", "task"):  # the files, once their objects are valid
+        if hasattr(objects.get(name), "problems"):
+            problems += objects[name].problems()
+    if models is not None and hasattr(method, "problems"):
+        problems += method.problems(models)
+    tasks = objects.get("task")
+    if run is not None and run.selection == "validation" and not getattr(tasks, "has_validation", True):
+        problems.append(
+            "selection='validation': the task pool holds out no validation set; set "
+            "task.validation_size (e.g. {TASK: 200}) or choose selection=all_draws or last_draw"
+        )
+    if not problems and hasattr(method, "warnings"):
+        warnings += method.warnings(models)
+    if run_dir is not None and (problem := folder_problem(Path(run_dir))):
+        problems.append(problem)
+    if problems:
+        raise ConfigError(problems)
+    return Plan(run, objects, warnings)
+
+
+def device_problem(device: str, evaluators: list[Any] = ()) -> str | None:
+    """Whether the device asked for exists (imports torch: run after the config checks)."""
+    import torch
+
+    wants_cuda = device.startswith("cuda") or any(getattr(e, "needs_cuda", False) for e in evaluators)
+    if wants_cuda and not torch.cuda.is_available():
+        build = f"torch {torch.__version__}" + (" (a CPU-only build)" if torch.version.cuda is None else "")
+        what = f"device={device!r}" if device.startswith("cuda") else "evaluator=vllm (needs a CUDA GPU)"
+        return f"{what}: CUDA is not available with {build}; use device=cpu or device=auto"
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        return f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    if device == "mps" and not torch.backends.mps.is_available():
+        return "device='mps': MPS is not available here; use device=cpu or device=auto"
+    return None
