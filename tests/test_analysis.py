@@ -197,6 +197,7 @@ def _app():
     return module
 
 
+@pytest.mark.slow  # the whole landscape app: over a minute on 2 loaded cores
 def test_app_end_to_end_and_redraw(micro_lab, tmp_path, monkeypatch, caplog):
     run_dir = tmp_path / "pso-run"  # a run folder: its model/ is used
     shutil.copytree(micro_lab.base, run_dir / "model")

