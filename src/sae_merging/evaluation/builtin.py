@@ -9,12 +9,14 @@ sequence as soon as it hits a stop string, and scores every option of a question
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
+from transformers.cache_utils import Cache
 
 from sae_merging.evaluation.settings import EvaluatorSettings
 from sae_merging.tasks.base import Example, TaskData
@@ -158,13 +160,169 @@ class Evaluator:
         raise NotImplementedError
 
 
+PADDING = 0.1  # the largest share of a batch's token slots left to padding
+# Generation-config settings under which greedy decoding is a plain argmax of the logits; any
+# other value (a repetition penalty, suppressed tokens, ...) is applied by `model.generate`.
+PLAIN_GREEDY = {
+    "repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "sequence_bias": (None,),
+    "encoder_repetition_penalty": (None, 1.0),
+    "exponential_decay_length_penalty": (None,),
+}
+
+
+def plain_greedy(model: PreTrainedModel) -> bool:
+    """Whether the model's generation config leaves greedy decoding a plain argmax."""
+    config = model.generation_config
+    return all(getattr(config, key, None) in allowed for key, allowed in PLAIN_GREEDY.items())
+
+
+def end_token_ids(model: PreTrainedModel) -> set[int]:
+    """The ids that end a generation: the model's generation config's (instruct models list
+    several, their tokenizer names one), as `model.generate` and lm-eval use them."""
+    eos = model.generation_config.eos_token_id
+    return set() if eos is None else {int(eos)} if isinstance(eos, int) else {int(i) for i in eos}
+
+
+def budget_batches(
+    lengths: Sequence[int], order: Sequence[int], token_budget: int, max_rows: int, padding: float = PADDING
+) -> list[list[int]]:
+    """Consecutive runs of `order` (longest first) whose padded size, rows x the longest
+    row's length, stays within `token_budget` (a row longer than the budget goes alone), and
+    whose padding stays within `padding` of that size (sorted rows of similar length share a
+    batch; padding is computed for nothing)."""
+    batches: list[list[int]] = []
+    real = 0
+    for index in order:
+        if batches:
+            batch = batches[-1]
+            width = max(lengths[batch[0]], lengths[index])
+            size = width * (len(batch) + 1)
+            if (
+                len(batch) < max_rows
+                and size <= token_budget
+                and real + lengths[index] >= (1 - padding) * size
+            ):
+                batch.append(index)
+                real += lengths[index]
+                continue
+        batches.append([index])
+        real = lengths[index]
+    return batches
+
+
+def common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix that every row shares."""
+    first, n = rows[0], min(len(r) for r in rows)
+    for row in rows[1:]:
+        k = 0
+        while k < n and row[k] == first[k]:
+            k += 1
+        n = k
+    return n
+
+
+class _Batch:
+    """Token rows on the model's device with a KV cache that grows as they are extended;
+    positions follow the attention mask, so padding anywhere in a row is invisible to it."""
+
+    def __init__(self, model: PreTrainedModel, pad_id: int) -> None:
+        self.model, self.pad_id, self.device = model, pad_id, model.device
+        self.attention: torch.Tensor | None = None
+        self.cache: Cache | None = None
+        self.keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def extend(
+        self,
+        rows: Sequence[Sequence[int]],
+        keep: int = 1,
+        cache: bool = True,
+        left: bool = True,
+    ) -> torch.Tensor:
+        """Append `rows` (one per batch row, padded to one width on the left, or on the right
+        when `left` is false) and return the logits of the last `keep` positions (0: all)."""
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, row in enumerate(rows):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            input_ids[j, span] = torch.tensor(row, dtype=torch.long)
+            mask[j, span] = 1
+        mask = mask.to(self.device)
+        self.attention = mask if self.attention is None else torch.cat([self.attention, mask], dim=1)
+        positions = (self.attention.cumsum(-1) - 1).clamp(min=0)[:, -width:]
+        output = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=self.attention,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=cache,
+            **({"logits_to_keep": keep} if self.keep_logits else {}),
+        )
+        self.cache = output.past_key_values if cache else None
+        logits = output.logits
+        return logits[:, -keep:] if keep and logits.shape[1] > keep else logits
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (in this order, repeats allowed), cache included."""
+        rows = rows.to(self.device)
+        self.attention = self.attention[rows]
+        if self.cache is not None:
+            self.cache.batch_select_indices(rows)
+
+    def branch(self, rows: torch.Tensor) -> _Batch:
+        """A new batch of these rows over a copy of their cache (this one is left as it is)."""
+        rows = rows.to(self.device)
+        other = _Batch(self.model, self.pad_id)
+        other.attention = self.attention[rows]
+        other.cache = DynamicCache([(k[rows], v[rows]) for k, v, *_ in self.cache])
+        return other
+
+
 class BuiltinEvaluator(Evaluator):
-    """Scores examples of a task with a loaded model; see the module docstring."""
+    """Scores examples of a task with a loaded model; see the module docstring.
+
+    `token_budget` bounds the padded tokens of one forward pass (rows x width; for generation,
+    prompt plus `max_new_tokens` per row, which is what the KV cache holds), so memory no longer
+    grows with a fixed batch size times the longest prompt; `batch_size` still caps the rows.
+    `min_shared_prefix`: a generation batch whose prompts all start with at least this many
+    equal tokens (a fixed few-shot context, a chat template's system prompt) runs that prefix
+    once and shares its KV cache.
+    """
 
     name = "builtin"
 
+    def __init__(
+        self,
+        batch_size: int = 64,
+        extraction: str = "strict",
+        max_length: int | None = None,
+        progress: bool = False,
+        token_budget: int = 8192,
+        min_shared_prefix: int = 16,
+    ) -> None:
+        super().__init__(batch_size, extraction, max_length, progress)
+        if token_budget < 1:
+            raise ValueError(f"evaluator.token_budget={token_budget}: must be >= 1")
+        if min_shared_prefix < 1:
+            raise ValueError(f"evaluator.min_shared_prefix={min_shared_prefix}: must be >= 1")
+        self.token_budget = token_budget
+        self.min_shared_prefix = min_shared_prefix
+
     def _max_length(self, model: PreTrainedModel) -> int:
         return self.max_length or getattr(model.config, "max_position_embeddings", 2048)
+
+    @staticmethod
+    def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     @torch.inference_mode()
     def generate(
@@ -176,35 +334,93 @@ class BuiltinEvaluator(Evaluator):
     ) -> list[str]:
         """Greedy continuations of `prompts`, cut at the task's stop strings."""
         stops = tuple(task.stop) + ((tokenizer.eos_token,) if tokenizer.eos_token else ())
-        encoded = [tokenizer(p)["input_ids"] for p in prompts]
         max_context = self._max_length(model) - task.max_new_tokens
+        encoded = [tokenizer(p)["input_ids"][-max_context:] for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), prompts[i]))
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        lengths = [len(e) + task.max_new_tokens for e in encoded]
+        batches = budget_batches(lengths, order, self.token_budget, self.batch_size)
+        decode = self._decode_greedy if plain_greedy(model) else self._decode_hf
         results: list[str] = [""] * len(prompts)
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         for batch in tqdm(batches, desc=f"generate {task.name}", disable=not self.progress, leave=False):
-            rows = [encoded[i][-max_context:] for i in batch]
-            width = max(len(r) for r in rows)
-            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, row in enumerate(rows):
-                input_ids[j, width - len(row) :] = torch.tensor(row)
-                attention[j, width - len(row) :] = 1
-            # End tokens come from the model's generation config, as in lm-eval (instruct models
-            # list several; the tokenizer names only one).
-            output = model.generate(
-                input_ids=input_ids.to(model.device),
-                attention_mask=attention.to(model.device),
-                max_new_tokens=task.max_new_tokens,
-                do_sample=False,
-                stopping_criteria=[_StopOnStrings(tokenizer, stops, width)],
-                pad_token_id=pad_id,
-                use_cache=True,
-            )
-            texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+            texts = decode(model, tokenizer, [encoded[i] for i in batch], task.max_new_tokens, stops)
             for i, text in zip(batch, texts):
                 results[i] = cut_at_stops(text, stops)
         return results
+
+    def _decode_greedy(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        rows: Sequence[list[int]],
+        max_new_tokens: int,
+        stops: Sequence[str],
+    ) -> list[str]:
+        """Greedy decoding of one batch with the KV cache; a row leaves the batch (and its
+        cache) as soon as it emits an end token or its text contains a stop string."""
+        batch = _Batch(model, self._pad_id(tokenizer))
+        logits = self._prefill(batch, rows)
+        ends = end_token_ids(model)
+        generated: list[list[int]] = [[] for _ in rows]
+        active = list(range(len(rows)))  # batch row j holds prompt active[j]
+        for step in range(max_new_tokens):
+            tokens = logits[:, -1].argmax(-1).tolist()
+            still = []
+            for j, (row, token) in enumerate(zip(active, tokens)):
+                generated[row].append(token)  # an end token is kept, as generate keeps it
+                if token in ends or step + 1 == max_new_tokens:
+                    continue
+                if not self._stopped(tokenizer, generated[row], stops):
+                    still.append(j)
+            if not still:
+                break
+            if len(still) < len(active):
+                batch.select(torch.tensor(still, dtype=torch.long))
+                active = [active[j] for j in still]
+            logits = batch.extend([[generated[row][-1]] for row in active], keep=1)
+        return tokenizer.batch_decode(generated, skip_special_tokens=True)
+
+    def _prefill(self, batch: _Batch, rows: Sequence[Sequence[int]], cache: bool = True) -> torch.Tensor:
+        """Run `rows` into an empty batch; the logits at each row's last position. A prefix of
+        at least `min_shared_prefix` tokens that every row starts with runs once, its cache
+        then copied to every row (a row keeps at least its last token to run)."""
+        shared = min(common_prefix(rows), min(len(r) for r in rows) - 1)
+        if len(rows) > 1 and shared >= self.min_shared_prefix:
+            batch.extend([rows[0][:shared]], keep=1)
+            batch.select(torch.zeros(len(rows), dtype=torch.long))
+            return batch.extend([r[shared:] for r in rows], keep=1, cache=cache)
+        return batch.extend(rows, keep=1, cache=cache)
+
+    @staticmethod
+    def _stopped(tokenizer: PreTrainedTokenizerBase, tokens: list[int], stops: Sequence[str]) -> bool:
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        return any(stop in text for stop in stops)
+
+    def _decode_hf(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        rows: Sequence[list[int]],
+        max_new_tokens: int,
+        stops: Sequence[str],
+    ) -> list[str]:
+        """One batch through `model.generate`, for generation configs that alter greedy decoding."""
+        pad_id = self._pad_id(tokenizer)
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, row in enumerate(rows):
+            input_ids[j, width - len(row) :] = torch.tensor(row)
+            attention[j, width - len(row) :] = 1
+        output = model.generate(
+            input_ids=input_ids.to(model.device),
+            attention_mask=attention.to(model.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            stopping_criteria=[_StopOnStrings(tokenizer, stops, width)],
+            pad_token_id=pad_id,
+            use_cache=True,
+        )
+        return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
 
     @torch.inference_mode()
     def loglikelihoods(
@@ -213,28 +429,49 @@ class BuiltinEvaluator(Evaluator):
         tokenizer: PreTrainedTokenizerBase,
         requests: Sequence[tuple[list[int], list[int]]],
     ) -> list[float]:
-        """Summed log-probability of each continuation given its context (token ids)."""
+        """Summed log-probability of each continuation given its context (token ids).
+
+        The input of a request is lm-eval's, `(context + continuation)[:-1]` cut to the last
+        `max_length` tokens; requests whose input up to the first continuation token is the same
+        (the options of one question) share one pass over that prefix. The first continuation
+        token is scored from the prefix's last position; the rest of a longer continuation runs
+        on the prefix's KV cache. The LM head is applied only at scored positions.
+        """
         max_length = self._max_length(model)
-        order = sorted(range(len(requests)), key=lambda i: -sum(map(len, requests[i])))
+        prefixes: dict[tuple[int, ...], list[int]] = {}
+        for i, (context, continuation) in enumerate(requests):
+            if not 1 <= len(continuation) <= max_length:
+                raise ValueError(
+                    f"a continuation of {len(continuation)} tokens does not fit max_length={max_length}"
+                )
+            whole = (context + continuation)[-(max_length + 1) :][:-1]
+            prefixes.setdefault(tuple(whole[: len(whole) - len(continuation) + 1]), []).append(i)
+        keys = sorted(prefixes, key=lambda p: (-len(p), p))
+        lengths = [len(p) + max(len(requests[i][1]) for i in prefixes[p]) - 1 for p in keys]
+        batches = budget_batches(lengths, range(len(keys)), self.token_budget, self.batch_size)
         results = [0.0] * len(requests)
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        pad_id = self._pad_id(tokenizer)
         for batch in tqdm(batches, desc="loglikelihood", disable=not self.progress, leave=False):
-            inputs = [(requests[i][0] + requests[i][1])[-(max_length + 1) :][:-1] for i in batch]
-            width = max(len(x) for x in inputs)
-            input_ids = torch.zeros((len(batch), width), dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for j, row in enumerate(inputs):
-                input_ids[j, : len(row)] = torch.tensor(row)
-                attention[j, : len(row)] = 1
-            logits = model(
-                input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)
-            ).logits
-            for j, i in enumerate(batch):
-                # log-softmax of the continuation's positions only, in float32: a batch's full
-                # float32 log-probabilities would take gigabytes at a 128k vocabulary
-                continuation = requests[i][1]
-                end = len(inputs[j])
-                rows = torch.log_softmax(logits[j, end - len(continuation) : end].float(), dim=-1)
-                targets = torch.tensor(continuation, device=rows.device)
-                results[i] = rows[torch.arange(len(continuation), device=rows.device), targets].sum().item()
+            group = [keys[g] for g in batch]
+            owners = [(j, i) for j, prefix in enumerate(group) for i in prefixes[prefix]]
+            longer = [(j, i) for j, i in owners if len(requests[i][1]) > 1]
+            state = _Batch(model, pad_id)
+            first = torch.log_softmax(self._prefill(state, group, cache=bool(longer))[:, -1].float(), -1)
+            for j, i in owners:
+                results[i] = first[j, requests[i][1][0]].item()
+            for start in range(0, len(longer), max(1, self.batch_size)):
+                self._score_tails(state, requests, longer[start : start + self.batch_size], results)
         return results
+
+    @staticmethod
+    def _score_tails(state: _Batch, requests, owners: list[tuple[int, int]], results: list[float]) -> None:
+        """Add the log-probabilities of continuation tokens 2.. to `results`: each continuation
+        runs on a copy of its prefix's cache, right-padded (padding after the scored positions
+        changes nothing before them)."""
+        tails = [requests[i][1] for _, i in owners]
+        branch = state.branch(torch.tensor([j for j, _ in owners], dtype=torch.long))
+        logits = branch.extend([t[:-1] for t in tails], keep=0, cache=False, left=False)
+        logprobs = torch.log_softmax(logits.float(), -1)
+        for r, ((_, i), tail) in enumerate(zip(owners, tails)):
+            picked = logprobs[r, torch.arange(len(tail) - 1), torch.tensor(tail[1:])]
+            results[i] += picked.sum().item()

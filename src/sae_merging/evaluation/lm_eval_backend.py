@@ -15,14 +15,12 @@ it serves as a `final_evaluator`, not for fitness (whose samples are our example
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 import yaml
@@ -36,41 +34,47 @@ from sae_merging.tasks.extraction import FLEXIBLE_PATTERN, IGNORE_PATTERNS, STRI
 # lm-eval's gsm8k filter names for our extraction names.
 FILTERS = {"strict": "strict-match", "flexible": "flexible-extract"}
 QUIET_LOGGERS = ("lm_eval", "datasets")
-# lm-eval modules that draw progress bars with a module-level `tqdm`.
-TQDM_MODULES = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")
 
 
 @contextmanager
 def _quiet(progress: bool) -> Iterator[None]:
     """lm-eval and datasets log every task load and draw a progress bar per stage, on every
-    fitness evaluation: keep logs to errors, and bars off unless `progress`, for the duration of
-    one evaluation, then restore the caller's settings."""
+    fitness evaluation: keep logs to errors, and datasets' bars off unless `progress`, for the
+    duration of one evaluation, then restore the caller's settings. The model's bars are
+    switched off through lm-eval's own `disable_tqdm` (see `_hflm`); nothing is patched."""
     import datasets
 
     levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
     bars_were_off = datasets.are_progress_bars_disabled()
-    modules = [importlib.import_module(name) for name in TQDM_MODULES]
-    bars = {module: module.tqdm for module in modules if hasattr(module, "tqdm")}
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     if not progress:
         datasets.disable_progress_bars()
-        for module, bar in bars.items():
-            module.tqdm = partial(_hidden_bar, bar)
     try:
         yield
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
-        for module, bar in bars.items():
-            module.tqdm = bar
         if not bars_were_off:
             datasets.enable_progress_bars()
 
 
-def _hidden_bar(bar: type, *args, **kwargs):
-    """A progress bar that stays hidden whatever `disable` its caller passes."""
-    return bar(*args, **{**kwargs, "disable": True})
+def _hflm(progress: bool, **kwargs):
+    """lm-eval's HF backend whose request bars follow `progress` (lm-eval's evaluator calls
+    `loglikelihood` / `generate_until` without its `disable_tqdm` switch)."""
+    from lm_eval.models.huggingface import HFLM
+
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not progress)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm or not progress)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=disable_tqdm or not progress)
+
+    return QuietHFLM(**kwargs)
 
 
 def task_config(task: TaskData, data_file: Path, cache_dir: Path, task_name: str) -> dict:
@@ -177,11 +181,10 @@ class LmEvalEvaluator(Evaluator):
         task: TaskData,
         examples: Sequence[Example],
     ) -> TaskScores:
-        from lm_eval.models.huggingface import HFLM
-
         model.eval()
         with _quiet(self.progress), tempfile.TemporaryDirectory(prefix="sae-merging-lm-eval-") as tmp:
-            lm = HFLM(
+            lm = _hflm(
+                self.progress,
                 pretrained=model,
                 tokenizer=tokenizer,
                 backend="causal",
