@@ -3,6 +3,7 @@ their 50/50 average, and the build time.
 
     python experiments/build_lab.py                 # the default lab
     python experiments/build_lab.py lab=micro       # the micro lab used by the tests
+    python experiments/build_lab.py threads=1       # CPU threads (default auto: utils/threads.py)
     SAE_MERGING_CACHE=/tmp/fresh python experiments/build_lab.py   # re-measure from scratch
 """
 
@@ -35,6 +36,9 @@ def report_table(report: dict) -> str:
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")
 def main(cfg: DictConfig) -> None:
+    from sae_merging.utils.threads import apply_threads
+
+    apply_threads(cfg.get("threads"))
     from sae_merging.lab.build import LabSpec, build_lab
 
     lab = OmegaConf.to_container(cfg.lab, resolve=True)

@@ -14,6 +14,8 @@ from conftest import compose_config
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
+from sae_merging.utils import threads
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ["experiment=smoke", "seed=0,1", "progress=false", "threads=1", "schedule.steps=1"]
 
@@ -57,8 +59,12 @@ def test_readme_sweep_gives_two_run_folders(tmp_path, micro_lab):
 def test_multirun_through_launcher(tmp_path, micro_lab, launcher):
     """Two seeds of the smoke experiment, each job in its own process: submitit's local
     executor (what the SLURM launcher runs on a cluster) and joblib (lab_parallel, 2 jobs)."""
-    first, second = _sweep(tmp_path / launcher, [f"hydra/launcher={launcher}", *SWEEP])
+    sweep = SWEEP if launcher != "lab_parallel" else [a for a in SWEEP if a != "threads=1"]
+    first, second = _sweep(tmp_path / launcher, [f"hydra/launcher={launcher}", *sweep])
     assert (first["seed"], second["seed"]) == (0, 1)
+    if launcher == "lab_parallel":  # threads=auto: the 2 jobs at once share the cores
+        assert 1 <= first["threads"] <= max(1, threads.usable_cores() // 2)
+        assert 1 <= second["threads"] <= max(1, threads.usable_cores() // 2)
     assert first["method"] == second["method"] == "sae"
     assert set(first["test"]) == {"lab-math", "lab-multilingual", "mean"}
 

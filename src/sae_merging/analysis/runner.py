@@ -31,6 +31,7 @@ from sae_merging.analysis.directions import DirectionSpec, model_direction
 from sae_merging.analysis.hessian import EigenSpec, convexity_grid
 from sae_merging.analysis.landscape import FixedBatch, fixed_examples, grid_coordinates, loss_grid, task_loss
 from sae_merging.models.io import ModelRef, load_model, load_tokenizer
+from sae_merging.utils import threads as thread_policy
 from sae_merging.utils.device import resolve_device
 from sae_merging.utils.files import atomic_write_json
 
@@ -106,8 +107,7 @@ def compute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Every grid of every model and task, saved under `out_dir` (torch threads as configured,
     restored afterwards)."""
     threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    torch.set_num_threads(thread_policy.resolve(cfg.get("threads", thread_policy.AUTO)))
     try:
         return _compute(cfg, out_dir)
     finally:

@@ -31,6 +31,7 @@ from sae_merging.sparsity.measures import SparsityStats, pooled, zero_count
 from sae_merging.utils.device import resolve_device
 from sae_merging.utils.files import atomic_write_json, atomic_write_text, stable_hash
 from sae_merging.utils.settings import ConfigError, InputError
+from sae_merging.utils.threads import AUTO, apply_threads
 
 RESULTS_FILE = "results.json"
 TEST_ITEMS_FILE = "test_items.jsonl"
@@ -112,12 +113,11 @@ def _run(cfg: DictConfig, run_dir: Path, clock: RunClock) -> dict[str, Any]:
 def prepare(cfg: DictConfig, run_dir: Path):
     """The method, its RunContext and the tokenizer of a checked config (`preflight`); raises
     IncompatibleModelsError for models whose headers differ."""
+    apply_threads(cfg.get("threads", AUTO))  # before any work: the lab build runs in `models`
     models = instantiate_checked(cfg.model, "model")
     tasks = instantiate_checked(cfg.task, "task")
     method = instantiate_checked(cfg.method, "method")
     evaluator = instantiate_checked(cfg.evaluator, "evaluator")
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)
     _ = models.compatibility  # refuse mismatched models before loading any weights
     reference = models.base or models.experts[0]
@@ -211,6 +211,7 @@ def finish(
         "details": outcome.details,
         "seconds": {k: round(v, 3) for k, v in ctx.timer.totals.items()},
         "wall_seconds": round(clock.seconds, 2),
+        "threads": torch.get_num_threads(),
     }
     atomic_write_json(ctx.run_dir / RESULTS_FILE, results)
     return results
