@@ -2,13 +2,15 @@
 
     python experiments/merge_checkpoints.py --base BASE --experts E1 E2 --scale 0.7 --out merged/
     python experiments/merge_checkpoints.py --base BASE --experts E1 E2 --prune 0.6 --out merged/
+    python experiments/merge_checkpoints.py ... --threads 1      # CPU threads (default auto)
 
 BASE and the experts are Hugging Face model folders with safetensors weights (one file or
-shards) or hub ids. The output is a model folder (`model.safetensors`, config, generation config
-and tokenizer of the base) that `AutoModelForCausalLM.from_pretrained` loads. Weights go through
-`sae_merging.merging.streaming` chunk by chunk, so memory holds a few MB of buffers, not the
-models; with `--prune RATE` the merged model is then magnitude-pruned to RATE (exactly
-round(RATE * n) zeros over all prunable tensors, or per tensor with `--granularity local`).
+shards) or hub ids. The output is a model folder (`model.safetensors`, and the base's config,
+generation config and tokenizer files, copied) that `AutoModelForCausalLM.from_pretrained`
+loads. Weights go through `sae_merging.merging.streaming` block by block, on `--threads`
+threads (utils/threads.py), so memory holds a few MB of buffers, not the models; with `--prune
+RATE` the merged model is magnitude-pruned to RATE in the same call (exactly round(RATE * n)
+zeros over all prunable tensors, or per tensor with `--granularity local`).
 The result equals `merging.functions.task_arithmetic` (then `MagnitudePruner.prune`) computed in
 memory, bit for bit. Tensors must match by name and shape (checked from the file headers before
 any weight is read); experts whose vocabulary differs from the base's are refused here (`run.py`
@@ -21,6 +23,38 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+# what a model folder holds besides its weights (config, generation config, tokenizer files)
+AUX_PATTERNS = ("*.json", "*.model", "*.txt", "*.jinja")
+WEIGHT_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def copy_model_files(source: Path, target: Path) -> None:
+    """Copy the base's config, generation config and tokenizer files as they are (no
+    transformers import: this is most of the command's start-up); a missing generation config
+    is derived from the config, as `save_pretrained` does."""
+    import shutil
+
+    for pattern in AUX_PATTERNS:
+        for path in source.glob(pattern):
+            if path.is_file() and path.name not in WEIGHT_FILES:
+                shutil.copy2(path, target / path.name)
+    if not (target / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        from sae_merging.models.io import load_config
+
+        GenerationConfig.from_model_config(load_config(str(source))).save_pretrained(target)
+
+
+def local_folder(spec: str) -> Path:
+    """A model folder as given, or a hub id's downloaded snapshot (models.io, which imports
+    transformers, only then)."""
+    if Path(spec).is_dir():
+        return Path(spec)
+    from sae_merging.models.io import ModelRef
+
+    return ModelRef.parse(spec).local_dir()
 
 
 def input_problems(
@@ -71,6 +105,7 @@ def merge_checkpoints(
     weights: list[float] | None = None,
     prune: float | None = None,
     granularity: str = "global",
+    threads: int | str | None = "auto",
 ) -> Path:
     """Write the merged (and optionally pruned) model folder `out`; returns it. Every input is
     checked first (`input_problems`), so nothing is merged that could not be saved."""
@@ -78,30 +113,22 @@ def merge_checkpoints(
 
     if problems := input_problems(base, experts, out, scale, weights, prune, granularity):
         raise ConfigError(problems)
-    from transformers import GenerationConfig
+    from sae_merging.utils.threads import apply_threads
 
+    threads = apply_threads(threads, workers=1)  # before torch runs anything
     from sae_merging.merging import streaming
-    from sae_merging.models.io import SAFETENSORS_FILE, ModelRef, load_config, load_tokenizer
     from sae_merging.pruning.magnitude import MagnitudePruner
     from sae_merging.utils.files import atomic_directory
+    from sae_merging.utils.tensorfiles import SAFETENSORS_FILE
 
     pruner = MagnitudePruner(granularity)
-    folders = [ModelRef.parse(spec).local_dir() for spec in (base, *experts)]
-    config = load_config(str(folders[0]))
+    folders = [local_folder(spec) for spec in (base, *experts)]
     with atomic_directory(out) as tmp:
         merged = tmp / SAFETENSORS_FILE
-        streaming.stream_task_arithmetic(folders[0], folders[1:], scale, merged, weights)
-        if prune is not None:
-            pruned = tmp / "pruned.safetensors"
-            streaming.stream_prune(merged, prune, pruner, pruned)
-            pruned.replace(merged)
-        config.save_pretrained(tmp)
-        try:
-            generation = GenerationConfig.from_pretrained(folders[0])
-        except OSError:  # the base has none: derive it, as save_pretrained does
-            generation = GenerationConfig.from_model_config(config)
-        generation.save_pretrained(tmp)
-        load_tokenizer(str(folders[0])).save_pretrained(tmp)
+        streaming.stream_task_arithmetic(
+            folders[0], folders[1:], scale, merged, weights, prune, pruner, threads
+        )
+        copy_model_files(folders[0], tmp)
     return Path(out)
 
 
@@ -114,17 +141,30 @@ def main() -> None:
     parser.add_argument("--weights", type=float, nargs="+", help="w_i per expert (default 1 each)")
     parser.add_argument("--prune", type=float, help="magnitude-prune the result to this rate")
     parser.add_argument("--granularity", default="global", help="pruning: global (default) | local")
+    parser.add_argument("--threads", default="auto", help="CPU threads: auto (default) or N")
     args = parser.parse_args()
     started = time.perf_counter()
     try:
+        from sae_merging.utils.threads import parse
+
+        parse(args.threads)  # a bad value is refused before any import
         out = merge_checkpoints(
-            args.base, args.experts, args.out, args.scale, args.weights, args.prune, args.granularity
+            args.base,
+            args.experts,
+            args.out,
+            args.scale,
+            args.weights,
+            args.prune,
+            args.granularity,
+            args.threads,
         )
     except (ValueError, FileNotFoundError) as error:  # bad inputs (ConfigError: one line each)
         for line in getattr(error, "problems", None) or [str(error)]:
             print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
-    print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
+    import torch  # imported by the merge already
+
+    print(f"wrote {out} in {time.perf_counter() - started:.1f} s ({torch.get_num_threads()} threads)")
 
 
 if __name__ == "__main__":

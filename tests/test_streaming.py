@@ -32,6 +32,7 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(magnitude, "CHUNK", 100)
     monkeypatch.setattr(magnitude, "SAMPLE", 64)
     monkeypatch.setattr(magnitude, "SAMPLE_BLOCK", 8)
+    monkeypatch.setattr(streaming, "SUB_CHUNK", 30)
 
 
 def _model(seed: int, dtype: torch.dtype, base: dict | None = None) -> dict[str, torch.Tensor]:
@@ -93,6 +94,57 @@ def test_task_arithmetic_equals_reference(tmp_path, dtype, weights):
     expected = {n: functions.task_arithmetic(base[n], [e[n] for e in experts], 0.8, weights) for n in base}
     _assert_same(load_file(str(out)), expected)
     assert not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(
+    "granularity,rate", [("global", 0.6), ("global", 0.0), ("global", 1.0), ("local", 0.3)]
+)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_pruned_task_arithmetic_equals_reference(tmp_path, dtype, granularity, rate, threads):
+    """Merged and pruned in one call (threshold counted during the merge pass, zeros written in
+    place before the file appears), by any number of threads: the in-memory merge, then
+    `pruner.prune`, bit for bit."""
+    base = _model(12, dtype)
+    experts = [_model(13, dtype, base), _model(14, dtype, base)]
+    files = [_save(m, tmp_path / f"{i}.safetensors") for i, m in enumerate([base, *experts])]
+    pruner = MagnitudePruner(granularity)
+    out = streaming.stream_task_arithmetic(
+        files[0], files[1:], 0.6, tmp_path / "out.safetensors", [1.0, 0.5], rate, pruner, threads
+    )
+    merged = {  # in the file's order: global pruning breaks ties by it
+        n: functions.task_arithmetic(base[n], [e[n] for e in experts], 0.6, [1.0, 0.5])
+        for n in _load(files[0])
+    }
+    _assert_same(load_file(str(out)), pruner.prune(merged, rate))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "0.safetensors",
+        "1.safetensors",
+        "2.safetensors",
+        "out.safetensors",
+    ]
+
+
+_PLAN = streaming._plan
+
+
+def test_pruned_task_arithmetic_survives_a_missed_bracket(tmp_path, monkeypatch):
+    """A sample that misleads the threshold search only costs a plan over the written file."""
+    plans = []
+    monkeypatch.setattr(streaming, "_plan", lambda *a: plans.append(a[1]) or _PLAN(*a))
+    monkeypatch.setattr(
+        streaming, "sample_of_raw", lambda view, where: torch.zeros(len(where), dtype=view.dtype)
+    )
+    base = _model(15, torch.bfloat16)
+    experts = [_model(16, torch.bfloat16, base)]
+    files = [_save(m, tmp_path / f"{i}.safetensors") for i, m in enumerate([base, *experts])]
+    pruner = MagnitudePruner("global")
+    out = streaming.stream_task_arithmetic(
+        files[0], files[1:], 1.0, tmp_path / "o.safetensors", None, 0.5, pruner
+    )
+    merged = {n: functions.task_arithmetic(base[n], [experts[0][n]], 1.0) for n in _load(files[0])}
+    _assert_same(load_file(str(out)), pruner.prune(merged, 0.5))
+    assert len(plans) == 1
 
 
 def test_task_arithmetic_refuses_mismatched_models(tmp_path):

@@ -19,17 +19,28 @@ order the model has when loaded in memory).
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sae_merging.pruning import magnitude
-from sae_merging.pruning.magnitude import MagnitudePruner, Scratch, TensorCut, chunks
+from sae_merging.pruning.magnitude import (
+    MagnitudePruner,
+    SamplePositions,
+    Scratch,
+    Selection,
+    TensorCut,
+    ThresholdSearch,
+    chunks,
+)
 from sae_merging.utils.tensorfiles import (
     ShardedTensorFile,
     TensorFile,
@@ -42,6 +53,7 @@ Source = str | os.PathLike | TensorSource
 METADATA = {"format": "pt"}
 RELEASE_ENTRIES = 1 << 24  # entries between page releases of a mapped input
 WRITE_DEPTH = 3  # output buffers in flight
+SUB_CHUNK = 1 << 16  # entries per arithmetic step of a merge (float32 buffers stay in cache)
 
 
 @contextmanager
@@ -148,43 +160,221 @@ def _pruned_chunks(
     return cut.chunks(tensor, scratch) if cut is not None else chunks(tensor)
 
 
+def _task_arithmetic_into(
+    out: torch.Tensor,
+    inputs: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    scale: float,
+    buffers: Scratch,
+) -> torch.Tensor:
+    """out = inputs[0] + scale * sum_i w_i (inputs[i] - inputs[0]) for flat parts of equal size,
+    in SUB_CHUNK steps: float32 buffers that stay in a core's cache, ops in the order (and
+    rounding) of `functions.task_arithmetic`, the result cast straight into `out`."""
+    f32, size = torch.float32, out.numel()
+    for start in range(0, size, SUB_CHUNK):
+        stop = min(start + SUB_CHUNK, size)
+        n = stop - start
+        base32 = buffers.get("base", f32, n).copy_(inputs[0][start:stop])
+        total = buffers.get("acc", f32, n)
+        for i, (weight, expert) in enumerate(zip(weights, inputs[1:], strict=True)):
+            delta = total if i == 0 else buffers.get("delta", f32, n)
+            delta.copy_(expert[start:stop]).sub_(base32)
+            if weight != 1.0:  # 1.0 * x == x: skipping it changes no bit
+                delta.mul_(weight)
+            if i:
+                total.add_(delta)
+        if scale != 1.0:
+            total.mul_(scale)
+        out[start:stop].copy_(total.add_(base32))
+    return out
+
+
+@dataclass(frozen=True)
+class _Block:
+    """Flat entries [start, stop) of one tensor: the unit of work of a parallel pass."""
+
+    name: str
+    dtype: torch.dtype
+    start: int
+    stop: int
+
+
+def _blocks(layout, names: set[str] | None = None) -> list[_Block]:
+    """The layout cut into blocks of at most CHUNK entries, in file order."""
+    blocks = []
+    for name, dtype, shape in layout:
+        if names is not None and name not in names:
+            continue
+        size = math.prod(shape)
+        blocks += [
+            _Block(name, dtype, s, min(s + magnitude.CHUNK, size)) for s in range(0, size, magnitude.CHUNK)
+        ]
+    return blocks
+
+
+def _parallel(work: Callable[[Any, Scratch], None], items: Sequence[Any], threads: int) -> None:
+    """work(item, scratch) for every item, by `threads` threads taking the next item in turn
+    (each with its own buffers); torch ops run single-threaded inside, so a thread the machine
+    deschedules delays its own item only, not every op of the others."""
+    if threads <= 1 or len(items) <= 1:
+        scratch = Scratch()
+        for item in items:
+            work(item, scratch)
+        return
+    queue, lock = iter(items), threading.Lock()
+
+    def loop() -> None:
+        scratch = Scratch()
+        while True:
+            with lock:
+                item = next(queue, None)
+            if item is None:
+                return
+            work(item, scratch)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="sae-merging") as pool:
+            for future in [pool.submit(loop) for _ in range(threads)]:
+                future.result()
+    finally:
+        torch.set_num_threads(previous)
+
+
+class _MergeCounts:
+    """A global threshold search started before the merge pass, from the merged model's exact
+    values at the sample positions (task arithmetic is elementwise: the sample is computed from
+    the inputs at those positions alone); the pass counts the first request's keys."""
+
+    def __init__(self, files, prunable, weights, scale, dtypes, k: int) -> None:
+        positions = SamplePositions(sum(files[0].numel(n) for n in prunable))
+        parts, scratch = [], Scratch()
+        for name in prunable:
+            where = positions(files[0].numel(name))
+            values = [sample_of_raw(file.view(name), where) for file in files]
+            merged = _task_arithmetic_into(
+                torch.empty(values[0].numel(), dtype=dtypes[name]), values, weights, scale, scratch
+            )
+            parts.append(merged.float().abs())
+            for file in files:
+                file.release(name)
+        sizes = [files[0].numel(n) for n in prunable]
+        self.search = ThresholdSearch(torch.cat(parts), [dtypes[n] for n in prunable], sizes, k)
+        self.request = self.search.request()
+        self.index = {name: i for i, name in enumerate(prunable)}
+        self.counts = [[0] * len(self.request.thresholds) for _ in prunable]
+        self.candidates: list[list[torch.Tensor]] = [[] for _ in prunable]
+        self.collected: int | None = 0  # None once past MAX_CANDIDATES
+        self.lock = threading.Lock()
+
+    def count(self, name: str, values: torch.Tensor, scratch: Scratch) -> None:
+        part, inside = self.request.count(values, scratch)
+        i = self.index[name]
+        with self.lock:
+            self.counts[i] = [x + y for x, y in zip(self.counts[i], part, strict=True)]
+            if inside is not None and self.collected is not None:
+                self.collected += inside.numel()
+                self.candidates[i].append(inside)
+                if self.collected > magnitude.MAX_CANDIDATES:  # too many to keep: counts still help
+                    self.candidates, self.collected = [[] for _ in self.candidates], None
+
+    def finish(self) -> Selection | None:
+        candidates = None
+        if self.request.collect is not None and self.collected is not None:
+            candidates = [torch.cat(c) if c else torch.empty(0, dtype=torch.int32) for c in self.candidates]
+        return self.search.update(self.request, self.counts, candidates)
+
+
+def sample_of_raw(view: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor:
+    """A tensor's flat values at sample positions (None: all), in its own dtype."""
+    flat = view.reshape(-1)
+    return flat if where is None else flat[where]
+
+
 def stream_task_arithmetic(
     base_file: Source,
     expert_files: Sequence[Source],
     scale: float,
     out_path: str | os.PathLike,
     weights: Sequence[float] | None = None,
+    rate: float | None = None,
+    pruner: MagnitudePruner | None = None,
+    threads: int | None = None,
 ) -> Path:
     """theta_0 + scale * sum_i w_i (theta_i - theta_0), as `functions.task_arithmetic` per
-    tensor, written to `out_path` (a safetensors file) in the base's dtypes."""
+    tensor, written to `out_path` (a safetensors file) in the base's dtypes; with `rate`, then
+    pruned by `pruner` as `pruner.prune(merged, rate)` (before the file appears).
+
+    `threads` threads (default: torch's setting) each merge one block of CHUNK entries at a
+    time and write it at its place. Under global pruning the threshold search starts from the
+    merged values at the sample positions and the merge pass counts its keys, so the pruning
+    costs one in-place pass over the written (still unpublished) file."""
     weights = list(weights) if weights is not None else [1.0] * len(expert_files)
     if len(weights) != len(expert_files):
         raise ValueError(f"{len(weights)} weights for {len(expert_files)} experts")
-    f32, scratch = torch.float32, Scratch()
+    threads = threads or torch.get_num_threads()
+    pruner = pruner if rate is not None else None
     with _opened([base_file, *expert_files]) as files:
         layout = _layout(files[0], files[1:])
-        with _writing(TensorFileWriter(out_path, METADATA, layout)) as output:
-            for name, dtype, _ in layout:
-                inputs = [file.view(name).reshape(-1) for file in files]
-                size = inputs[0].numel()
-                releaser = _Releaser(files, name, size)
-                for start in range(0, size, magnitude.CHUNK):
-                    stop = min(start + magnitude.CHUNK, size)
-                    n = stop - start
-                    base32 = scratch.get("base", f32, n).copy_(inputs[0][start:stop])
-                    total = scratch.get("acc", f32, n)
-                    for i, (weight, expert) in enumerate(zip(weights, inputs[1:], strict=True)):
-                        delta = total if i == 0 else scratch.get("delta", f32, n)
-                        delta.copy_(expert[start:stop]).sub_(base32)
-                        if weight != 1.0:  # 1.0 * x == x: skipping it changes no bit
-                            delta.mul_(weight)
-                        if i:
-                            total.add_(delta)
-                    if scale != 1.0:
-                        total.mul_(scale)
-                    output.put((name, start), total.add_(base32), dtype)
-                    releaser.advance(stop)
+        dtypes = {name: dtype for name, dtype, _ in layout}
+        prunable = [name for name, _, _ in layout if pruner is not None and pruner.prunable(name)]
+        total = sum(files[0].numel(n) for n in prunable)
+        k = round(rate * total) if pruner is not None else 0
+        counts = None
+        if pruner is not None and pruner.granularity == "global" and 0 < k < total:
+            counts = _MergeCounts(files, prunable, weights, scale, dtypes, k)
+        writer = TensorFileWriter(out_path, METADATA, layout)
+        try:
+
+            def merge(block: _Block, scratch: Scratch) -> None:
+                inputs = [file.view(block.name).reshape(-1)[block.start : block.stop] for file in files]
+                out = scratch.get("out", block.dtype, block.stop - block.start)
+                _task_arithmetic_into(out, inputs, weights, scale, scratch)
+                if counts is not None and block.name in counts.index:
+                    counts.count(block.name, out, scratch)
+                writer.write_part(block.name, block.start, out)
+                for file in files:
+                    file.release(block.name, block.start, block.stop)
+
+            _parallel(merge, _blocks(layout), threads)
+            if pruner is not None and k > 0:
+                selection = counts.finish() if counts is not None else None
+                _prune_written(writer, prunable, rate, pruner, selection, k, threads)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
     return Path(out_path)
+
+
+def _prune_written(
+    writer: TensorFileWriter,
+    prunable: Sequence[str],
+    rate: float,
+    pruner: MagnitudePruner,
+    selection: Selection | None,
+    k: int,
+    threads: int,
+) -> None:
+    """Prune the prunable tensors of a file being written, where they lie: by `selection` when
+    the merge pass settled the global threshold, else by the pruner's plan over the file."""
+    with TensorFile(writer.partial) as file:
+        if selection is not None:
+            cuts = dict(zip(prunable, selection.cuts(k), strict=True))
+        else:
+            cuts = _plan(pruner, file, rate)
+
+        def zero(name: str, scratch: Scratch) -> None:
+            cut = cuts.get(name)
+            if cut is None:
+                return
+            releaser = _Releaser([file], name, file.numel(name))
+            for start, values in cut.chunks(file.view(name), scratch):
+                writer.overwrite_part(name, start, values)
+                releaser.advance(start + values.numel())
+
+        _parallel(zero, [name for name in prunable if cuts.get(name) is not None], threads)
 
 
 def _plan(pruner: MagnitudePruner, file: TensorSource, rate: float) -> dict[str, TensorCut | None]:

@@ -28,6 +28,7 @@ import mmap
 import os
 import shutil
 import struct
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -269,6 +270,7 @@ class TensorFileWriter:
         self._header: dict[str, dict] = {}
         self._offset = 0
         self._ranges: dict[str, tuple[int, int]] | None = None
+        self._lock = threading.Lock()
         if layout is not None:
             blob, self._ranges = _header_blob(layout, self.metadata)
             self._data_start = len(blob)
@@ -307,7 +309,23 @@ class TensorFileWriter:
         if start < 0 or offset + len(raw) > end:
             raise ValueError(f"tensor {name!r}: elements from {start} overrun the tensor")
         _pwrite_all(self._fd, raw, self._data_start + offset)
-        self._written[name] += len(raw)
+        with self._lock:  # parts may come from several threads
+            self._written[name] += len(raw)
+
+    def overwrite_part(self, name: str, start: int, values: torch.Tensor) -> None:
+        """Write over elements already written (layout mode; e.g. to prune them in place
+        before the file is published)."""
+        begin, end = self._ranges[name]
+        raw = _raw_bytes(values)
+        offset = begin + start * values.element_size()
+        if start < 0 or offset + len(raw) > end:
+            raise ValueError(f"tensor {name!r}: elements from {start} overrun the tensor")
+        _pwrite_all(self._fd, raw, self._data_start + offset)
+
+    @property
+    def partial(self) -> Path:
+        """The file being written (complete header, data as written so far)."""
+        return self._partial
 
     def close(self) -> Path:
         """Finish the file and move it to its final name."""
