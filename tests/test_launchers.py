@@ -59,7 +59,9 @@ def test_readme_sweep_gives_two_run_folders(tmp_path, micro_lab):
 def test_multirun_through_launcher(tmp_path, micro_lab, launcher):
     """Two seeds of the smoke experiment, each job in its own process: submitit's local
     executor (what the SLURM launcher runs on a cluster) and joblib (lab_parallel, 2 jobs)."""
-    sweep = SWEEP if launcher != "lab_parallel" else [a for a in SWEEP if a != "threads=1"]
+    sweep = (
+        SWEEP if launcher != "lab_parallel" else [a if a != "threads=1" else "threads=auto" for a in SWEEP]
+    )
     first, second = _sweep(tmp_path / launcher, [f"hydra/launcher={launcher}", *sweep])
     assert (first["seed"], second["seed"]) == (0, 1)
     if launcher == "lab_parallel":  # threads=auto: the 2 jobs at once share the cores
