@@ -1,8 +1,10 @@
 """Throughput benchmark: streaming merges and pruning of a synthetic ~1B-parameter Llama, the
-fitness evaluators, and one SAE generation at lab scale. Prints a Markdown table.
+merge command side by side with mergekit-yaml and cp, the fitness evaluators, and one SAE
+generation at lab scale. Prints a Markdown table.
 
-    python experiments/benchmark.py [--workdir /tmp/sae-benchmark] [--only 1,2,3,4,evaluator]
-        [--params 1e9] [--skip-build] [--threads N] [--repeat 2] [--examples 64]
+    python experiments/benchmark.py [--workdir /tmp/sae-benchmark] [--only 1,2,3,4,5,6,evaluator]
+        [--params 1e9] [--skip-build] [--threads auto|N] [--repeat 2] [--examples 64]
+        [--mergekit PATH/TO/mergekit-yaml]
         [--data DIR] [--mc-examples 100] [--gen-examples 50] [--max-new-tokens 256]
         [--lm-eval-batch-size 8]
 
@@ -10,21 +12,23 @@ Every figure is a ratio to a reference measured in the same run on the same mach
 or busy machine moves both sides alike:
 
 1. Merge throughput, in GB of parameters read per second, of the streaming task arithmetic
-   (base + 2 experts read) and of SAE's child (2 parents read; both pruned to 60%, merged by
-   eq. 4/5, the child pruned and stored: the code `method=sae` runs, `SAE.child` through
-   `merging.child`, parents streamed as above `stream_parents_above_gb`), against a plain
-   in-memory `copy_` of a 1 GiB bf16 buffer (GB read per second: the physical limit). Each merge
-   runs in a fresh subprocess that reports its peak RSS above the RSS it had just before the
-   run (after imports), against one model's size: the kernel's high-water mark (VmHWM, what
-   ru_maxrss reports), reset before each run; ru_maxrss itself where /proc is missing. The
-   output goes to a new file, as in a real run, so page-cache allocation is included (a virtual
-   machine may make that slow when its memory was idle: the first run's time is shown too).
+   that experiments/merge_checkpoints.py runs (base + 2 experts read; alone and with its
+   global pruning to 50% in the same call) and of SAE's child (2 parents read; both pruned to
+   60%, merged by eq. 4/5, the child pruned and stored: the code `method=sae` runs, `SAE.child`
+   through `merging.child`, parents streamed as above `stream_parents_above_gb`), against a
+   plain in-memory `copy_` of a 1 GiB bf16 buffer (GB read per second: the physical limit).
+   Each merge runs in a fresh subprocess that reports its peak RSS above the RSS it had just
+   before the run (after imports), against one model's size: the kernel's high-water mark
+   (VmHWM, what ru_maxrss reports), reset before each run; ru_maxrss itself where /proc is
+   missing. The output goes to a new file, as in a real run, so page-cache allocation is
+   included (a virtual machine may make that slow when its memory was idle: the first run's
+   time is shown too).
 2. Global magnitude pruning of the base to 60% (the exact threshold, then every prunable tensor
-   zeroed, chunk by chunk) against one pass over its prunable weights: `torch.count_nonzero`
-   of each mapped tensor (the reference of the floor). Shown too: the same pruning written to
-   a new file (streaming), a chunked float32 sum pass (conversion into a preallocated buffer,
-   then sum), the threshold search alone, and writing an unpruned copy of the model (read +
-   write, no selection: what the file write costs by itself).
+   zeroed, chunk by chunk: the plan SAE prunes its parents by) against one pass over its
+   prunable weights: `torch.count_nonzero` of each mapped tensor (the reference of the floor).
+   Shown too: a chunked float32 sum pass (conversion into a preallocated buffer, then sum), the
+   threshold search alone, and writing an unpruned copy of the model (read + write, no
+   selection: what the file write costs by itself).
 3. Fitness evaluation throughput (examples/s) of the built-in evaluator against lm-eval's HF
    backend on the default lab's math expert and the same examples of both lab tasks.
 evaluator. The built-in evaluator against lm-eval's HF backend on a real model,
@@ -33,14 +37,23 @@ evaluator. The built-in evaluator against lm-eval's HF backend on a real model,
    examples/s of each, answers compared item by item, peak RSS of the built-in side.
 4. One SAE generation at lab scale (`run.py schedule.steps=1 logger=none`): the merge / prune /
    evaluate seconds of generation 1 from metrics.jsonl, against the generation's wall time.
+5. Whole commands, each its own process (wall and CPU seconds, peak RSS through wait4), on
+   model folders around the synthetic weights: `cp -r` of the base folder, our merge command
+   (task arithmetic, lambda 0.5) with and without `--prune 0.5`, and `mergekit-yaml` on the
+   same merge (mergekit 0.1.5 in its own environment, given by --mergekit or found on PATH;
+   skipped with a note when absent), at 1 thread, at every core, and at each one's default
+   (ours: threads=auto; mergekit: torch's). The runs are interleaved (cp, ours, mergekit, ...,
+   then again) and the fastest of --repeat is kept, so a change of load hits all sides alike.
+6. The thread policy's measurement: seconds per step of the lab's training loop
+   (`lab.training.train`, what the lab build runs; default lab shapes) at 1 thread and at
+   every core, interleaved, with the load average before and after.
 
 The synthetic checkpoints (bf16, Llama-3.2-1B shapes with a 32k vocabulary and tied
 embeddings; base ~ N(0, 0.02), experts = base + N(0, 0.002)) are built once under --workdir.
 The lab comes from the Hydra lab config (conf/lab/default.yaml), cached under
 $SAE_MERGING_CACHE/lab. Timed runs are repeated (--repeat) and the fastest is kept, so every
-side is measured warm. On a machine busy with other work, run with --threads 1: torch's
-parallel regions then wait for descheduled threads, which slows the many small chunk ops of
-the streaming passes far more than the one large op of each reference.
+side is measured warm. --threads (default auto) follows the thread policy of every entry point
+(src/sae_merging/utils/threads.py).
 """
 
 from __future__ import annotations
@@ -60,10 +73,13 @@ from pathlib import Path
 
 import torch
 
+from sae_merging.utils.threads import apply_threads, usable_cores
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, VOCAB = 2048, 8192, 32, 8, 32000
 RATE = 0.6
+COMMAND_RATE = 0.5  # the merge command's --prune in measurements 1 and 5
 GB = 1e9
 
 
@@ -165,19 +181,19 @@ def worker(kind: str, files: list[Path], out: Path, repeat: int) -> dict:
 
     pruner = MagnitudePruner("global")
     sae = sae_method() if kind == "sae" else None
-    inputs = {"task_arithmetic": files, "sae": files[1:], "prune": files[:1]}[kind]
+    inputs = {"task_arithmetic": files, "task_arithmetic_pruned": files, "sae": files[1:]}[kind]
     seconds, rss = [], []
     for _ in range(repeat):
         _remove(out)
         exact = _measure_memory()
         baseline = _memory("VmRSS") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         started = time.perf_counter()
-        if kind == "task_arithmetic":
+        if kind == "task_arithmetic":  # what experiments/merge_checkpoints.py runs
             streaming.stream_task_arithmetic(files[0], files[1:], 0.5, out)
-        elif kind == "sae":
-            sae_child(sae, files[1], files[2], out)
+        elif kind == "task_arithmetic_pruned":  # merge_checkpoints.py --prune 0.5
+            streaming.stream_task_arithmetic(files[0], files[1:], 0.5, out, None, COMMAND_RATE, pruner)
         else:
-            streaming.stream_prune(files[0], RATE, pruner, out)
+            sae_child(sae, files[1], files[2], out)
         seconds.append(time.perf_counter() - started)
         peak = _memory("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         rss.append(peak - baseline)
@@ -219,7 +235,7 @@ def in_subprocess(kind: str, args) -> dict:
     """`worker(kind)` in a fresh Python process (its own baseline RSS)."""
     command = [sys.executable, __file__, "--worker", kind, "--workdir", str(args.workdir)]
     command += ["--params", str(args.params), "--repeat", str(args.repeat)]
-    command += ["--threads", str(args.threads)] if args.threads else []
+    command += ["--threads", str(args.threads)]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -300,6 +316,255 @@ def copy_file_seconds(files: list[Path], out: Path, repeat: int) -> float:
     seconds = best_of(repeat, copy)
     out.unlink(missing_ok=True)
     return seconds
+
+
+# --- 5. the merge command side by side with mergekit-yaml and cp --------------------------------
+
+MERGEKIT_YAML = """merge_method: task_arithmetic
+base_model: {base}
+models:
+  - model: {expert1}
+    parameters: {{weight: 1.0}}
+  - model: {expert2}
+    parameters: {{weight: 1.0}}
+parameters:
+  lambda: 0.5
+dtype: bfloat16
+"""
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def model_folders(folder: Path, files: list[Path]) -> list[Path]:
+    """base / expert1 / expert2 model folders around the synthetic weights (hard links, no
+    copy): config, generation config and a small tokenizer, what both commands read and copy."""
+    from transformers import GenerationConfig, LlamaConfig
+
+    from sae_merging.lab.tokenizer import build_tokenizer
+
+    layers = sum(1 for name, _ in llama_layout_of(files[0]) if name.endswith("q_proj.weight"))
+    config = LlamaConfig(
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        head_dim=HIDDEN // HEADS,
+        num_hidden_layers=layers,
+        vocab_size=VOCAB,
+        tie_word_embeddings=True,
+        architectures=["LlamaForCausalLM"],
+    )
+    tokenizer = build_tokenizer(["a merged model says 12 + 3 = 15 #### 15"])
+    folders = []
+    for file in files:
+        target = folder / "models" / file.stem
+        target.mkdir(parents=True, exist_ok=True)
+        weights = target / "model.safetensors"
+        if not weights.exists():
+            os.link(file, weights)
+        config.save_pretrained(target)
+        GenerationConfig.from_model_config(config).save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        folders.append(target)
+    return folders
+
+
+def llama_layout_of(file: Path) -> list[tuple[str, tuple[int, ...]]]:
+    from sae_merging.utils.tensorfiles import TensorFile
+
+    with TensorFile(file) as handle:
+        return [(name, shape) for name, _, shape in handle.layout()]
+
+
+def find_mergekit(flag: str | None) -> str | None:
+    """The mergekit-yaml to compare with: --mergekit, else the one on PATH (None: skipped)."""
+    if flag:
+        if not Path(flag).is_file():
+            sys.exit(f"--mergekit {flag}: no such file")
+        return flag
+    return shutil.which("mergekit-yaml")
+
+
+# Runs a command as its child and prints its wall and CPU seconds and peak RSS (wait4). The
+# command is forked from this small process, not from the benchmark: a child's peak RSS starts
+# at its parent's resident size when it is forked.
+TIMER = """import json, os, sys, time
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps({"wall": time.perf_counter() - started, "cpu": usage.ru_utime + usage.ru_stime,
+                  "rss": usage.ru_maxrss * 1024, "status": os.waitstatus_to_exitcode(status)}))
+"""
+
+
+def run_command(command: list[str], env: dict[str, str], log: Path) -> dict:
+    """Wall and CPU seconds and peak RSS of one command, in its own process."""
+    with open(log, "w") as errors:
+        result = subprocess.run(
+            [sys.executable, "-c", TIMER, *command], env=env, stdout=subprocess.PIPE, stderr=errors, text=True
+        )
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    if measured.pop("status") != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{log.read_text()[-3000:]}")
+    return measured
+
+
+def command_variants(
+    folders: list[Path], out: Path, mergekit: str | None
+) -> dict[str, tuple[list[str], dict]]:
+    """name -> (command, environment): cp of the base folder; our merge command, with and
+    without --prune, and mergekit-yaml on the same task arithmetic, at 1 thread, at every core,
+    and at each one's default (ours: threads=auto; mergekit: torch's)."""
+    clean = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    ours = [sys.executable, str(ROOT / "experiments" / "merge_checkpoints.py"), "--base", str(folders[0])]
+    ours += ["--experts", *map(str, folders[1:]), "--scale", "0.5", "--out", str(out)]
+    recipe = out.parent / "mergekit.yml"
+    recipe.write_text(MERGEKIT_YAML.format(base=folders[0], expert1=folders[1], expert2=folders[2]))
+    variants = {"cp": (["cp", "-r", str(folders[0]), str(out)], clean)}
+    cores = usable_cores()
+    for setting in dict.fromkeys(["1", str(cores), "default"]):
+        env = clean if setting == "default" else {**clean, **dict.fromkeys(THREAD_VARIABLES, setting)}
+        threads = "auto" if setting == "default" else setting
+        variants[f"ours/{setting}"] = (ours + ["--threads", threads], env)
+        variants[f"ours-prune/{setting}"] = (ours + ["--threads", threads, "--prune", str(COMMAND_RATE)], env)
+        if mergekit:
+            jobs = [] if setting == "default" else ["-j", setting]
+            variants[f"mergekit/{setting}"] = ([mergekit, str(recipe), str(out), "--quiet", *jobs], env)
+    return variants
+
+
+def command_runs(folder: Path, files: list[Path], repeat: int, mergekit: str | None) -> dict:
+    """Every variant `repeat` times, interleaved (cp, ours, mergekit, ... then again), so a
+    change of the machine's load hits all alike; the fastest run of each is kept."""
+    folders = model_folders(folder, files)
+    work = folder / "commands"
+    work.mkdir(exist_ok=True)
+    out = work / "out"
+    variants = command_variants(folders, out, mergekit)
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    load = [os.getloadavg()]
+    for _ in range(repeat):
+        for name, (command, env) in variants.items():
+            shutil.rmtree(out, ignore_errors=True)
+            runs[name].append(run_command(command, env, work / "stderr.txt"))
+            run = runs[name][-1]
+            print(
+                f"  {name}: {run['wall']:.2f} s, CPU {run['cpu']:.2f} s, peak RSS {run['rss'] / GB:.2f} GB, "
+                f"load {os.getloadavg()[0]:.2f}",
+                file=sys.stderr,
+            )
+    shutil.rmtree(out, ignore_errors=True)
+    load.append(os.getloadavg())
+    best = {name: min(times, key=lambda r: r["wall"]) for name, times in runs.items()}
+    return {"best": best, "runs": runs, "load_average": load, "mergekit": mergekit}
+
+
+def command_rows(result: dict, model_bytes: int) -> list[Row]:
+    best, rows = result["best"], []
+    cp = best["cp"]["wall"]
+    rows.append(
+        Row("cp -r of the base folder (read 1 + write 1)", f"{cp:.2f} s", "(the output's write alone)")
+    )
+    if result["mergekit"] is None:
+        rows.append(Row("mergekit-yaml: not found (--mergekit PATH or on PATH): skipped", "", ""))
+    settings = [name.split("/", 1)[1] for name in best if name.startswith("ours/")]
+    for setting in settings:
+        label = "default threads (ours: auto)" if setting == "default" else f"{setting} thread(s)"
+        ours, pruned = best[f"ours/{setting}"], best[f"ours-prune/{setting}"]
+        mk = best.get(f"mergekit/{setting}")
+        measured = f"{ours['wall']:.2f} s (CPU {ours['cpu']:.1f} s)"
+        if mk is not None:
+            ratio = ours["wall"] / mk["wall"]
+            rows.append(
+                Row(
+                    f"merge command, {label}: against mergekit-yaml",
+                    measured,
+                    f"mergekit {mk['wall']:.2f} s (CPU {mk['cpu']:.1f} s)",
+                    ratio,
+                    "<= 0.50",
+                    ratio <= 0.50,
+                )
+            )
+            rows.append(
+                Row("  mergekit-yaml against cp", f"{mk['wall']:.2f} s", f"cp {cp:.2f} s", mk["wall"] / cp)
+            )
+        rows.append(Row(f"merge command, {label}: against cp", measured, f"cp {cp:.2f} s", ours["wall"] / cp))
+        ratio = pruned["wall"] / ours["wall"]
+        rows.append(
+            Row(
+                f"  with --prune {COMMAND_RATE} (global): against merge only",
+                f"{pruned['wall']:.2f} s (CPU {pruned['cpu']:.1f} s)",
+                f"merge only {ours['wall']:.2f} s",
+                ratio,
+                "<= 1.50",
+                ratio <= 1.50,
+            )
+        )
+        rows.append(
+            Row(
+                "  with --prune: against cp", f"{pruned['wall']:.2f} s", f"cp {cp:.2f} s", pruned["wall"] / cp
+            )
+        )
+        peak = max(ours["rss"], pruned["rss"])
+        reference = (
+            f"mergekit {mk['rss'] / GB:.2f} GB" if mk is not None else f"one model {model_bytes / GB:.2f} GB"
+        )
+        rows.append(
+            Row(
+                "  peak RSS of the whole process (torch's own ~0.29 GB included)",
+                f"{peak / GB:.2f} GB",
+                reference,
+                peak / (mk["rss"] if mk is not None else model_bytes),
+            )
+        )
+    return rows
+
+
+# --- 6. the thread policy's measurement: a lab training step at 1 thread and at every core ----
+
+
+def lab_step_seconds(repeat: int, steps: int = 20) -> dict:
+    """Seconds per step of the lab's training loop (`lab.training.train`, what the lab build
+    runs) on the default lab's model shape and batch size, at 1 thread and at every core,
+    interleaved; the fastest of `repeat` is kept, and the load average is noted."""
+    from omegaconf import OmegaConf
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sae_merging.lab.training import Sequence_, TrainSpec, train
+
+    lab = OmegaConf.to_container(lab_config([]).lab, resolve=True)
+    m = lab["model"]
+    config = LlamaConfig(
+        vocab_size=400,
+        hidden_size=m["hidden_size"],
+        intermediate_size=m["intermediate_size"],
+        num_hidden_layers=m["num_hidden_layers"],
+        num_attention_heads=m["num_attention_heads"],
+        num_key_value_heads=m["num_attention_heads"],
+        max_position_embeddings=m["max_position_embeddings"],
+    )
+    generator = torch.Generator().manual_seed(0)
+    data = [  # lab problems are a few dozen tokens long
+        Sequence_(tuple(torch.randint(4, 400, (n,), generator=generator).tolist()), (True,) * n)
+        for n in torch.randint(30, 60, (256,), generator=generator).tolist()
+    ]
+    spec = TrainSpec(steps=steps, batch_size=lab["base_train"]["batch_size"], warmup=5)
+    previous, cores = torch.get_num_threads(), usable_cores()
+    times: dict[int, list[float]] = {1: [], cores: []}
+    load = [os.getloadavg()]
+    try:
+        for _ in range(repeat):
+            for threads in times:
+                torch.set_num_threads(threads)
+                model = LlamaForCausalLM(config)
+                started = time.perf_counter()
+                train(model, data, spec, seed=0, pad_id=0, progress=False)
+                times[threads].append((time.perf_counter() - started) / steps)
+    finally:
+        torch.set_num_threads(previous)
+    load.append(os.getloadavg())
+    return {"seconds_per_step": {t: min(v) for t, v in times.items()}, "runs": times, "load_average": load}
 
 
 def lab_config(overrides: list[str]):
@@ -432,8 +697,7 @@ def sae_generation(args) -> dict:
     from sae_merging.runtime import runner
 
     overrides = ["schedule.steps=1", "logger=none", "progress=false"]
-    if args.threads:
-        overrides.append(f"threads={args.threads}")
+    overrides.append(f"threads={args.threads}")
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="sae-run-") as tmp:
         runner.run(lab_config(overrides), Path(tmp) / "run")
         lines = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -487,9 +751,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sae-benchmark"))
     parser.add_argument("--skip-build", action="store_true", help="use the checkpoints already built")
-    parser.add_argument("--only", default="1,2,3,4", help="which measurements, e.g. 1,2")
+    parser.add_argument("--only", default="1,2,3,4,5,6", help="which measurements, e.g. 1,2")
     parser.add_argument("--params", type=float, default=1e9, help="synthetic model size")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", default="auto", help="CPU threads: auto (default) or N")
+    parser.add_argument("--mergekit", help="mergekit-yaml to run side by side (default: from PATH)")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs per measurement (fastest kept)")
     parser.add_argument("--examples", type=int, default=64, help="examples per task for measurement 3")
     parser.add_argument("--data", help="task=paper_local's data folder (default $SAE_MERGING_DATA)")
@@ -499,9 +764,8 @@ def main() -> None:
     parser.add_argument("--lm-eval-batch-size", type=int, default=8, help="lm-eval's batch size (evaluator)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    folder = args.workdir / f"llama-{args.params:.0e}"
+    args.threads = apply_threads(args.threads, workers=1)
+    folder = args.workdir / f"llama-{args.params / 1e6:.0f}M"  # no '+': mergekit reads it as a LoRA
     files = [folder / f"{name}.safetensors" for name in ("base", "expert1", "expert2")]
     if args.worker:
         out = folder / f"out-{args.worker}.safetensors"
@@ -515,7 +779,7 @@ def main() -> None:
     )
     rows: list[Row] = []
     results: dict = {"machine": info}
-    if only & {1, 2}:
+    if only & {1, 2, 5}:
         if args.skip_build and not (folder / "done").is_file():
             sys.exit(f"--skip-build: no checkpoints under {folder}")
         files = build_checkpoints(folder, args.params)
@@ -537,7 +801,7 @@ def main() -> None:
         # SAE's child is the run's own (SAE.child): it is held in memory while it is made and
         # stored, so its memory floor is one model, not a few chunks.
         for kind, label, speed_floor, rss_floor in (
-            ("task_arithmetic", "task arithmetic, base + 2 experts", 0.30, 0.50),
+            ("task_arithmetic", "task arithmetic, base + 2 experts", 0.30, 0.15),
             ("sae", "SAE child (method=sae's code), 2 parents", None, 1.25),
         ):
             run = in_subprocess(kind, args)
@@ -572,13 +836,36 @@ def main() -> None:
                     rss <= rss_floor,
                 )
             )
+        pruned = in_subprocess("task_arithmetic_pruned", args)
+        results["task_arithmetic_pruned"] = pruned
+        merge = results["task_arithmetic"]["seconds"]
+        rows.append(
+            Row(
+                f"task arithmetic + global pruning to {COMMAND_RATE:.0%} (one call)",
+                _runs(pruned),
+                f"merge only {merge:.2f} s",
+                pruned["seconds"] / merge,
+                "<= 1.50",
+                pruned["seconds"] / merge <= 1.50,
+            )
+        )
+        rss = pruned["rss"] / model_bytes
+        rows.append(
+            Row(
+                "  same: peak RSS above baseline",
+                f"{pruned['rss'] / GB:.3f} GB",
+                f"one model {model_bytes / GB:.2f} GB",
+                rss,
+                "<= 0.15",
+                rss <= 0.15,
+            )
+        )
         results["copy_gbps"] = copy
     if 2 in only:
         reference = reference_passes(files, args.repeat)
-        prune = in_subprocess("prune", args)
         plan = plan_seconds(files, args.repeat)
         in_place = prune_pass_seconds(files, args.repeat)
-        results["prune"] = {**prune, **reference, "plan": plan, "copy_file": copy_file, "pass": in_place}
+        results["prune"] = {**reference, "plan": plan, "copy_file": copy_file, "pass": in_place}
         count = reference["count_nonzero"]
         ratio = in_place / count
         rows.append(
@@ -593,18 +880,10 @@ def main() -> None:
         )
         rows.append(
             Row(
-                "  same, written to a new file",
-                _runs(prune),
-                f"count_nonzero pass {count:.2f} s",
-                prune["seconds"] / count,
-            )
-        )
-        rows.append(
-            Row(
                 "  same, against a float32 chunked-sum pass",
-                f"{prune['seconds']:.2f} s",
+                f"{in_place:.2f} s",
                 f"float32 sum pass {reference['float_sum']:.2f} s",
-                prune["seconds"] / reference["float_sum"],
+                in_place / reference["float_sum"],
             )
         )
         rows.append(
@@ -621,6 +900,24 @@ def main() -> None:
                 f"{copy_file:.2f} s",
                 f"count_nonzero pass {count:.2f} s",
                 copy_file / count,
+            )
+        )
+    if 5 in only:
+        commands = command_runs(folder, files, args.repeat, find_mergekit(args.mergekit))
+        results["commands"] = commands
+        rows += command_rows(commands, model_bytes)
+    if 6 in only:
+        steps = lab_step_seconds(args.repeat)
+        results["lab_steps"] = steps
+        per_step = steps["seconds_per_step"]
+        one, every = per_step[1], per_step[max(per_step)]
+        load = " / ".join(f"{x[0]:.2f}" for x in steps["load_average"])
+        rows.append(
+            Row(
+                f"lab training step, {max(per_step)} threads (load average {load})",
+                f"{every:.3f} s",
+                f"1 thread {one:.3f} s",
+                every / one,
             )
         )
     if 3 in only:
