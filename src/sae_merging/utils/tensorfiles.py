@@ -301,6 +301,17 @@ class TensorFileWriter:
 
     def write_part(self, name: str, start: int, values: torch.Tensor) -> None:
         """Write flat elements [start, start + values.numel()) of `name` (layout mode only)."""
+        written = self._place(name, start, values)
+        with self._lock:  # parts may come from several threads
+            self._written[name] += written
+
+    def overwrite_part(self, name: str, start: int, values: torch.Tensor) -> None:
+        """Write over elements already written (layout mode; e.g. to prune them in place
+        before the file is published)."""
+        self._place(name, start, values)
+
+    def _place(self, name: str, start: int, values: torch.Tensor) -> int:
+        """Write the values at their place in the file; returns the bytes written."""
         if self._ranges is None:
             raise ValueError("write_part needs the layout given to the writer")
         begin, end = self._ranges[name]
@@ -309,18 +320,7 @@ class TensorFileWriter:
         if start < 0 or offset + len(raw) > end:
             raise ValueError(f"tensor {name!r}: elements from {start} overrun the tensor")
         _pwrite_all(self._fd, raw, self._data_start + offset)
-        with self._lock:  # parts may come from several threads
-            self._written[name] += len(raw)
-
-    def overwrite_part(self, name: str, start: int, values: torch.Tensor) -> None:
-        """Write over elements already written (layout mode; e.g. to prune them in place
-        before the file is published)."""
-        begin, end = self._ranges[name]
-        raw = _raw_bytes(values)
-        offset = begin + start * values.element_size()
-        if start < 0 or offset + len(raw) > end:
-            raise ValueError(f"tensor {name!r}: elements from {start} overrun the tensor")
-        _pwrite_all(self._fd, raw, self._data_start + offset)
+        return len(raw)
 
     @property
     def partial(self) -> Path:
