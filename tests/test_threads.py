@@ -118,6 +118,9 @@ def test_merge_command_applies_threads(tmp_path):
     save_file({"model.layers.0.mlp.up_proj.weight": torch.randn(8, 4)}, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     (folder / "generation_config.json").write_text("{}")
+    from sae_merging.lab.tokenizer import build_tokenizer
+
+    build_tokenizer(["a b"]).save_pretrained(folder)
     command = [
         sys.executable,
         "experiments/merge_checkpoints.py",
