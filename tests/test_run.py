@@ -101,3 +101,17 @@ def test_resume_equals_uninterrupted(smoke_run, tmp_path, monkeypatch):
         json.loads(x)["generation"] for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     ]
     assert generations == [0, 1, 2, 3]
+
+
+def test_saved_model_keeps_base_files_and_has_a_model_card(tmp_path, micro_lab):
+    results = runner.run(compose_config(SMOKE + ["method=task_arithmetic"]), tmp_path / "run")
+    folder = tmp_path / "run" / "model"
+    base = Path(micro_lab.base)
+    for name in ("generation_config.json", "tokenizer_config.json"):
+        if (base / name).is_file():
+            assert (folder / name).read_bytes() == (base / name).read_bytes()
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nbase_model:\n") and "# task_arithmetic merge" in card
+    for task, score in results["test"].items():
+        assert f"| {task} | {score:.4f} |" in card
+    assert results["wall_seconds"] >= results["seconds"]["save"] + results["seconds"].get("test", 0.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -42,6 +43,20 @@ from sae_merging.utils.tensorfiles import (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
 EXPECTED = "expected a local model folder, a .gguf file, or a hub id like 'owner/name'"
+# Files of a base folder that a merged model keeps as they are: generation defaults (sampling
+# settings, every end token), the tokenizer and its chat template.
+CARRIED_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 
 
 def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
@@ -218,12 +233,17 @@ def save_model_folder(
     tokenizer: PreTrainedTokenizerBase | None = None,
     generation_config: GenerationConfig | None = None,
     max_shard_bytes: int = 5 * 2**30,
+    source: str | ModelRef | None = None,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a Hugging Face model folder (safetensors shards, config, tokenizer, generation
     config) atomically: the folder appears complete or not at all.
 
     `tensors` may be an iterator, so a merge can stream them: only one shard is held at a time.
-    Tied aliases are dropped, as `save_pretrained` does.
+    Tied aliases are dropped, as `save_pretrained` does. `source`: the model whose generation
+    config, tokenizer files and chat template are copied as they are (a folder or hub id; a
+    GGUF file holds none, so they are written from its config and tokenizer). `extra_files`:
+    more text files by name (a model card).
     """
     out_dir = Path(out_dir)
     aliases = tied_aliases(config)
@@ -239,6 +259,10 @@ def save_model_folder(
         generation_config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        for name, file in carried_files(source).items():
+            shutil.copyfile(file, tmp / name)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         files = sorted(set(weight_map.values()))
         if len(files) == 1:
             os.replace(tmp / files[0], tmp / SAFETENSORS_FILE)
@@ -246,6 +270,17 @@ def save_model_folder(
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2))
     return out_dir
+
+
+def carried_files(source: str | ModelRef | None) -> dict[str, Path]:
+    """The CARRIED_FILES that the folder of `source` holds (none for a GGUF file)."""
+    if source is None:
+        return {}
+    ref = ModelRef.parse(source)
+    if ref.gguf_file:
+        return {}
+    folder = ref.local_dir()
+    return {name: folder / name for name in CARRIED_FILES if (folder / name).is_file()}
 
 
 def _write_shards(

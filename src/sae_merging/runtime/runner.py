@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sae_merging.models.io import load_config, load_tokenizer, save_model_folder
+from sae_merging.runtime.card import model_card
 from sae_merging.runtime.context import Outcome, RunContext
 from sae_merging.runtime.fitness import FitnessEvaluator
 from sae_merging.runtime.loop import CHECKPOINT_FILE, run_generations
@@ -188,8 +189,6 @@ def finish(
     )
     opt = outcome.opt_scores.task_accuracy()
     stats = [SparsityStats.of(t) for t in tensors.values()]
-    reference = ctx.models.base or ctx.models.experts[0]
-    save_model_folder(ctx.run_dir / "model", ctx.complete_vocab(tensors), load_config(reference), tokenizer)
     results = {
         "method": method,
         "seed": cfg.seed,
@@ -209,10 +208,27 @@ def finish(
         "generations": _generations(ctx),
         "chosen": outcome.member.to_json(),
         "details": outcome.details,
-        "seconds": {k: round(v, 3) for k, v in ctx.timer.totals.items()},
-        "wall_seconds": round(clock.seconds, 2),
         "threads": torch.get_num_threads(),
     }
+    reference = ctx.models.base or ctx.models.experts[0]
+    card = model_card(
+        method,
+        str(ctx.models.base) if ctx.models.base else None,
+        [str(e) for e in ctx.models.experts],
+        OmegaConf.to_container(cfg, resolve=True),
+        results,
+    )
+    with ctx.timer.section("save"):
+        save_model_folder(
+            ctx.run_dir / "model",
+            ctx.complete_vocab(tensors),
+            load_config(reference),
+            tokenizer,
+            source=reference,
+            extra_files={"README.md": card},
+        )
+    results["seconds"] = {k: round(v, 3) for k, v in ctx.timer.totals.items()}
+    results["wall_seconds"] = round(clock.seconds, 2)  # the save included
     atomic_write_json(ctx.run_dir / RESULTS_FILE, results)
     return results
 
