@@ -210,6 +210,10 @@ def test_app_end_to_end_and_redraw(micro_lab, tmp_path, monkeypatch, caplog):
         "batch.size=4",
         "convexity.ncv=6",
         "convexity.max_restarts=5",
+        "summary.replicates=2",
+        "summary.batch_size=4",
+        "summary.grid=5",
+        "summary.points=1",
         "progress=false",
         f"models.pso_merged={run_dir}",
     ]
@@ -227,13 +231,20 @@ def test_app_end_to_end_and_redraw(micro_lab, tmp_path, monkeypatch, caplog):
             for fmt in ("png", "pdf"):
                 assert (out / "figures" / f"{task}_{kind}.{fmt}").stat().st_size > 0
     assert results["batches"]["lab-math"]["size"] == 4
+    assert set(results["summary"]["intervals"]["lab-math"]["paired"]) == {
+        "pso_merged - math_expert",
+        "pso_merged - multilingual_expert",
+    }
+    assert (out / runner.SUMMARY_FILE).stat().st_size > 0
 
     shutil.rmtree(out / "figures")
+    (out / runner.SUMMARY_FILE).unlink()
     monkeypatch.setattr(runner, "compute", lambda *a: pytest.fail("redraw must not recompute"))
     redraw = [f"out_dir={out}", "redraw_only=true", "plots.loss_scale=linear", "plots.formats=[png]"]
     runner.run(_compose(redraw))
     assert (out / "figures" / "lab-math_convexity.png").is_file()
     assert not (out / "figures" / "lab-math_convexity.pdf").exists()
+    assert (out / runner.SUMMARY_FILE).is_file()  # redrawn from landscape.json
 
 
 def test_app_refuses_unknown_settings(tmp_path):

@@ -1,9 +1,11 @@
 """The analysis command behind `python analysis/landscape.py`: grids, then figures.
 
 Output folder (`out_dir`):
-    landscape.json            settings, models, batches, losses at the origin, timings, grid files
+    landscape.json            settings, models, batches, losses at the origin, timings, grid files,
+                              and (analysis `summary`) every replicate's measures and their intervals
     grids/<task>/<model>.npz  the raw grids (coordinates, loss, lambda_min/max, convexity, HVPs)
     figures/<task>_{loss_contour,loss_surface,convexity}.{png,pdf}
+    summary.md                the `summary` analysis as Markdown tables (sae_merging.analysis.summary)
 With `redraw_only=true` the figures are drawn again from `landscape.json` and the grids, with
 the current plot settings, and nothing is recomputed.
 """
@@ -30,6 +32,7 @@ from sae_merging.analysis import plots
 from sae_merging.analysis.directions import DirectionSpec, model_direction
 from sae_merging.analysis.hessian import EigenSpec, convexity_grid
 from sae_merging.analysis.landscape import FixedBatch, fixed_examples, grid_coordinates, loss_grid, task_loss
+from sae_merging.analysis.summary import SummarySpec, markdown, replicate_measures, summarize
 from sae_merging.models.io import ModelRef, load_model, load_tokenizer
 from sae_merging.utils import threads as thread_policy
 from sae_merging.utils.device import resolve_device
@@ -38,8 +41,10 @@ from sae_merging.utils.files import atomic_write_json
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "landscape.json"
+SUMMARY_FILE = "summary.md"
 FORMAT = 1
-ANALYSES = ("loss", "convexity")
+ANALYSES = ("loss", "convexity", "summary")
+MAPS = ("loss", "convexity")
 LAB_PREFIX = "lab:"
 RUN_MODEL_DIR = "model"
 
@@ -123,7 +128,9 @@ def _compute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     directions = DirectionSpec(**cfg.directions)
     eigen = EigenSpec(**{k: v for k, v in cfg.convexity.items() if k not in ("size", "span")})
-    coords = {name: grid_coordinates(int(cfg[name].size), float(cfg[name].span)) for name in cfg.analyses}
+    maps = [name for name in cfg.analyses if name in MAPS]
+    coords = {name: grid_coordinates(int(cfg[name].size), float(cfg[name].span)) for name in maps}
+    summary = SummarySpec(**{k: v for k, v in cfg.summary.items() if k != "compare"})
 
     pool = instantiate(cfg.task)
     known = pool.declared_names()
@@ -148,6 +155,18 @@ def _compute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         for t in tasks
     }
     batches = {name: FixedBatch.from_examples(tokenizer, ex).to(device) for name, ex in examples.items()}
+    replicate_batches = {}  # task -> one batch per replicate (batch seed = replicate)
+    if "summary" in cfg.analyses:
+        replicate_batches = {
+            t.name: [
+                FixedBatch.from_examples(
+                    tokenizer,
+                    fixed_examples(t, cfg.batch.split, summary.batch_size, r, t.name in pool.stratify),
+                ).to(device)
+                for r in range(summary.replicates)
+            ]
+            for t in tasks
+        }
 
     results: dict[str, Any] = {
         "format": FORMAT,
@@ -170,7 +189,13 @@ def _compute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
     }
-    per_model = sum(len(coords[name]) ** 2 for name in cfg.analyses) * len(tasks)
+    if replicate_batches:
+        results["summary"] = {
+            "spec": OmegaConf.to_container(cfg.summary, resolve=True),
+            "measures": {t.name: {} for t in tasks},
+        }
+    replicates = summary.replicates if replicate_batches else 0
+    per_model = (sum(len(coords[name]) ** 2 for name in maps) + replicates) * len(tasks)
     bar = tqdm(total=per_model * len(models), desc="landscape", disable=not cfg.progress, mininterval=1.0)
     shapes: dict[str, tuple[int, ...]] | None = None
     for key, path in models.items():
@@ -181,7 +206,14 @@ def _compute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         for task in tasks:
             batch, grids, seconds = batches[task.name], {}, {}
             results["loss_at_origin"][task.name][key] = task_loss(model, batch)
-            for name in cfg.analyses:
+            if replicate_batches:
+                bar.set_postfix_str(f"{key} / {task.name} / summary")
+                begin = time.perf_counter()
+                results["summary"]["measures"][task.name][key] = _replicates(
+                    model, replicate_batches[task.name], directions, summary, eigen, bar.update
+                )
+                seconds["summary"] = round(time.perf_counter() - begin, 2)
+            for name in maps:
                 bar.set_postfix_str(f"{key} / {task.name} / {name}")
                 begin = time.perf_counter()
                 if name == "loss":
@@ -202,10 +234,25 @@ def _compute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             results["seconds"][key][task.name] = seconds
         del model, d1, d2
     bar.close()
+    if replicate_batches:
+        compare = [tuple(pair) for pair in cfg.summary.compare]
+        results["summary"]["intervals"] = summarize(results["summary"]["measures"], compare)
     results["total_seconds"] = round(time.perf_counter() - started, 2)
     results["load_average"] = {"start": load_start, "end": _load_average()}
     atomic_write_json(out_dir / RESULTS_FILE, results)
     return results
+
+
+def _replicates(model, batches, directions: DirectionSpec, spec: SummarySpec, eigen: EigenSpec, step) -> list:
+    """The summary's measures of one model on one task, replicate r on batch r in the plane of
+    direction seed r (the seed of `directions` is replaced, its normalization kept)."""
+    measures = []
+    for r, batch in enumerate(batches):
+        plane = DirectionSpec(seed=r, normalization=directions.normalization, one_dim=directions.one_dim)
+        d1, d2 = (model_direction(model, plane, index) for index in (0, 1))
+        measures.append(replicate_measures(model, batch, d1, d2, spec, eigen, seed=r))
+        step()
+    return measures
 
 
 def _load_average() -> list[float] | None:
@@ -222,6 +269,23 @@ def _check_shapes(model, reference: dict | None, key: str) -> dict[str, tuple[in
     return shapes
 
 
+def summary_markdown(results: Mapping[str, Any], titles: Mapping[str, str]) -> str:
+    """summary.md: what was measured, how, on what load, then the tables."""
+    spec, config = results["summary"]["spec"], results["config"]
+    head = (
+        f"Landscape summary: {spec['replicates']} replicates per model and task (replicate r: shared "
+        f"random directions of seed r, {config['directions']['normalization']}-normalized, and a batch of "
+        f"{spec['batch_size']} {config['batch']['split']} examples drawn with seed r); within a disc of "
+        f"radius {spec['radius']}: quadratic fit to a {spec['grid']} x {spec['grid']} loss grid, "
+        f"convexity at {spec['points']} points ({config['convexity']['solver']} solver, tol "
+        f"{config['convexity']['tol']}). Cells: mean ± sample std [95% t interval]; paired rows: "
+        f"difference by replicate, its interval and the paired t-test's p. "
+        f"{results.get('torch_threads')} torch thread(s), load average {results.get('load_average')}, "
+        f"{results.get('total_seconds')} s."
+    )
+    return head + "\n\n" + markdown(results["summary"]["intervals"], titles)
+
+
 def draw(results: Mapping[str, Any], out_dir: Path, settings: Mapping) -> list[Path]:
     """All figures of an analysis from its saved grids."""
     config = results["config"]
@@ -232,6 +296,11 @@ def draw(results: Mapping[str, Any], out_dir: Path, settings: Mapping) -> list[P
     )
     formats, dpi = list(settings["formats"]), int(settings["dpi"])
     written: list[Path] = []
+    if "summary" in results:
+        titles = {key: model["title"] for key, model in results["models"].items()}
+        path = out_dir / SUMMARY_FILE
+        path.write_text(summary_markdown(results, titles))
+        written.append(path)
     figures = out_dir / "figures"
     for task in results["tasks"]:
         grids = {key: np.load(out_dir / file) for key, file in results["grids"][task].items()}
