@@ -171,6 +171,7 @@ def test_loss_at_origin_is_the_models_loss(micro_model):
     assert np.isfinite(grid).all() and (np.delete(grid.ravel(), 4) > grid[1, 1]).any()
 
 
+@pytest.mark.slow  # a 3 x 3 convexity grid: about two minutes on 2 idle cores
 def test_weights_are_restored_bit_exactly(micro_model):
     model, batch = micro_model
     before = {k: v.clone() for k, v in model.state_dict().items()}
