@@ -25,31 +25,26 @@ from sae_merging.methods.settings import (
     TaskArithmeticSettings,
     TiesSettings,
 )
-from sae_merging.runtime.context import Member, Outcome, RunContext
+from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext
 from sae_merging.runtime.selection import choice_sample
 
 DRAW = 0  # the optimization draw every grid point is scored on (unless selection=validation)
 
 
 @dataclass
-class GridState:
-    generation: int
-    members: list[Member] = field(default_factory=list)  # the best model so far
-    points: list[dict[str, Any]] = field(default_factory=list)  # factor and scores of each point
-    metrics: dict[str, Any] = field(default_factory=dict)
+class GridState(PopulationState):
+    """The population state plus the factor and scores of each grid point; `members` holds
+    the best model so far."""
+
+    points: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {
-            "generation": self.generation,
-            "members": [m.to_json() for m in self.members],
-            "points": self.points,
-            "metrics": self.metrics,
-        }
+        return {**super().to_json(), "points": self.points}
 
     @classmethod
     def from_json(cls, data: Mapping) -> GridState:
-        members = [Member.from_json(m) for m in data["members"]]
-        return cls(data["generation"], members, list(data["points"]), data["metrics"])
+        base = PopulationState.from_json(data)
+        return cls(base.generation, base.members, base.next_id, base.metrics, list(data["points"]))
 
     @property
     def best_point(self) -> dict[str, Any]:
