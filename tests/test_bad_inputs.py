@@ -97,6 +97,7 @@ CASES = {
     "T_mult fraction": (["schedule.T_mult=1.5"], "schedule.T_mult=1.5: must be an integer >= 1"),
     "steps zero": (["schedule.steps=0"], "schedule.steps=0: must be an integer >= 1"),
     "rise unknown": (["schedule.rise=step"], "schedule.rise='step': must be one of cosine, linear"),
+    "phase unknown": (["schedule.phase=late"], "schedule.phase='late': must be one of endpoint, sgdr"),
     "constant rate inf": (
         ["schedule=constant", "schedule.rate_value=inf"],
         f"schedule.rate_value=inf: {NAN_REFUSED}",
@@ -123,6 +124,28 @@ CASES = {
     "competition unknown": (
         ["method.competition=best"],
         "method.competition='best': must be one of worst, shared",
+    ),
+    "aggregate unknown": (
+        ["method.aggregate=sum"],
+        "method.aggregate='sum': must be one of instances, task_mean",
+    ),
+    "omega source unknown": (
+        ["method.omega_from=merged"],
+        "method.omega_from='merged': must be one of pruned, archive",
+    ),
+    "sparsity scale unknown": (
+        ["method.sparsity_scale=zscore"],
+        "method.sparsity_scale='zscore': must be one of raw, archive",
+    ),
+    "elitism negative": (["method.elitism=-1"], "method.elitism=-1: must be an integer >= 0"),
+    "elitism fills the archive": (
+        ["method.elitism=3", "method.keep_experts=true", "method.archive_size=4"],
+        "method.elitism=3 (keep_experts=True): keeps 5 of the archive's 4 places; at least one must "
+        "stay open to children",
+    ),
+    "keep experts not a flag": (
+        ["method.keep_experts=some"],
+        "method.keep_experts='some': must be true or false",
     ),
     "sharing alpha nan": (["method.sharing_alpha=nan"], f"method.sharing_alpha=nan: {NAN_REFUSED}"),
     "stream threshold negative": (
@@ -198,7 +221,11 @@ CASES = {
     ),
     "m2n2 interpolation unknown": (
         ["method=m2n2", "method.interpolation=cubic"],
-        "method.interpolation='cubic': must be one of lerp, slerp",
+        "method.interpolation='cubic': must be one of lerp, slerp, slerp_flat",
+    ),
+    "m2n2 split unknown": (
+        ["method=m2n2", "method.split_at=layer"],
+        "method.split_at='layer': must be one of tensor, entry",
     ),
     "m2n2 no children": (
         ["method=m2n2", "method.children_per_step=0"],
@@ -212,6 +239,10 @@ CASES = {
     "pruner granularity": (
         ["pruner.granularity=rows"],
         "pruner.granularity='rows': must be one of local, global",
+    ),
+    "pruner target unknown": (
+        ["pruner.target=deltas"],
+        "pruner.target='deltas': must be one of weights, task_vector",
     ),
     "pruner skip not a list": (
         ["pruner.skip=embed"],
@@ -324,6 +355,10 @@ CASES = {
     "base required": (
         [*HF, "model.experts=[{math},{multilingual}]", "method=task_arithmetic"],
         "method 'task_arithmetic' needs a base model: set model.base=PATH_OR_ID",
+    ),
+    "task-vector pruning without a base": (
+        [*HF, "model.experts=[{math},{multilingual}]", "pruner.target=task_vector"],
+        "pruner.target='task_vector': needs a base model: set model.base=PATH_OR_ID",
     ),
     "shapes differ": (
         [*HF, "model.experts=[{math},{reshaped}]"],

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sae_merging.merging import functions
-from sae_merging.methods.m2n2 import M2N2, crossover_shares, interpolate
+from sae_merging.methods.m2n2 import M2N2, crossover, interpolate
 from sae_merging.methods.sae import SAE
 from sae_merging.pruning import magnitude
 from sae_merging.pruning.magnitude import MagnitudePruner
@@ -147,12 +147,19 @@ def test_m2n2_crossover_goes_through_the_child_path(parents, tmp_path):
     store.save("a", a)
     store.save("b", b)
     members = [Member(ident=i, origin="test") for i in "ab"]
-    shares = crossover_shares(len(a), 2, 0.3)
+    shares = [0.3 if index < 2 else 0.7 for index in range(len(a))]  # r before the split, 1 - r after
     expected = {n: interpolate(a[n], b[n], t, "slerp") for n, t in zip(a, shares, strict=True)}
     for above in (0.0, 10.0):
         m2n2 = M2N2(interpolation="slerp", stream_parents_above_gb=above)
         ctx = SimpleNamespace(store=store, timer=Timer())
         _assert_same(m2n2._crossover(ctx, *members, 2, 0.3), expected)
+    # the reference's crossover (flat SLERP, split inside a tensor), streamed or not
+    split = sum(t.numel() for t in list(a.values())[:2]) + 3
+    expected = crossover(a, b, split, 0.3, "slerp_flat", "entry")
+    for above in (0.0, 10.0):
+        m2n2 = M2N2(interpolation="slerp_flat", split_at="entry", stream_parents_above_gb=above)
+        ctx = SimpleNamespace(store=store, timer=Timer())
+        _assert_same(m2n2._crossover(ctx, *members, split, 0.3), expected)
 
 
 def _benchmark():

@@ -42,10 +42,17 @@ def _archive(correct: dict[str, list[int]], sparsity: dict[str, float] | None = 
 
 
 def test_sae_fitness_is_task_score_plus_alpha_sparsity():
-    sae = _sae(sparsity_weight=0.1)
+    sae = _sae(sparsity_weight=0.1, aggregate="task_mean")
     scores = Scores({"a": [True, False, True, True], "b": [True, False]})  # 0.75 and 0.5
     assert sae.fitness(scores, Member("m", "test", sparsity=0.4)) == pytest.approx(0.625 + 0.04)
-    assert _sae(sparsity_weight=0.0).fitness(scores, Member("m", "test", sparsity=0.9)) == 0.625
+    assert (
+        _sae(sparsity_weight=0.0, aggregate="task_mean").fitness(scores, Member("m", "test", sparsity=0.9))
+        == 0.625
+    )
+    # the default, eq. 3 over instances: 4 of the 6 items solved
+    assert _sae(sparsity_weight=0.1).fitness(scores, Member("m", "test", sparsity=0.4)) == pytest.approx(
+        4 / 6 + 0.04
+    )
 
 
 def test_sae_child_joins_while_the_archive_has_room():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sae_merging.merging import functions as F
-from sae_merging.methods.m2n2 import crossover_shares, interpolate
+from sae_merging.methods.m2n2 import crossover, interpolate
 from sae_merging.methods.pso import pso_update
 from sae_merging.methods.sharing import attraction, shared_fitness, shared_matrix, weakest, weighted_index
 
@@ -174,7 +174,45 @@ def test_parent_draws_guard_all_zero_weights():
 
 
 def test_crossover_split_and_ratio():
-    assert crossover_shares(4, 2, 0.25) == [0.25, 0.25, 0.75, 0.75]
+    parents = [{f"t{i}": torch.full((2,), float(i + 10 * p)) for i in range(4)} for p in (0, 1)]
+    child = crossover(*parents, 2, 0.25, "lerp", "tensor")  # share of b: r before the split, 1 - r after
+    for i, t in enumerate([0.25, 0.25, 0.75, 0.75]):
+        _close(child[f"t{i}"], (1 - t) * parents[0][f"t{i}"] + t * parents[1][f"t{i}"])
     a, b = torch.tensor([1.0, 3.0]), torch.tensor([5.0, -1.0])
     _close(interpolate(a, b, 0.25), 0.75 * a + 0.25 * b)
     _close(interpolate(a, b, 0.25, "slerp"), F.slerp(a, b, 0.25))
+
+
+def _flat_slerp_by_hand(x: list[float], y: list[float], split: int, w: float) -> list[float]:
+    """natural_niches' slerp_w_splitpoint, written out entry by entry with math."""
+    dot = sum(p * q for p, q in zip(x, y))
+    omega = math.acos(dot / (math.sqrt(sum(p * p for p in x)) * math.sqrt(sum(q * q for q in y))))
+    out = []
+    for j, (p, q) in enumerate(zip(x, y)):
+        val = w if j < split else 1 - w
+        out.append(
+            math.sin((1 - val) * omega) / math.sin(omega) * p + math.sin(val * omega) / math.sin(omega) * q
+        )
+    return out
+
+
+@pytest.mark.parametrize("split", [0, 2, 3, 5, 7])
+def test_flat_slerp_with_entry_split_equals_the_reference_by_hand(split):
+    a = {"w": torch.tensor([[1.0, -2.0], [0.5, 3.0]]), "v": torch.tensor([2.0, 1.0, -1.0])}
+    b = {"w": torch.tensor([[0.0, 1.0], [2.0, -1.0]]), "v": torch.tensor([1.0, 4.0, 0.5])}
+    x = a["w"].reshape(-1).tolist() + a["v"].tolist()
+    y = b["w"].reshape(-1).tolist() + b["v"].tolist()
+    expected = torch.tensor(_flat_slerp_by_hand(x, y, split, 0.3))
+    child = crossover(a, b, split, 0.3, "slerp_flat", "entry")
+    _close(torch.cat([child["w"].reshape(-1), child["v"]]), expected)
+    # the angle is the whole vector's: per-tensor slerp differs
+    per_tensor = crossover(a, b, split, 0.3, "slerp", "entry")
+    assert not torch.allclose(torch.cat([per_tensor["w"].reshape(-1), per_tensor["v"]]), expected, atol=1e-4)
+
+
+def test_flat_slerp_of_parallel_models_is_lerp():
+    a = {"w": torch.tensor([1.0, 2.0]), "v": torch.tensor([3.0])}
+    b = {name: 2 * t for name, t in a.items()}
+    child = crossover(a, b, 1, 0.4, "slerp_flat", "entry")
+    _close(child["w"], torch.tensor([0.6 * 1 + 0.4 * 2, 0.4 * 2 + 0.6 * 4]))
+    _close(child["v"], torch.tensor([0.4 * 3 + 0.6 * 6]))

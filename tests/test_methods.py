@@ -102,6 +102,7 @@ def test_same_seed_same_results(runs, method, tmp_path):
         ("pso", ["method.random_scope=per_particle", "method.steps=1"], 5 * 2),
         ("pso", ["method.swarm_size=6", "method.steps=1"], 6 * 2),  # a second DARE copy of expert 0
         ("m2n2", ["method.interpolation=slerp", "method.children_per_step=3"], 2 + 2 * 3),
+        ("m2n2", ["method.interpolation=slerp_flat", "method.split_at=entry"], 2 + 2 * 2),
     ],
 )
 def test_options_run(method, options, scored, tmp_path, micro_lab):

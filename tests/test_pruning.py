@@ -5,6 +5,7 @@ import torch
 
 from sae_merging.pruning import magnitude
 from sae_merging.pruning.magnitude import MagnitudePruner, kth_smallest_magnitude
+from sae_merging.utils.tensorfiles import LazyTensors
 
 
 def _model(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -188,3 +189,58 @@ def test_lane_sums_count_exactly(dtype, n):
     ones = (torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.7).to(dtype)
     assert magnitude._sum_ones(ones) == int(ones.sum())
     assert magnitude._sum_ones(torch.ones(n, dtype=dtype)) == n
+
+
+@pytest.mark.parametrize("granularity", ["local", "global"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_task_vector_target_keeps_base_and_unpruned_deltas_exactly(granularity, dtype):
+    base = {n: t.to(dtype) for n, t in _model(1).items()}
+    model = {n: (t + 0.1 * _model(2)[n]).to(dtype) for n, t in base.items()}
+    rate = 0.4
+    pruner = MagnitudePruner(granularity, target="task_vector").with_base(base)
+    pruned = pruner.prune(model, rate)
+    deltas = {n: model[n].float() - base[n].float() for n in model}
+    # the same positions a weights-pruner picks on the task vectors themselves
+    reference = MagnitudePruner(granularity).prune(deltas, rate)
+    changed = 0
+    for name, tensor in model.items():
+        if not pruner.prunable(name):
+            assert pruned[name] is tensor
+            continue
+        reset = (reference[name] == 0) & (deltas[name] != 0)
+        assert torch.equal(pruned[name][reset], base[name][reset])  # the base's weights, bit for bit
+        assert torch.equal(pruned[name][~reset], tensor[~reset])  # every other delta untouched
+        assert pruned[name].dtype == dtype
+        changed += int(reset.sum())
+    names = [n for n in model if pruner.prunable(n)]
+    if granularity == "global":  # the k smallest deltas, the already-zero ones (bf16 rounding) first
+        zero_before = sum(int((deltas[n] == 0).sum()) for n in names)
+        zero_after = sum(int((pruned[n].float() == base[n].float()).sum()) for n in names)
+        assert zero_after == max(zero_before, round(rate * sum(model[n].numel() for n in names)))
+        assert changed == zero_after - zero_before > 0
+    # lazy view and in-place pruning give the same tensors
+    lazy = pruner.pruned(LazyTensors(list(model), model.__getitem__), rate)
+    in_place = pruner.prune_(dict(model), rate)
+    for name in model:
+        assert torch.equal(lazy[name], pruned[name]) and torch.equal(in_place[name], pruned[name])
+
+
+def test_task_vector_pruning_by_hand():
+    # deltas 0.5, -0.1, 0.3, -0.7: at rate 0.5 the two smallest |delta| (0.1, 0.3) go back to the base
+    name = "model.layers.0.mlp.up_proj.weight"
+    base = {name: torch.tensor([[1.0, 2.0], [3.0, 4.0]])}
+    model = {name: torch.tensor([[1.5, 1.9], [3.3, 3.3]])}
+    for granularity in ("local", "global"):
+        pruner = MagnitudePruner(granularity, target="task_vector").with_base(base)
+        pruned = pruner.prune(model, 0.5)[name]
+        assert torch.allclose(pruned, torch.tensor([[1.5, 2.0], [3.0, 3.3]]), atol=1e-6, rtol=0)
+        delta = pruner.targets(pruner.prune(model, 0.5))[name]  # what a sparsity measure reads
+        assert torch.allclose(delta, torch.tensor([[0.5, 0.0], [0.0, -0.7]]), atol=1e-6, rtol=0)
+
+
+def test_task_vector_target_needs_a_base_and_a_valid_name():
+    with pytest.raises(ValueError, match="needs a base model"):
+        MagnitudePruner(target="task_vector").prune(_model(), 0.5)
+    with pytest.raises(ValueError, match=r"^target='deltas': must be one of weights, task_vector$"):
+        MagnitudePruner(target="deltas")
+    assert MagnitudePruner().with_base(_model()).base is None  # target=weights keeps no base

@@ -47,3 +47,22 @@ def test_rates_go_on_past_steps():
     assert [schedule.rate(t) for t in (4, 5, 6)] == pytest.approx([0.05, 0.475, 0.9])
     # T0=3, T_mult=2: cycles 1-3, 4-9, 10-21; step 13 is the 4th of the 12-step third cycle
     assert CyclicSchedule().rate(13) == pytest.approx(0.1 + 0.5 * (1 - math.cos(math.pi * 3 / 11)) / 2)
+
+
+def test_sgdr_phase_starts_every_cycle_at_s_min():
+    # T0=1, T_mult=2: cycles of 1, 2, 4 steps at T_cur / T_i = 0; 0, 1/2; 0, 1/4, 2/4, 3/4
+    rates = CyclicSchedule(T0=1, T_mult=2, steps=7, phase="sgdr").rates()
+    expected = [_cosine(0.1, 0.6, x) for x in (0, 0, 0.5, 0, 0.25, 0.5, 0.75)]
+    assert rates == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="^phase='late': must be one of endpoint, sgdr$"):
+        CyclicSchedule(phase="late")
+
+
+def test_slower_annealing_row_rises_half_as_fast():
+    # Table 2 "slower annealing" (conf/ablation/slower_annealing.yaml): T0=6, one rise over 6 steps
+    from conftest import compose_config
+
+    cfg = compose_config(["+ablation=slower_annealing"])
+    schedule = CyclicSchedule(**{k: v for k, v in cfg.schedule.items() if k != "_target_"})
+    assert schedule.rates()[:6] == pytest.approx([_cosine(0.1, 0.6, i / 5) for i in range(6)])
+    assert schedule.rates()[6] == pytest.approx(0.1)  # restart, then a 12-step cycle

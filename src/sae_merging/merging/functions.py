@@ -154,17 +154,40 @@ def dare(
 PARALLEL_COSINE = 0.9995
 
 
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation from `a` (t = 0) to `b` (t = 1), the tensor taken as one flat
-    vector: sin((1-t) w)/sin(w) a + sin(t w)/sin(w) b with w the angle between them. Near-parallel
-    (or anti-parallel) and zero tensors fall back to (1-t) a + t b, where the angle is
-    ill-conditioned."""
-    a32, b32 = _f32(a), _f32(b)
-    norms = float(a32.norm()) * float(b32.norm())
-    cosine = float((a32 * b32).sum()) / norms if norms > 0 else 1.0
-    if abs(cosine) > PARALLEL_COSINE:
-        return ((1.0 - t) * a32 + t * b32).to(a.dtype)
-    omega = math.acos(max(-1.0, min(1.0, cosine)))
+def cosine(pairs) -> float:
+    """cos of the angle between two vectors given as (a, b) tensor pairs (one pair: two tensors;
+    several: the concatenations of their flattened tensors), accumulated in float64; 1.0 when
+    either vector is zero."""
+    dot = norm_a = norm_b = 0.0
+    for a, b in pairs:
+        a64, b64 = a.double().reshape(-1), b.double().reshape(-1)
+        dot += float(a64 @ b64)
+        norm_a += float(a64 @ a64)
+        norm_b += float(b64 @ b64)
+    norms = math.sqrt(norm_a) * math.sqrt(norm_b)
+    return dot / norms if norms > 0 else 1.0
+
+
+def slerp_weights(cos: float, t: float, min_sin: float | None = None) -> tuple[float, float]:
+    """SLERP's weights (of a, of b) at t for two vectors at angle arccos(cos):
+    (sin((1-t) w) / sin(w), sin(t w) / sin(w)); (1 - t, t) when the angle is ill-conditioned:
+    |cos| > PARALLEL_COSINE by default, or sin(w) <= `min_sin` when given (natural_niches
+    uses 1e-6)."""
+    omega = math.acos(max(-1.0, min(1.0, cos)))
     sin_omega = math.sin(omega)
-    merged = (math.sin((1.0 - t) * omega) / sin_omega) * a32 + (math.sin(t * omega) / sin_omega) * b32
-    return merged.to(a.dtype)
+    degenerate = sin_omega <= min_sin if min_sin is not None else abs(cos) > PARALLEL_COSINE
+    if degenerate:
+        return 1.0 - t, t
+    return math.sin((1.0 - t) * omega) / sin_omega, math.sin(t * omega) / sin_omega
+
+
+def slerp(
+    a: torch.Tensor, b: torch.Tensor, t: float, cos: float | None = None, min_sin: float | None = None
+) -> torch.Tensor:
+    """Spherical interpolation from `a` (t = 0) to `b` (t = 1), the tensor taken as one flat
+    vector: sin((1-t) w)/sin(w) a + sin(t w)/sin(w) b with w the angle between them (or the
+    angle `cos` gives, e.g. that of whole flattened models). Near-parallel (or anti-parallel)
+    and zero tensors fall back to (1-t) a + t b, where the angle is ill-conditioned."""
+    a32, b32 = _f32(a), _f32(b)
+    weight_a, weight_b = slerp_weights(cosine([(a32, b32)]) if cos is None else cos, t, min_sin)
+    return (weight_a * a32 + weight_b * b32).to(a.dtype)

@@ -11,9 +11,13 @@ them, as in the reference loop, which makes one child per iteration):
 2. First parent: drawn with probability f_k / sum f (as the reference `sample_parents`).
 3. Second parent: drawn with probability proportional to the attraction
    sum_j max(0, F_ij - F_p1,j), what member i solves that the first parent does not.
-4. Crossover: a split point s over the ordered parameter list and a mixing ratio r ~ U(0, 1);
-   the child's tensor l is interp(A_l, B_l, t_l) with t_l = r before the split and 1 - r after
-   it (t is the second parent's share); `interpolation`: lerp (default) or slerp (per tensor).
+4. Crossover: a split point s and a mixing ratio r ~ U(0, 1); the child is interp(A, B, t)
+   with t = r before the split and 1 - r after it (t is the second parent's share). `split_at`:
+   `tensor` draws s over the ordered tensor list (whole tensors on either side), `entry` over
+   the entries of the flattened parameter vector, as the reference's `crossover` does.
+   `interpolation`: `lerp` (default), `slerp` with each tensor's own angle, or `slerp_flat`
+   with the angle between the two whole flattened parameter vectors, the reference's
+   `slerp_w_splitpoint` (its lerp fallback when sin(angle) <= 1e-6 too).
    No mutation (the paper mutates only models trained from scratch).
 5. The child joins while the archive has room; then it replaces the member with the lowest
    shared fitness (computed with the child included) if its own is strictly higher.
@@ -28,7 +32,9 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import math
 import statistics
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -41,16 +47,73 @@ from sae_merging.runtime.context import Member, Outcome, PopulationState, RunCon
 from sae_merging.runtime.fitness import Scores
 from sae_merging.runtime.selection import select
 
-
-def interpolate(a: torch.Tensor, b: torch.Tensor, t: float, kind: str = "lerp") -> torch.Tensor:
-    """From `a` (t = 0) to `b` (t = 1): (1 - t) a + t b, or along the sphere (`slerp`)."""
-    return merge_fns.slerp(a, b, t) if kind == "slerp" else merge_fns.linear(a, b, 1.0 - t)
+FLAT_MIN_SIN = 1e-6  # natural_niches' slerp: lerp where sin(angle) <= this
 
 
-def crossover_shares(count: int, split: int, ratio: float) -> list[float]:
-    """The second parent's share t_l of each of `count` ordered tensors: r before the split
-    point, 1 - r from it on."""
-    return [ratio if index < split else 1.0 - ratio for index in range(count)]
+def interpolate(
+    a: torch.Tensor, b: torch.Tensor, t: float, kind: str = "lerp", cos: float | None = None
+) -> torch.Tensor:
+    """From `a` (t = 0) to `b` (t = 1): (1 - t) a + t b, or along the sphere (`slerp`: the
+    tensor's own angle; `slerp_flat`: the angle `cos` of the whole flattened models)."""
+    if kind == "slerp":
+        return merge_fns.slerp(a, b, t, cos=cos)
+    if kind == "slerp_flat":
+        return merge_fns.slerp(a, b, t, cos=cos, min_sin=FLAT_MIN_SIN)
+    return merge_fns.linear(a, b, 1.0 - t)
+
+
+@dataclass(frozen=True)
+class Share:
+    """The crossover's argument for one tensor: its first `before` flat entries lie before the
+    split point (parent B's share r), the rest after it (share 1 - r); `cos`: the angle of the
+    whole flattened models (slerp_flat)."""
+
+    before: int
+    ratio: float
+    cos: float | None = None
+
+
+def crossover_tensor(a: torch.Tensor, b: torch.Tensor, share: Share, kind: str = "lerp") -> torch.Tensor:
+    """One tensor of the child (the merger of the child path); a whole tensor on one side of
+    the split is one interpolation."""
+    n, before, ratio, cos = a.numel(), share.before, share.ratio, share.cos
+    if before <= 0 or before >= n:
+        return interpolate(a, b, ratio if before >= n else 1.0 - ratio, kind, cos)
+    if kind == "slerp" and cos is None:
+        cos = merge_fns.cosine([(a, b)])  # the tensor's own angle, not each part's
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    parts = [
+        interpolate(flat_a[:before], flat_b[:before], ratio, kind, cos),
+        interpolate(flat_a[before:], flat_b[before:], 1.0 - ratio, kind, cos),
+    ]
+    return torch.cat(parts).view(a.shape)
+
+
+def crossover_shares(split: int, ratio: float, kind: str, split_at: str):
+    """The crossover as a weight rule of the child path: each tensor's `Share` (split point
+    `split` over the tensor list or over the flat entries), with the whole models' angle when
+    `kind` is slerp_flat (one more pass over both parents)."""
+
+    def shares(parent_a, parent_b) -> dict[str, Share]:
+        names = list(parent_a)
+        cos = merge_fns.cosine((parent_a[n], parent_b[n]) for n in names) if kind == "slerp_flat" else None
+        out, offset = {}, 0
+        for index, name in enumerate(names):
+            n = parent_a[name].numel()
+            before = (n if index < split else 0) if split_at == "tensor" else split - offset
+            out[name] = Share(before, ratio, cos)
+            offset += n
+        return out
+
+    return shares
+
+
+def crossover(
+    parent_a, parent_b, split: int, ratio: float, kind: str, split_at: str
+) -> dict[str, torch.Tensor]:
+    """The child of two parents (name -> tensor mappings), through the child path."""
+    recipe = ChildRecipe(merger=partial(crossover_tensor, kind=kind))
+    return recipe.make(parent_a, parent_b, crossover_shares(split, ratio, kind, split_at)).tensors
 
 
 M2N2State = PopulationState
@@ -65,7 +128,8 @@ class M2N2(M2N2Settings):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.recipe = ChildRecipe(
-            merger=partial(interpolate, kind=self.interpolation), stream_above_gb=self.stream_parents_above_gb
+            merger=partial(crossover_tensor, kind=self.interpolation),
+            stream_above_gb=self.stream_parents_above_gb,
         )
 
     # --- the generation loop's interface ---------------------------------------------------
@@ -90,7 +154,7 @@ class M2N2(M2N2Settings):
             first = weighted_index(rng, [sum(row) for row in shares])
             second = weighted_index(rng, attraction(shares, first), exclude=first)
             a, b = state.members[first], state.members[second]
-            split, ratio = rng.randrange(len(ctx.merge_names())), rng.random()
+            split, ratio = rng.randrange(self._split_points(ctx)), rng.random()
             ratios.append(ratio)
             tensors = self._crossover(ctx, a, b, split, ratio)
             child = self._store(ctx, state, tensors, "child", generation, [a.ident, b.ident])
@@ -120,18 +184,25 @@ class M2N2(M2N2Settings):
         ctx.store.save(member.ident, tensors)
         return member
 
+    def _split_points(self, ctx: RunContext) -> int:
+        """How many places the split point can take: tensors, or entries of the flat vector."""
+        if self.split_at == "tensor":
+            return len(ctx.merge_names())
+        rows = ctx.models.compatibility.common_rows
+        shapes = ctx.models.compatibility.shapes
+        return sum(
+            math.prod((rows[n], *shapes[n][1:]) if n in rows else shapes[n]) for n in ctx.merge_names()
+        )
+
     def _crossover(
         self, ctx: RunContext, a: Member, b: Member, split: int, ratio: float
     ) -> dict[str, torch.Tensor]:
-        """The child through the one child path (`merging.child`), unpruned: tensor l is
-        interpolate(A_l, B_l, t_l) with the crossover's shares t_l."""
+        """The child through the one child path (`merging.child`), unpruned: each tensor is
+        interpolated with its `Share` of the crossover."""
         parents = [self.recipe.parent(ctx.store.open(m.ident), ctx.store.nbytes(m.ident)) for m in (a, b)]
-
-        def shares(parent_a, parent_b) -> dict[str, float]:
-            return dict(zip(parent_a, crossover_shares(len(parent_a), split, ratio), strict=True))
-
+        rule = crossover_shares(split, ratio, self.interpolation, self.split_at)
         with ctx.timer.section("merge"):
-            return self.recipe.make(*parents, shares).tensors
+            return self.recipe.make(*parents, rule).tensors
 
     def _compete(self, ctx: RunContext, state: M2N2State, child: Member, scores: dict[str, Scores]) -> int:
         """1 if the child entered the archive, 0 if it left."""

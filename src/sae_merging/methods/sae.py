@@ -13,19 +13,23 @@ prunes the child to s_t, scores it with fitness p + alpha * S, and lets it compe
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from sae_merging.merging import functions as merge_fns
 from sae_merging.merging.child import Child, ChildRecipe
 from sae_merging.methods.settings import SAESettings
-from sae_merging.methods.sharing import shared_fitness
+from sae_merging.methods.sharing import shared_scores
 from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext, Sample
 from sae_merging.runtime.fitness import Scores
 from sae_merging.runtime.selection import select
+
+Span = tuple[float, float] | None  # the archive's (min, max) S under sparsity_scale=archive
 
 SAEState = PopulationState
 
@@ -46,6 +50,7 @@ class SAE(SAESettings):
 
     def initialize(self, ctx: RunContext) -> SAEState:
         """Generation 0: the dense experts plus their pruned variants."""
+        self._bind(ctx)
         state = SAEState(generation=0, members=[])
         s_min, s_max = self.schedule.range
         n = self.n_sparse_variants
@@ -59,13 +64,15 @@ class SAE(SAESettings):
                 with ctx.timer.section("prune"):
                     variant = self.pruner.prune(dense, rate)
                 self._add(ctx, state, variant, origin=f"variant:{name}", rate=rate)
-        state.metrics = self._summary(ctx, state, ctx.sample(0), rate=None, ratios=[])
+        state.metrics = self._summary(ctx, state, ctx.sample(0), rate=None, pairs=[])
         return state
 
     def step(self, ctx: RunContext, state: SAEState, generation: int) -> SAEState:
+        self._bind(ctx)
         rate = self.schedule.rate(generation)
         sample = ctx.generation_sample(generation, self.redraw_opt)
         scores = {m.ident: ctx.score(m, sample) for m in state.members}
+        span = self.span(state.members)
         rng = ctx.rng("pairs", generation)
         order = list(range(len(state.members)))
         rng.shuffle(order)
@@ -73,22 +80,25 @@ class SAE(SAESettings):
             (state.members[order[2 * i]], state.members[order[2 * i + 1]]) for i in range(len(order) // 2)
         ]
         dense_reference = self._original_dense(ctx) if self.redense == "original_dense" else None
-        ratios: list[float] = []
+        records: list[dict[str, Any]] = []
         children: list[Member] = []
         for a, b in pairs:
-            tensors, used = self._make_child(
-                ctx, a, b, scores[a.ident].mean, scores[b.ident].mean, rate, dense_reference
-            )
-            ratios.extend(used)
+            p_a, p_b = self.task_score(scores[a.ident]), self.task_score(scores[b.ident])
+            record: dict[str, Any] = {"parents": [a.ident, b.ident], "p": [p_a, p_b]}
+            tensors, _ = self._make_child(ctx, a, b, p_a, p_b, rate, dense_reference, span, record)
             child = self._add(
                 ctx, state, tensors, "child", rate, generation, parents=[a.ident, b.ident], join=False
             )
             scores[child.ident] = ctx.score(child, sample)
+            f_child = self.fitness(scores[child.ident], child, span)
+            record["child"] = child.ident
+            record["gain"] = [f_child - self.fitness(scores[m.ident], m, span) for m in (a, b)]
+            records.append(record)
             children.append(child)
-        for child in children:
-            self._compete(ctx, state, child, scores)
+        for child, record in zip(children, records, strict=True):
+            record["accepted"] = self._compete(ctx, state, child, scores)
         state.generation = generation
-        state.metrics = self._summary(ctx, state, sample, rate, ratios, scores)
+        state.metrics = self._summary(ctx, state, sample, rate, records, scores)
         return state
 
     def best(self, ctx: RunContext, state: SAEState) -> Outcome:
@@ -97,8 +107,59 @@ class SAE(SAESettings):
 
     # --- pieces ----------------------------------------------------------------------------
 
-    def fitness(self, scores: Scores, member: Member) -> float:
-        return scores.mean + self.sparsity_weight * member.sparsity
+    def task_score(self, scores: Scores) -> float:
+        """p: the task score of eq. 3 and eq. 5 under `aggregate`."""
+        return scores.value(self.aggregate)
+
+    def span(self, members: Sequence[Member]) -> Span:
+        """(min, max) of the members' S under sparsity_scale=archive (None: raw)."""
+        if self.sparsity_scale == "raw" or not members:
+            return None
+        values = [m.sparsity for m in members]
+        return min(values), max(values)
+
+    def scaled(self, sparsity: float, span: Span) -> float:
+        """S as eq. 5 and the fitness weigh it: raw, or min-max normalized over the archive
+        (0 at its least sparse member, 1 at its sparsest, clipped to [0, 1]; 0 when all are
+        equally sparse), so that S spans what p can span and alpha sets their exchange rate."""
+        if span is None:
+            return sparsity
+        low, high = span
+        return min(1.0, max(0.0, (sparsity - low) / (high - low))) if high > low else 0.0
+
+    def fitness(self, scores: Scores, member: Member, span: Span = None) -> float:
+        return self.task_score(scores) + self.sparsity_weight * self.scaled(member.sparsity, span)
+
+    def competition_values(self, candidates: list[Member], scores: Mapping[str, Scores]) -> list[float]:
+        """What `_compete` ranks: p + alpha * S (`worst`), or the shared fitness (on p's scale,
+        see `shared_scores`) + alpha * S (`shared`); S scaled over the candidates
+        (`sparsity_scale`)."""
+        span = self.span(candidates)
+        if self.competition == "worst":
+            return [self.fitness(scores[m.ident], m, span) for m in candidates]
+        shared = shared_scores([scores[m.ident] for m in candidates], self.sharing_alpha, self.aggregate)
+        return [
+            f + self.sparsity_weight * self.scaled(m.sparsity, span)
+            for f, m in zip(shared, candidates, strict=True)
+        ]
+
+    def protected(self, members: Sequence[Member], scores: Mapping[str, Scores]) -> set[int]:
+        """Archive places no child may take: the `elitism` members of best task score p (the
+        replacement ranks p + alpha * S, which can evict the best-performing dense members for
+        lack of sparsity) and, with `keep_experts`, the dense experts."""
+        p = [self.task_score(scores[m.ident]) for m in members]
+        kept = set(sorted(range(len(members)), key=lambda i: -p[i])[: self.elitism])
+        if self.keep_experts:
+            kept |= {i for i, m in enumerate(members) if m.origin.startswith("expert:")}
+        return kept
+
+    def _bind(self, ctx: RunContext) -> None:
+        """pruner.target=task_vector measures against the base: bind it once per run (also when
+        a run resumes and `initialize` is skipped), tensor by tensor when models stream."""
+        if self.pruner.needs_base and self.pruner.base is None:
+            base = self.recipe.parent(ctx.base_tensors(self.name), ctx.expert_nbytes())
+            self.pruner = self.pruner.with_base(base)
+            self.recipe = dataclasses.replace(self.recipe, pruner=self.pruner)
 
     def _add(
         self,
@@ -117,7 +178,7 @@ class SAE(SAESettings):
             origin=origin,
             generation=generation,
             rate=rate,
-            sparsity=self.scoring.of_model(tensors, self.pruner),
+            sparsity=self.scoring.of_model(self.pruner.targets(tensors), self.pruner),
             parents=list(parents or []),
         )
         state.next_id += 1
@@ -135,59 +196,111 @@ class SAE(SAESettings):
         )
         return self.recipe.parent(average, ctx.expert_nbytes())
 
-    def _make_child(self, ctx: RunContext, a: Member, b: Member, p_a: float, p_b: float, rate: float, dense):
+    def _make_child(
+        self,
+        ctx: RunContext,
+        a: Member,
+        b: Member,
+        p_a: float,
+        p_b: float,
+        rate: float,
+        dense,
+        span=None,
+        record=None,
+    ):
         """The child of two archive members (see `child`); parents larger than
         `stream_parents_above_gb` are streamed from the archive, smaller ones loaded."""
         parent_a, parent_b = (
             self.recipe.parent(ctx.store.open(m.ident), ctx.store.nbytes(m.ident)) for m in (a, b)
         )
-        child = self.child(parent_a, parent_b, p_a, p_b, rate, dense, ctx.timer)
-        return child.tensors, list(child.weights.values())
+        sparsity = None
+        if self.omega_from == "archive":
+            sparsity = (self._archive_sparsity(parent_a, a), self._archive_sparsity(parent_b, b))
+        child = self.child(parent_a, parent_b, p_a, p_b, rate, dense, ctx.timer, sparsity, span, record)
+        ratios = list(child.weights.values())
+        if record is not None:
+            record["ratios"] = ratios
+        return child.tensors, ratios
 
-    def child(self, parent_a, parent_b, p_a: float, p_b: float, rate: float, dense=None, timer=None) -> Child:
+    def _archive_sparsity(self, parent, member: Member) -> dict[str, float]:
+        """S of a parent as it stands in the archive, per tensor (the stored model value under
+        global scoring; read from the parent under local)."""
+        if self.scoring.granularity == "global":
+            return dict.fromkeys(parent, member.sparsity)
+        return self.scoring.per_tensor(self.pruner.targets(parent), self.pruner)
+
+    def child(
+        self,
+        parent_a,
+        parent_b,
+        p_a: float,
+        p_b: float,
+        rate: float,
+        dense=None,
+        timer=None,
+        sparsity=None,
+        span: Span = None,
+        record: dict | None = None,
+    ) -> Child:
         """SAE's child (`merging.child.ChildRecipe`): both parents pruned to `rate`, each tensor
-        mixed with eq. 5's ratio from the parents' task scores `p_a`, `p_b` and the pruned
-        parents' sparsity, merged (`merger`), re-densed from `dense` (redense=original_dense),
-        the child pruned to `rate`. Parents are dicts (in memory) or LazyTensors (streamed)."""
-        return self.recipe.make(parent_a, parent_b, self.mixing_ratios(p_a, p_b), rate, dense, timer)
+        mixed with eq. 5's ratio from the parents' task scores `p_a`, `p_b` and sparsity (the
+        pruned parents', or `sparsity` = (S_A, S_B) per tensor as the archive holds them),
+        merged (`merger`), re-densed from `dense` (redense=original_dense), the child pruned to
+        `rate`. Parents are dicts (in memory) or LazyTensors (streamed)."""
+        rule = self.mixing_ratios(p_a, p_b, sparsity, span, record)
+        return self.recipe.make(parent_a, parent_b, rule, rate, dense, timer)
 
-    def mixing_ratios(self, p_a: float, p_b: float):
-        """Eq. 5 as a weight rule: lambda_l from the task scores and the pruned parents'
-        sparsity (one value per model, or per tensor under scoring=local)."""
+    def mixing_ratios(self, p_a: float, p_b: float, sparsity=None, span: Span = None, record=None):
+        """Eq. 5 as a weight rule: lambda_l from the task scores and omega_l = alpha * S_l (one
+        S per model, or per tensor under scoring=local; of the pruned parents unless `sparsity`
+        is given; scaled by `span` under sparsity_scale=archive). The parents' mean omega goes
+        into `record["omega"]`."""
         alpha = self.sparsity_weight
 
         def ratios(parent_a, parent_b) -> dict[str, float]:
-            s_a = self.scoring.per_tensor(parent_a, self.pruner)
-            s_b = self.scoring.per_tensor(parent_b, self.pruner)
-            return {n: merge_fns.mixing_ratio(p_a, alpha * s_a[n], p_b, alpha * s_b[n]) for n in s_a}
+            if sparsity is None:
+                s_a = self.scoring.per_tensor(self.pruner.targets(parent_a), self.pruner)
+                s_b = self.scoring.per_tensor(self.pruner.targets(parent_b), self.pruner)
+            else:
+                s_a, s_b = sparsity
+            w_a = {n: alpha * self.scaled(v, span) for n, v in s_a.items()}
+            w_b = {n: alpha * self.scaled(v, span) for n, v in s_b.items()}
+            if record is not None:
+                record["omega"] = [statistics.fmean(w_a.values()), statistics.fmean(w_b.values())]
+            return {n: merge_fns.mixing_ratio(p_a, w_a[n], p_b, w_b[n]) for n in s_a}
 
         return ratios
 
-    def _compete(self, ctx: RunContext, state: SAEState, child: Member, scores: dict[str, Scores]) -> None:
+    def _compete(self, ctx: RunContext, state: SAEState, child: Member, scores: dict[str, Scores]) -> bool:
         """The child joins while the archive has room; then it takes the place of the weakest
-        member if it is fitter (`worst`), or the lowest shared fitness leaves (`shared`)."""
+        member not protected (`elitism`, `keep_experts`) if it is fitter (`worst`), or the
+        lowest shared fitness leaves (`shared`). True if the child entered."""
         if len(state.members) < self.archive_size:
             state.members.append(child)
-            return
+            return True
         candidates = state.members + [child]
-        if self.competition == "worst":
-            values = [self.fitness(scores[m.ident], m) for m in candidates]
-        else:
-            shared = shared_fitness([scores[m.ident].flat() for m in candidates], self.sharing_alpha)
-            values = [f + self.sparsity_weight * m.sparsity for f, m in zip(shared, candidates, strict=True)]
+        values = self.competition_values(candidates, scores)
+        protected = self.protected(state.members, scores)
+        eligible = [i for i in range(len(candidates)) if i not in protected]
         # the child leaves on a tie: an incumbent is only replaced by a strictly fitter child
-        loser = min(range(len(candidates)), key=lambda i: (values[i], i != len(candidates) - 1))
+        loser = min(eligible, key=lambda i: (values[i], i != len(candidates) - 1))
         if loser < len(state.members):
             ctx.retire(state.members[loser].ident)
             state.members[loser] = child
-        else:
-            ctx.retire(child.ident)
+            return True
+        ctx.retire(child.ident)
+        return False
 
-    def _summary(self, ctx, state, sample: Sample, rate, ratios, scores=None) -> dict[str, Any]:
+    def _summary(self, ctx, state, sample: Sample, rate, pairs, scores=None) -> dict[str, Any]:
+        """The generation's line of metrics.jsonl, with the mechanism's diagnostics: every
+        mixing ratio (`ratio/values`, a W&B histogram) and its quantiles, each pair's p, omega,
+        child and child-minus-parent fitness (`pairs`), the experts still in the archive."""
         scores = scores or {m.ident: ctx.score(m, sample) for m in state.members}
-        fitness = [self.fitness(scores[m.ident], m) for m in state.members]
+        span = self.span(state.members)
+        fitness = [self.fitness(scores[m.ident], m, span) for m in state.members]
         best = max(state.members, key=lambda m: scores[m.ident].mean)
         sparsity = [m.sparsity for m in state.members]
+        experts = [m.origin for m in state.members if m.origin.startswith("expert:")]
         summary = {
             "sparsity_rate": rate,
             "fitness/best": max(fitness),
@@ -200,14 +313,27 @@ class SAE(SAESettings):
             "archive/sparsity_mean": statistics.fmean(sparsity),
             "archive/sparsity_max": max(sparsity),
             "archive/size": len(state.members),
+            "archive/experts": experts,
+            "archive/experts_alive": len(experts),
         }
+        ratios = [r for pair in pairs for r in pair["ratios"]]
         if ratios:
+            q05, q50, q95 = (float(q) for q in np.quantile(ratios, [0.05, 0.5, 0.95]))
             summary.update(
                 {
                     "ratio/mean": statistics.fmean(ratios),
                     "ratio/min": min(ratios),
                     "ratio/max": max(ratios),
                     "ratio/std": statistics.pstdev(ratios),
+                    "ratio/q05": q05,
+                    "ratio/q50": q50,
+                    "ratio/q95": q95,
+                    "ratio/values": [round(r, 6) for r in ratios],
+                    "omega/gap_mean": statistics.fmean(abs(p["omega"][0] - p["omega"][1]) for p in pairs),
+                    "child/gain_vs_best_parent": statistics.fmean(min(p["gain"]) for p in pairs),
+                    "child/gain_vs_mean_parent": statistics.fmean(statistics.fmean(p["gain"]) for p in pairs),
+                    "children/accepted": sum(bool(p["accepted"]) for p in pairs),
+                    "pairs": [{k: v for k, v in p.items() if k != "ratios"} for p in pairs],
                 }
             )
         return summary

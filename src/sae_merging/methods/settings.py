@@ -11,12 +11,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sae_merging.tasks.settings import AGGREGATES
 from sae_merging.utils import settings as check
 from sae_merging.utils.settings import Settings
 
 REDENSE = ("parents", "original_dense")
 COMPETITIONS = ("worst", "shared")
-INTERPOLATIONS = ("lerp", "slerp")
+OMEGA_FROM = ("pruned", "archive")
+SPARSITY_SCALES = ("raw", "archive")
+INTERPOLATIONS = ("lerp", "slerp", "slerp_flat")
+SPLIT_AT = ("tensor", "entry")
 INIT_VELOCITIES = ("zero", "random")
 RANDOM_SCOPES = ("per_element", "per_tensor", "per_particle")
 
@@ -36,9 +40,19 @@ class SAESettings(Settings, target="sae_merging.methods.sae.SAE"):
     redraw_opt: bool = True
     stream_parents_above_gb: float = 2.0
     name: str = "sae"  # `sae_dense`: the same loop with sparsity switched off (a control)
+    aggregate: str = "instances"
+    omega_from: str = "pruned"
+    sparsity_scale: str = "raw"
+    elitism: int = 0
+    keep_experts: bool = False
 
     def __post_init__(self) -> None:
         check.text("name", self.name)
+        check.choice("aggregate", self.aggregate, AGGREGATES)
+        check.choice("omega_from", self.omega_from, OMEGA_FROM)
+        check.choice("sparsity_scale", self.sparsity_scale, SPARSITY_SCALES)
+        check.integer("elitism", self.elitism, 0)
+        check.flag("keep_experts", self.keep_experts)
         check.integer("archive_size", self.archive_size, 2)
         check.integer("n_sparse_variants", self.n_sparse_variants, 0)
         check.number("sparsity_weight", self.sparsity_weight, 0)
@@ -53,15 +67,26 @@ class SAESettings(Settings, target="sae_merging.methods.sae.SAE"):
         return self.schedule.steps
 
     def problems(self, models) -> list[str]:
-        """Generation 0 (the experts and their sparse variants) must fit in the archive."""
+        """Generation 0 (the experts and their sparse variants) must fit in the archive, the
+        places kept from replacement must leave one open to children, and task-vector pruning
+        needs a base."""
         n = len(models.expert_names)
         needed = n * (1 + self.n_sparse_variants)
-        if needed <= self.archive_size:
-            return []
-        return [
-            f"method.archive_size={self.archive_size}: must hold the {n} experts and their "
-            f"{self.n_sparse_variants} sparse variants each (>= {needed})"
-        ]
+        found = []
+        if needed > self.archive_size:
+            found.append(
+                f"method.archive_size={self.archive_size}: must hold the {n} experts and their "
+                f"{self.n_sparse_variants} sparse variants each (>= {needed})"
+            )
+        kept = self.elitism + (n if self.keep_experts else 0)
+        if kept >= self.archive_size:
+            found.append(
+                f"method.elitism={self.elitism} (keep_experts={self.keep_experts}): keeps {kept} of "
+                f"the archive's {self.archive_size} places; at least one must stay open to children"
+            )
+        if getattr(self.pruner, "needs_base", False) and not models.has_base:
+            found.append("pruner.target='task_vector': needs a base model: set model.base=PATH_OR_ID")
+        return found
 
     def warnings(self, models) -> list[str]:
         """An archive much larger than generation 0 is legal but costly: say what it implies."""
@@ -90,6 +115,7 @@ class M2N2Settings(Settings, target="sae_merging.methods.m2n2.M2N2"):
     archive_size: int = 6
     alpha: float = 1.0
     interpolation: str = "lerp"
+    split_at: str = "tensor"
     redraw_opt: bool = False
     stream_parents_above_gb: float = 2.0
     name = "m2n2"
@@ -101,6 +127,7 @@ class M2N2Settings(Settings, target="sae_merging.methods.m2n2.M2N2"):
         check.integer("archive_size", self.archive_size, 2)
         check.number("alpha", self.alpha, 0)
         check.choice("interpolation", self.interpolation, INTERPOLATIONS)
+        check.choice("split_at", self.split_at, SPLIT_AT)
         check.flag("redraw_opt", self.redraw_opt)
 
     def problems(self, models) -> list[str]:

@@ -8,7 +8,9 @@ by SAE's `competition=shared`.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from sae_merging.runtime.fitness import Scores, aggregate
 
 
 def shared_matrix(correct: Sequence[Sequence[bool]], alpha: float = 1.0) -> list[list[float]]:
@@ -26,6 +28,23 @@ def shared_matrix(correct: Sequence[Sequence[bool]], alpha: float = 1.0) -> list
 def shared_fitness(correct: Sequence[Sequence[bool]], alpha: float = 1.0) -> list[float]:
     """f_k = sum_j s_kj / (sum_k' s_k'j)^alpha over the examples at least one member solves."""
     return [sum(row) for row in shared_matrix(correct, alpha)]
+
+
+def shared_scores(scores: Sequence[Scores], alpha: float = 1.0, how: str = "task_mean") -> list[float]:
+    """Fitness sharing on the scale of the task score p: per task, member k's shares summed and
+    divided by the task's item count, then aggregated over tasks like p (`how`). When no two
+    members solve the same example this equals p itself, so alpha * S added to it (SAE's
+    `competition=shared`) weighs what it weighs beside p in eq. 5 and the `worst` fitness."""
+    if not scores:
+        return []
+    tasks = list(scores[0].correct)
+    per_task: list[dict[str, float]] = [{} for _ in scores]
+    for task in tasks:
+        shares = shared_matrix([s.correct[task] for s in scores], alpha)
+        for k, row in enumerate(shares):
+            per_task[k][task] = sum(row) / len(row) if row else 0.0
+    counts: Mapping[str, int] = scores[0].counts()
+    return [aggregate(values, counts, how) for values in per_task]
 
 
 def attraction(shares: Sequence[Sequence[float]], first: int) -> list[float]:

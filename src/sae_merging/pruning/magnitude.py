@@ -24,14 +24,20 @@ prunes from memory-mapped files.
 
 Tensors named by the `skip` patterns (embeddings, norms, biases, LM head by default) are never
 pruned and do not count in `n`.
+
+What is pruned (`target`): the weights themselves (`weights`), or the task vector theta - theta_base
+(`task_vector`): the smallest |theta - theta_base| are reset to the base's weights, every other
+entry keeps its own weight, so a pruned entry equals the base's and a kept one is untouched (the
+paper does not say which; pruning the deltas is what TIES and DARE do).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -476,8 +482,16 @@ def plan_cuts(tensors: TensorPasses, k: int, sizes: Sequence[int]) -> tuple[Tens
     return select(tensors, k, total).cuts(k)
 
 
+@dataclass(frozen=True)
 class MagnitudePruner(MagnitudePrunerSettings):
-    """Magnitude pruning; `MagnitudePrunerSettings` checks the arguments."""
+    """Magnitude pruning; `MagnitudePrunerSettings` checks the arguments. Under
+    target=task_vector the base's tensors are bound at run time (`with_base`), not configured."""
+
+    base: Mapping[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
+    def with_base(self, base: Mapping[str, torch.Tensor] | None) -> MagnitudePruner:
+        """The same pruner measuring task vectors against `base` (a no-op for target=weights)."""
+        return dataclasses.replace(self, base=base) if self.needs_base else self
 
     def prunable(self, name: str) -> bool:
         return not any(fnmatch.fnmatchcase(name, pattern) for pattern in self.skip)
@@ -499,30 +513,64 @@ class MagnitudePruner(MagnitudePrunerSettings):
             local.append(cuts[0] if cuts else None)
         return PrunePlan(tuple(local))
 
+    def ranked(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """What the magnitudes are taken of: the weights, or theta - theta_base in float32 (exact:
+        a float32 difference is 0 only where the two weights are equal)."""
+        if not self.needs_base:
+            return tensor
+        if self.base is None:
+            raise ValueError("pruner.target=task_vector needs a base model (model.base); none is bound")
+        return tensor.float() - self.base[name].float()
+
+    def targets(self, tensors: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """What this pruner prunes, as a model: the tensors themselves (weights), or a view
+        with theta - theta_base in place of each prunable tensor (task_vector), lazy when the
+        input is, so a sparsity measure reads the same object the pruner ranks."""
+        if not self.needs_base:
+            return tensors
+
+        def target(name: str, tensor: torch.Tensor) -> torch.Tensor:
+            return self.ranked(name, tensor) if self.prunable(name) else tensor
+
+        if isinstance(tensors, LazyTensors):
+            return tensors.map(target)
+        return {name: target(name, t) for name, t in tensors.items()}
+
+    def _apply(self, plan: PrunePlan, index: int, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        if not self.needs_base:
+            return plan.apply(index, tensor)
+        if plan.cuts[index] is None:
+            return tensor
+        kept = plan.apply(index, self.ranked(name, tensor))
+        return torch.where(kept == 0, self.base[name].to(tensor.dtype), tensor)
+
     def _model_plan(
         self, tensors: Mapping[str, torch.Tensor], rate: float
     ) -> tuple[PrunePlan, dict[str, int]]:
         """The plan for a model's prunable tensors, and each one's index in it."""
         names = [name for name in tensors if self.prunable(name)]
         sizes = [tensors[name].numel() for name in names]
-        plan = self.plan(lambda: (tensors[name] for name in names), rate, sizes)
+        plan = self.plan(lambda: (self.ranked(name, tensors[name]) for name in names), rate, sizes)
         return plan, {name: i for i, name in enumerate(names)}
 
     def prune(self, tensors: Mapping[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
         """A pruned copy of a model's tensors (the input is left untouched)."""
         plan, index = self._model_plan(tensors, rate)
-        return {name: plan.apply(index[name], t) if name in index else t for name, t in tensors.items()}
+        return {
+            name: self._apply(plan, index[name], name, t) if name in index else t
+            for name, t in tensors.items()
+        }
 
     def pruned(self, tensors: LazyTensors, rate: float) -> LazyTensors:
         """A lazy pruned view of lazily read tensors: the plan is made now (streaming over
         them), each tensor is read and pruned when accessed, so nothing whole is held."""
         plan, index = self._model_plan(tensors, rate)
-        return tensors.map(lambda name, t: plan.apply(index[name], t) if name in index else t)
+        return tensors.map(lambda name, t: self._apply(plan, index[name], name, t) if name in index else t)
 
     def prune_(self, tensors: dict[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
         """Prune a model's tensors in its own dict, one tensor replaced at a time (the peak is
         the model plus one tensor, not two models); returns the dict."""
         plan, index = self._model_plan(tensors, rate)
         for name, i in index.items():
-            tensors[name] = plan.apply(i, tensors[name])
+            tensors[name] = self._apply(plan, i, name, tensors[name])
         return tensors

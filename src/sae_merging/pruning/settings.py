@@ -9,6 +9,7 @@ from sae_merging.utils import settings as check
 from sae_merging.utils.settings import Settings
 
 GRANULARITIES = ("local", "global")
+TARGETS = ("weights", "task_vector")
 DEFAULT_SKIP = ("*embed*", "*norm*", "*.bias", "lm_head*")
 
 
@@ -16,8 +17,14 @@ DEFAULT_SKIP = ("*embed*", "*norm*", "*.bias", "lm_head*")
 class MagnitudePrunerSettings(Settings, target="sae_merging.pruning.magnitude.MagnitudePruner"):
     granularity: str = "local"
     skip: Sequence[str] = DEFAULT_SKIP
+    target: str = "weights"  # or task_vector: prune theta - theta_base (needs model.base)
 
     def __post_init__(self) -> None:
         check.choice("granularity", self.granularity, GRANULARITIES)
+        check.choice("target", self.target, TARGETS)
         if isinstance(self.skip, str) or not all(isinstance(p, str) for p in self.skip):
             raise check.SettingError("skip", self.skip, "must be a list of fnmatch patterns")
+
+    @property
+    def needs_base(self) -> bool:
+        return self.target == "task_vector"

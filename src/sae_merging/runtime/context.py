@@ -141,8 +141,12 @@ class RunContext:
         return sum(math.prod((rows[n], *s[1:]) if n in rows else s) * item for n, s in shapes.items())
 
     def load_base(self, method: str) -> dict[str, torch.Tensor]:
+        return dict(self.base_tensors(method).items())
+
+    def base_tensors(self, method: str) -> LazyTensors:
+        """The base's merge tensors, each read when accessed (`method` names who needs it)."""
         self.models.require_base(method)
-        return dict(self._lazy("base").items())
+        return self._lazy("base")
 
     def _lazy(self, key: str) -> LazyTensors:
         checkpoint = self._checkpoints[key]

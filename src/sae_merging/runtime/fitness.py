@@ -17,9 +17,24 @@ from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedToken
 
 from sae_merging.models.io import parse_dtype, tied_aliases
 from sae_merging.tasks.base import Example, TaskData
+from sae_merging.tasks.settings import AGGREGATES
 
 # reads an individual's tensors, called only when some example is not cached yet
 WeightsLoader = Callable[[], Mapping[str, torch.Tensor]]
+
+
+def aggregate(per_task: Mapping[str, float], counts: Mapping[str, int], how: str = "task_mean") -> float:
+    """One score from per-task values: their mean (`task_mean`, every task counts equally) or
+    their mean weighted by item count (`instances`: paper eq. 3's sum over all N instances,
+    divided by N so it stays in [0, 1] beside alpha * S; the argmax is the sum's)."""
+    if how not in AGGREGATES:
+        raise ValueError(f"aggregate={how!r}; valid: {', '.join(AGGREGATES)}")
+    if not per_task:
+        return 0.0
+    if how == "task_mean":
+        return sum(per_task.values()) / len(per_task)
+    total = sum(counts[task] for task in per_task)
+    return sum(per_task[task] * counts[task] for task in per_task) / total if total else 0.0
 
 
 @dataclass
@@ -34,8 +49,18 @@ class Scores:
     @property
     def mean(self) -> float:
         """The task score p: mean over tasks of the accuracy (each task counts equally)."""
-        accuracy = self.task_accuracy()
-        return sum(accuracy.values()) / len(accuracy) if accuracy else 0.0
+        return self.value("task_mean")
+
+    def value(self, how: str = "task_mean") -> float:
+        """The task score p under `aggregate` `how` (task_mean | instances; the latter counted
+        exactly: items solved / items)."""
+        if how == "instances":
+            total = sum(self.counts().values())
+            return sum(sum(c) for c in self.correct.values()) / total if total else 0.0
+        return aggregate(self.task_accuracy(), self.counts(), how)
+
+    def counts(self) -> dict[str, int]:
+        return {task: len(c) for task, c in self.correct.items()}
 
     def flat(self) -> list[bool]:
         """All examples' correctness, task after task (for fitness sharing)."""

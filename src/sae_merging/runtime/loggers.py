@@ -74,8 +74,7 @@ class WandbLogger(NoLogger, target="sae_merging.runtime.loggers.WandbLogger"):
 
     def log(self, record: Mapping[str, Any]) -> None:
         if self.run is not None:
-            numbers = {k: v for k, v in record.items() if isinstance(v, int | float)}
-            self.run.log(numbers)
+            self.run.log(wandb_values(record))
 
     def log_outputs(self, results_file: Path, model_dir: Path) -> None:
         """`results.json` as a file artifact; the model by reference to its folder (not copied:
@@ -96,6 +95,23 @@ class WandbLogger(NoLogger, target="sae_merging.runtime.loggers.WandbLogger"):
             self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float | str)})
             self.run.finish()
             self.run = None
+
+
+def wandb_values(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What W&B gets of a metrics line: the numbers (the generation among them, the x axis),
+    and each list of numbers (e.g. every mixing ratio of the generation, `ratio/values`) as a
+    histogram."""
+    import wandb
+
+    values: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            values[key] = value
+        elif isinstance(value, list) and value and all(isinstance(v, int | float) for v in value):
+            values[key] = wandb.Histogram(value)
+    return values
 
 
 def _run_id(run_dir: Path) -> str:

@@ -1,8 +1,12 @@
 """Sparsity-rate schedules (`schedule=`): the rate s_t used at generation t = 1..steps.
 
 `cyclic` (paper 3.6-3.7, SGDR-like): cycles of length T0, T0*T_mult, T0*T_mult^2, ...; within a
-cycle the rate rises from s_min at its first step to s_max at its last (cosine or linear),
-then restarts at s_min. A one-step cycle has nothing to rise through and uses s_max.
+cycle the rate rises from s_min (cosine or linear), then restarts at s_min. Where the rise ends
+(`phase`): `endpoint` (default; "the sparsity rate is scheduled to increase from s_min to s_max
+within each cycle") reaches s_max at the cycle's last step, position index / (length - 1), and
+a one-step cycle, with nothing to rise through, uses s_max; `sgdr` takes SGDR's T_cur / T_i,
+index / length, so every cycle starts at s_min, approaches s_max without reaching it, and a
+one-step cycle stays at s_min.
 `constant`: s_t = rate.
 A search stopped by an example budget (`budget.examples`) may run past `steps`: the cycles
 simply go on (t = steps + 1 is the next step of the current cycle).
@@ -20,6 +24,7 @@ from sae_merging.utils import settings as check
 from sae_merging.utils.settings import Settings
 
 RISES = ("cosine", "linear")
+PHASES = ("endpoint", "sgdr")
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class CyclicSchedule(Settings, target="sae_merging.schedules.cyclic.CyclicSchedu
     T_mult: int = 2
     steps: int = 12
     rise: str = "cosine"
+    phase: str = "endpoint"
 
     def __post_init__(self) -> None:
         check.rate("s_min", self.s_min)
@@ -40,6 +46,7 @@ class CyclicSchedule(Settings, target="sae_merging.schedules.cyclic.CyclicSchedu
         check.integer("T_mult", self.T_mult, 1)
         check.integer("steps", self.steps, 1)
         check.choice("rise", self.rise, RISES)
+        check.choice("phase", self.phase, PHASES)
 
     def position(self, t: int) -> tuple[int, int]:
         """(index within its cycle, cycle length) of generation t (1-based)."""
@@ -53,7 +60,10 @@ class CyclicSchedule(Settings, target="sae_merging.schedules.cyclic.CyclicSchedu
 
     def rate(self, t: int) -> float:
         index, length = self.position(t)
-        x = 1.0 if length == 1 else index / (length - 1)
+        if self.phase == "sgdr":
+            x = index / length
+        else:
+            x = 1.0 if length == 1 else index / (length - 1)
         shape = (1 - math.cos(math.pi * x)) / 2 if self.rise == "cosine" else x
         return self.s_min + (self.s_max - self.s_min) * shape
 

@@ -20,6 +20,9 @@ LETTERS = "ABCDEFGHIJKLMNOP"
 # how the final model is chosen (`selection=`, see runtime/selection.py); `validation` needs the
 # task pool's validation set
 SELECTIONS = ("last_draw", "all_draws", "validation")
+# how per-task results make one task score p (runtime.fitness.aggregate): over all items (eq. 3's
+# sum over the N instances, divided by N) or the mean of the tasks' accuracies
+AGGREGATES = ("instances", "task_mean")
 LANG_FIELD = "{lang}"
 
 

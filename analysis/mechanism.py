@@ -1,0 +1,46 @@
+"""SAE's mechanism over generations for a run or a sweep: lambda histograms per generation and
+expert survival (`sae_merging.analysis.mechanism`).
+
+    python analysis/mechanism.py outputs/runs/<date>/<time>            # one run
+    python analysis/mechanism.py outputs/tables/table2_ablation --out outputs/mechanism/table2
+
+Writes `mechanism.json` (per setting and generation: lambda quantiles, mean, sample std, n;
+the share of runs each expert survives in) and `<setting>_mechanism.png` under `--out`
+(default: `<first folder>/mechanism`).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sae_merging.analysis.mechanism import MechanismError, run
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path, help="run folders or sweep folders")
+    parser.add_argument("--out", type=Path, default=None, help="output folder")
+    args = parser.parse_args(argv)
+    out = args.out or args.folders[0] / "mechanism"
+    try:
+        report = run(args.folders, out)
+    except MechanismError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for label, group in report.items():
+        last = group["generations"][-1]
+        spread = last["lambda"]
+        text = (
+            f"q05 {spread['q05']:.4f} q50 {spread['q50']:.4f} q95 {spread['q95']:.4f}"
+            if spread
+            else "no ratios"
+        )
+        alive = ", ".join(f"{e} {share:.0%}" for e, share in last["survival"].items())
+        head = f"{label}: {group['n_runs']} run(s); generation {last['generation']}"
+        print(f"{head}: lambda {text}; experts alive: {alive}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

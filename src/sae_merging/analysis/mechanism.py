@@ -1,0 +1,191 @@
+"""SAE's mechanism over generations, from the runs' `metrics.jsonl`: the mixing ratios lambda of
+eq. 5 (does sparsity move them away from 1/2?) and which dense experts are still in the archive.
+
+Every SAE run logs, per generation, `ratio/values` (every lambda of the generation's children,
+one per pair and tensor) and `archive/experts` (the experts still in the archive). Runs are
+grouped by their settings (Hydra overrides without the seed), so a sweep gives one group per
+setting and pools its seeds:
+
+- `lambda` per generation: quantiles (5, 50, 95%), mean and sample std of the pooled ratios,
+  drawn as a histogram per generation (a heat map: generation x lambda) with the quantiles;
+- `survival` per generation: the share of runs in which each expert is still in the archive,
+  and per run the last generation it was seen in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from sae_merging.utils.files import atomic_write_json
+
+if not os.environ.get("MPLBACKEND"):
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+METRICS_FILE = "metrics.jsonl"
+SEED_KEYS = ("seed", "+seed")
+NOT_SETTINGS = ("logger", "progress", "threads", "device")  # overrides that do not change a result
+QUANTILES = (0.05, 0.5, 0.95)
+
+
+class MechanismError(ValueError):
+    pass
+
+
+def run_folders(path: Path) -> list[Path]:
+    """The run folders at or under `path` (those holding metrics.jsonl)."""
+    if (path / METRICS_FILE).is_file():
+        return [path]
+    found = sorted(p.parent for p in path.rglob(METRICS_FILE))
+    if not found:
+        raise MechanismError(f"{path}: no {METRICS_FILE} at or under it (not a run or sweep folder)")
+    return found
+
+
+def setting(run_dir: Path) -> str:
+    """The run's overrides other than the seed (and those that change no result), as one
+    label ('' for none)."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(path.read_text()) or [] if path.is_file() else []
+    ignored = (*SEED_KEYS, *NOT_SETTINGS)
+    kept = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in ignored]
+    return ",".join(sorted(kept))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    lines = (run_dir / METRICS_FILE).read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def run_mechanism(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One run: per generation its ratios and the experts present."""
+    if not records or "archive/experts" not in records[0]:
+        raise MechanismError("metrics.jsonl has no `archive/experts`: not an SAE run with diagnostics")
+    experts = list(records[0]["archive/experts"])
+    generations = [int(r["generation"]) for r in records]
+    alive = {e: [e in r.get("archive/experts", []) for r in records] for e in experts}
+    last_seen = {
+        e: max((g for g, a in zip(generations, alive[e], strict=True) if a), default=None) for e in experts
+    }
+    return {
+        "generations": generations,
+        "ratios": [list(r.get("ratio/values", [])) for r in records],
+        "alive": alive,
+        "last_seen": last_seen,
+    }
+
+
+def ratio_stats(values: Sequence[float]) -> dict[str, float] | None:
+    if not len(values):
+        return None
+    x = np.asarray(values, dtype=float)
+    q = np.quantile(x, QUANTILES)
+    return {
+        "n": int(x.size),
+        "mean": float(x.mean()),
+        "std": float(x.std(ddof=1)) if x.size > 1 else 0.0,
+        "min": float(x.min()),
+        "max": float(x.max()),
+        **{f"q{round(100 * level):02d}": float(v) for level, v in zip(QUANTILES, q, strict=True)},
+    }
+
+
+def group_mechanism(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Runs of one setting pooled per generation (generations all runs reached)."""
+    first = next(iter(runs.values()))
+    count = min(len(r["generations"]) for r in runs.values())
+    generations = first["generations"][:count]
+    experts = list(first["alive"])
+    per_generation = []
+    for index, generation in enumerate(generations):
+        pooled = [v for r in runs.values() for v in r["ratios"][index]]
+        survival = {
+            e: float(np.mean([r["alive"][e][index] for r in runs.values() if e in r["alive"]]))
+            for e in experts
+        }
+        per_generation.append({"generation": generation, "lambda": ratio_stats(pooled), "survival": survival})
+    return {
+        "runs": sorted(runs),
+        "n_runs": len(runs),
+        "generations": per_generation,
+        "last_seen": {name: dict(r["last_seen"]) for name, r in runs.items()},
+    }
+
+
+def collect(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
+    """Every run at or under `paths`, by setting: {label: {run folder: run_mechanism}}."""
+    grouped: dict[str, dict[str, Any]] = defaultdict(dict)
+    for path in paths:
+        for run_dir in run_folders(Path(path)):
+            try:
+                grouped[setting(run_dir) or "default"][str(run_dir)] = run_mechanism(read_metrics(run_dir))
+            except MechanismError as error:
+                raise MechanismError(f"{run_dir}: {error}") from error
+    return dict(sorted(grouped.items()))
+
+
+def _file_name(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:120] or "default"
+
+
+def draw(report: Mapping[str, Any], raw: Mapping[str, Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    """Per group: lambda histograms per generation (heat map + quantiles) and expert survival."""
+    import matplotlib.pyplot as plt
+
+    written = []
+    for label, group in report.items():
+        stats = [g["lambda"] for g in group["generations"]]
+        generations = [g["generation"] for g in group["generations"]]
+        pooled = [[v for r in raw[label].values() for v in r["ratios"][i]] for i in range(len(generations))]
+        every = [v for values in pooled for v in values]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+        if every:
+            low, high = min(every), max(every)
+            pad = max(1e-3, 0.05 * (high - low))
+            edges = np.linspace(low - pad, high + pad, 41)
+            counts = np.array([np.histogram(values, edges)[0] / max(len(values), 1) for values in pooled])
+            image = left.pcolormesh(edges, np.arange(len(generations) + 1) - 0.5, counts, cmap="viridis")
+            fig.colorbar(image, ax=left, label="share of the generation's ratios")
+            for key, style in (("q05", ":"), ("q50", "-"), ("q95", ":")):
+                ys = [i for i, s in enumerate(stats) if s]
+                left.plot([stats[i][key] for i in ys], ys, "w" + style, lw=1.2, label=key)
+            left.axvline(0.5, color="r", lw=0.8, ls="--", label="1/2")
+            left.legend(loc="upper right", fontsize=7)
+        left.set_yticks(range(len(generations)), [str(g) for g in generations])
+        left.set_xlabel(r"mixing ratio $\lambda$ (eq. 5)")
+        left.set_ylabel("generation")
+        left.set_title(f"lambda per generation ({group['n_runs']} run(s))", fontsize=10)
+        for expert in group["generations"][0]["survival"]:
+            right.step(
+                generations, [g["survival"][expert] for g in group["generations"]], where="post", label=expert
+            )
+        right.set_ylim(-0.05, 1.05)
+        right.set_xlabel("generation")
+        right.set_ylabel("share of runs with the expert in the archive")
+        right.set_title("expert survival", fontsize=10)
+        right.legend(fontsize=8)
+        fig.suptitle(label, fontsize=9)
+        path = out_dir / f"{_file_name(label)}_mechanism.png"
+        fig.savefig(path, dpi=130)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def run(paths: Sequence[Path], out_dir: Path) -> dict[str, Any]:
+    """Analyse, write `mechanism.json` and the figures under `out_dir`; returns the report."""
+    grouped = collect(paths)
+    report = {label: group_mechanism(runs) for label, runs in grouped.items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "mechanism.json", report)
+    draw(report, grouped, out_dir)
+    return report
