@@ -28,16 +28,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for label, group in report.items():
-        last = group["generations"][-1]
-        spread = last["lambda"]
-        text = (
-            f"q05 {spread['q05']:.4f} q50 {spread['q50']:.4f} q95 {spread['q95']:.4f}"
-            if spread
-            else "no ratios"
-        )
+        last, overall = group["generations"][-1], group["overall"]
+        print(f"{label}: {group['n_runs']} run(s)")
+        spreads = {"all generations": overall["lambda"], f"generation {last['generation']}": last["lambda"]}
+        for name, spread in spreads.items():
+            keys = ("q05", "q50", "q95", "std") if spread else ()
+            quantiles = " ".join(f"{q} {spread[q]:.4f}" for q in keys) or "no ratios"
+            print(f"  lambda, {name}: {quantiles}")
+        gap = overall["omega_gap"]
+        print(f"  omega gap (mean over generations): {'n/a' if gap is None else f'{gap:.4f}'}")
         alive = ", ".join(f"{e} {share:.0%}" for e, share in last["survival"].items())
-        head = f"{label}: {group['n_runs']} run(s); generation {last['generation']}"
-        print(f"{head}: lambda {text}; experts alive: {alive}")
+        print(f"  experts alive at generation {last['generation']}: {alive}")
     print(f"wrote {out}")
     return 0
 

@@ -83,8 +83,20 @@ def test_analysis_command_draws_lambda_and_survival(runs, tmp_path, capsys):
                 np.quantile(pooled, [0.05, 0.5, 0.95]).tolist(), abs=1e-9
             )
             assert generation["lambda"]["std"] == pytest.approx(np.std(pooled, ddof=1), abs=1e-9)
+    every = [r for name in lines for line in lines[name] for r in line.get("ratio/values", [])]
+    overall = group["overall"]
+    assert overall["lambda"]["n"] == len(every)
+    assert [overall["lambda"][q] for q in ("q05", "q50", "q95")] == pytest.approx(
+        np.quantile(every, [0.05, 0.5, 0.95]).tolist(), abs=1e-9
+    )
+    gaps = [np.mean([lines[name][i]["omega/gap_mean"] for name in lines]) for i in range(1, 4)]
+    assert overall["omega_gap"] == pytest.approx(np.mean(gaps), abs=1e-12)
+    assert overall["omega_gap"] > 0  # omega_from=archive: parents of different archive sparsity
+    alive = [len(lines[name][-1]["archive/experts"]) for name in lines]
+    assert overall["experts_alive"] == pytest.approx(np.mean(alive))
     assert list(out.glob("*_mechanism.png"))
-    assert "experts alive" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "experts alive at generation 3" in printed and "omega gap" in printed
     assert app.main([str(tmp_path / "nothing")]) == 2
 
 

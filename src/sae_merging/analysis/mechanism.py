@@ -9,7 +9,12 @@ setting and pools its seeds:
 - `lambda` per generation: quantiles (5, 50, 95%), mean and sample std of the pooled ratios,
   drawn as a histogram per generation (a heat map: generation x lambda) with the quantiles;
 - `survival` per generation: the share of runs in which each expert is still in the archive,
-  and per run the last generation it was seen in.
+  and per run the last generation it was seen in;
+- `omega_gap` per generation: the runs' mean |omega_A - omega_B| over pairs (0: eq. 5 is
+  p_A / (p_A + p_B), sparsity does not act on lambda);
+- `overall`: lambda pooled over every generation that makes children (1 on), the mean omega
+  gap over them, and the mean number of experts alive at the last generation all runs reached:
+  one line per setting, the ablation table's mechanism columns.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ def run_mechanism(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {
         "generations": generations,
         "ratios": [list(r.get("ratio/values", [])) for r in records],
+        "omega_gap": [r.get("omega/gap_mean") for r in records],
         "alive": alive,
         "last_seen": last_seen,
     }
@@ -112,10 +118,27 @@ def group_mechanism(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
             e: float(np.mean([r["alive"][e][index] for r in runs.values() if e in r["alive"]]))
             for e in experts
         }
-        per_generation.append({"generation": generation, "lambda": ratio_stats(pooled), "survival": survival})
+        gaps = [r["omega_gap"][index] for r in runs.values() if r["omega_gap"][index] is not None]
+        per_generation.append(
+            {
+                "generation": generation,
+                "lambda": ratio_stats(pooled),
+                "omega_gap": float(np.mean(gaps)) if gaps else None,
+                "survival": survival,
+            }
+        )
+    making = [g for g in per_generation if g["lambda"] is not None]
+    every = [v for r in runs.values() for i in range(count) for v in r["ratios"][i]]
+    overall = {
+        "lambda": ratio_stats(every),
+        "omega_gap": float(np.mean([g["omega_gap"] for g in making])) if making else None,
+        "last_generation": generations[-1],
+        "experts_alive": float(sum(per_generation[-1]["survival"].values())),
+    }
     return {
         "runs": sorted(runs),
         "n_runs": len(runs),
+        "overall": overall,
         "generations": per_generation,
         "last_seen": {name: dict(r["last_seen"]) for name, r in runs.items()},
     }
