@@ -24,7 +24,7 @@ from sae_merging.runtime.preflight import preflight
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["experiment=smoke", "progress=false"]
 PAPER_LOCAL = ["task=paper_local", "model=hf", "model.experts=[{math},{multilingual}]", "logger=none"]
-HF = ["model=hf"]
+HF = ["model=hf", "task=lab"]  # own models on the lab's tasks: named, as run.py requires
 CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of CUDA on a CPU machine")
 NAN_REFUSED = "must be a finite number (NaN and inf are refused everywhere)"
 
@@ -262,6 +262,15 @@ CASES = {
         "evaluator.extraction='fuzzy': must be one of strict, flexible",
     ),
     "batch size zero": (["evaluator.batch_size=0"], "evaluator.batch_size=0: must be an integer >= 1"),
+    "token budget zero": (["evaluator.token_budget=0"], "evaluator.token_budget=0: must be an integer >= 1"),
+    "shared prefix zero": (
+        ["evaluator.min_shared_prefix=0"],
+        "evaluator.min_shared_prefix=0: must be an integer >= 1",
+    ),
+    "token budget for lm-eval": (
+        ["evaluator=lm_eval", "+evaluator.token_budget=4096"],
+        "evaluator.token_budget: unknown setting for sae_merging.evaluation.lm_eval_backend.LmEvalEvaluator",
+    ),
     "max length negative": (
         ["evaluator.max_length=-5"],
         "evaluator.max_length=-5: must be an integer >= 1 or null",
@@ -367,7 +376,15 @@ CASES = {
     # data files
     "data folder missing": (
         [*PAPER_LOCAL, "env:{no_data}"],
-        "task.tasks[0].source='{no_data}/gsm8k': no train data at",
+        "task.data_dir='{no_data}' does not exist: set task.data_dir=DIR (or SAE_MERGING_DATA)",
+    ),
+    "data folder is a file": (
+        [*PAPER_LOCAL, "task.data_dir={a_file}"],
+        "task.data_dir='{a_file}' is not a folder",
+    ),
+    "data file missing": (
+        [*PAPER_LOCAL, "task.data_dir={math}"],
+        "task.tasks[0].source='{math}/gsm8k': no train data at",
     ),
     "malformed jsonl": (
         [*PAPER_LOCAL, "env:{bad_data}"],
@@ -387,11 +404,14 @@ def _fill(text: str, paths: dict[str, str]) -> str:
     return text
 
 
-def _refuse(overrides: list[str] | DictConfig, run_dir: Path, capsys) -> str:
-    """stderr of the `run.py` entry for these overrides, which must exit 2 without traceback."""
+def _refuse(overrides: list[str] | DictConfig, run_dir: Path, capsys, command_line=None) -> str:
+    """stderr of the `run.py` entry for these overrides (or this config and `command_line`),
+    which must exit 2 without traceback."""
     cfg = overrides if isinstance(overrides, DictConfig) else compose_config(overrides)
+    if command_line is None:
+        command_line = [] if isinstance(overrides, DictConfig) else overrides
     with pytest.raises(SystemExit) as done:
-        cli.main(cfg, run_dir)
+        cli.main(cfg, run_dir, command_line)
     captured = capsys.readouterr()
     assert done.value.code == 2, captured
     assert "Traceback" not in captured.err
@@ -412,7 +432,7 @@ def test_bad_input_is_one_line_before_any_work(case, paths, tmp_path, capsys, mo
     overrides = [o for o in overrides if not o.startswith("env:")]
     overrides = overrides if overrides[0].startswith("task=") else SMOKE + overrides
     cfg = compose_config(overrides)
-    err = _refuse(cfg, tmp_path / "run", capsys)
+    err = _refuse(cfg, tmp_path / "run", capsys, overrides)
     assert _fill(message, paths) in err
     if case not in AFTER_PREFLIGHT:  # the light checks found it: preflight alone refuses it
         with pytest.raises(ValueError):
@@ -555,6 +575,35 @@ def test_help_and_config_print_without_heavy_imports(arguments):
     done = _run_py(*arguments, importtime=True)
     assert done.returncode == 0
     assert not HEAVY & _imported(done.stderr)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["model=hf", "model.experts=[owner/a,owner/b]"],
+            "config error: model=hf needs a task on the command line: task=paper_local (local GSM8K "
+            "and MMLU-ProX files under task.data_dir), task=paper (the hub), or task=lab "
+            "(the lab's toy tasks)",
+        ),
+        (
+            ["model=hf", "model.experts=[owner/a,owner/b]", "task=paper_local", "task.data_dir={no_data}"],
+            "config error: task.data_dir='{no_data}' does not exist: set task.data_dir=DIR (or "
+            "SAE_MERGING_DATA) to the folder holding the task's files (task=paper_local: gsm8k/, "
+            "mmlu_prox_lite_en/, mmlu_pro_validation/)",
+        ),
+    ],
+    ids=["own models without a task", "no data folder"],
+)
+def test_own_model_inputs_are_one_line_before_torch(arguments, message, paths, tmp_path):
+    done = _run_py(
+        *[_fill(a, paths) for a in arguments], f"hydra.run.dir={tmp_path / 'run'}", importtime=True
+    )
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+    assert lines == [_fill(message, paths)]
+    assert not HEAVY & _imported(done.stderr)
+    assert not (tmp_path / "run" / "checkpoint").exists()
 
 
 @pytest.mark.parametrize(

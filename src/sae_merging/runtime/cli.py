@@ -68,7 +68,7 @@ def main(
     run_dir = str(run_dir)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        plan = preflight(cfg, run_dir)
+        plan = preflight(cfg, run_dir, overrides)
         for line in plan.warnings:
             print(f"warning: {line}", file=sys.stderr)
         print(f"run folder: {run_dir}", flush=True)

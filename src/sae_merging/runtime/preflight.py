@@ -20,7 +20,7 @@ import inspect
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,9 +234,27 @@ def folder_problem(folder: Path, key: str = "hydra.run.dir") -> str | None:
     return None
 
 
-def preflight(cfg: DictConfig, run_dir: str | Path | None = None) -> Plan:
-    """Check a composed run config (see the module docstring); raises ConfigError."""
+def task_choice_problem(cfg: DictConfig, overrides: Sequence[str]) -> str | None:
+    """Models of one's own are never scored on the lab's toy tasks by default: with a model pool
+    other than the lab's, the lab's task pool must be named on the command line."""
+    model, task = (str(OmegaConf.select(cfg, f"{key}._target_", default="")) for key in ("model", "task"))
+    named = any(o.lstrip("+~").split("=", 1)[0] == "task" for o in overrides)
+    if named or model.endswith(".LabModelPool") or not task.endswith(".LabTaskPool"):
+        return None
+    return (
+        "model=hf needs a task on the command line: task=paper_local (local GSM8K and MMLU-ProX "
+        "files under task.data_dir), task=paper (the hub), or task=lab (the lab's toy tasks)"
+    )
+
+
+def preflight(
+    cfg: DictConfig, run_dir: str | Path | None = None, overrides: Sequence[str] | None = None
+) -> Plan:
+    """Check a composed run config (see the module docstring); raises ConfigError.
+    `overrides`: the command line's (`run.py`), to tell a task asked for from the default one."""
     objects, run, problems = build(cfg)
+    if overrides is not None and (problem := task_choice_problem(cfg, overrides)):
+        problems.append(problem)
     warnings: list[str] = []
     models, method = objects.get("model"), objects.get("method")
     for name in ("model", "task"):  # the files, once their objects are valid

@@ -30,8 +30,11 @@ class TaskPool:
         test_size: Mapping[str, int | None] | None = None,
         stratify: Sequence[str] = (),
         validation_size: Mapping[str, int | float | None] | None = None,
+        data_dir: str | None = None,
     ) -> None:
-        self.settings = TaskPoolSettings(tasks, opt_size, test_size, stratify, validation_size)  # checks
+        self.settings = TaskPoolSettings(
+            tasks, opt_size, test_size, stratify, validation_size, data_dir
+        )  # checks
         self._tasks = list(tasks)
         self.opt_size, self.test_size = self.settings.opt_size, self.settings.test_size
         self.stratify, self.validation_size = self.settings.stratify, self.settings.validation_size

@@ -8,6 +8,7 @@ Hub sources are left to the loaders (they may be downloaded or cached).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,18 @@ def jsonl_problem(path: Path) -> str | None:
         return f"{path} is not readable"
     bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
     return None if bad is None else f"{path}: row {bad + 1} is not a JSON object"
+
+
+def data_dir_problem(data_dir: str) -> str | None:
+    """Why a local task's data folder cannot be read (None when it can)."""
+    path = Path(data_dir).expanduser()
+    if path.is_dir() and os.access(path, os.R_OK | os.X_OK):
+        return None
+    state = "is not readable" if path.is_dir() else "is not a folder" if path.exists() else "does not exist"
+    return (
+        f"task.data_dir={data_dir!r} {state}: set task.data_dir=DIR (or SAE_MERGING_DATA) to the folder "
+        "holding the task's files (task=paper_local: gsm8k/, mmlu_prox_lite_en/, mmlu_pro_validation/)"
+    )
 
 
 def source_problems(key: str, source: str, split: str) -> list[str]:
@@ -138,16 +151,20 @@ def check_sizes(known: Sequence[str] | None, opt_size, test_size, stratify, vali
 
 @dataclass(eq=False)
 class TaskPoolSettings(Settings, target="sae_merging.tasks.pool.TaskPool"):
-    """Tasks plus per-task sample sizes (`None`: the whole split)."""
+    """Tasks plus per-task sample sizes (`None`: the whole split). `data_dir`: the folder the
+    local tasks' files are read from (their sources interpolate it); checked first, so a
+    missing folder is one line rather than one per file."""
 
     tasks: Sequence = ()
     opt_size: Mapping[str, int | None] = field(default_factory=dict)
     test_size: Mapping[str, int | None] = field(default_factory=dict)
     stratify: Sequence[str] = ()
     validation_size: Mapping[str, int | float | None] = field(default_factory=dict)
+    data_dir: str | None = None
 
     def __post_init__(self) -> None:
         self.tasks = list(self.tasks)
+        self.data_dir = None if self.data_dir is None else str(self.data_dir)
         self.opt_size, self.test_size, self.stratify, self.validation_size = check_sizes(
             self.declared_names(), self.opt_size, self.test_size, self.stratify, self.validation_size
         )
@@ -163,7 +180,9 @@ class TaskPoolSettings(Settings, target="sae_merging.tasks.pool.TaskPool"):
         return None if None in names else names
 
     def problems(self) -> list[str]:
-        """The local data files' problems (each loader's)."""
+        """The data folder's problem, else the local data files' problems (each loader's)."""
+        if self.data_dir is not None and (problem := data_dir_problem(self.data_dir)):
+            return [problem]
         found = []
         for index, task in enumerate(self.tasks):
             if hasattr(task, "problems"):
