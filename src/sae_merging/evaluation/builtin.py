@@ -251,6 +251,28 @@ def common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def last_logits(model: PreTrainedModel, rows: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """The logits at each row's last token, `[rows, vocab]`, from one pass without a KV cache or
+    an attention mask: rows are right-padded, and causal attention never looks to the right, so
+    the padding changes nothing before it (lm-eval's HF backend lays its batches out so too).
+    Without a mask the attention runs its fused causal kernel; the LM head runs only at the
+    rows' last positions (the distinct ones, at most one per row)."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for j, row in enumerate(rows):
+        input_ids[j, : len(row)] = torch.tensor(row, dtype=torch.long)
+    ends = sorted({len(r) - 1 for r in rows})
+    column = {end: k for k, end in enumerate(ends)}
+    kwargs = {}
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        kwargs["logits_to_keep"] = torch.tensor(ends, device=model.device)
+    else:  # every position's logits, then the rows' last ones
+        column = {end: end for end in ends}
+    logits = model(input_ids=input_ids.to(model.device), use_cache=False, **kwargs).logits
+    picked = torch.tensor([column[len(r) - 1] for r in rows], device=logits.device)
+    return logits[torch.arange(len(rows), device=logits.device), picked]
+
+
 class _Batch:
     """Token rows on the model's device with a KV cache that grows as they are extended;
     positions follow the attention mask, so padding anywhere in a row is invisible to it."""
@@ -398,7 +420,7 @@ class BuiltinEvaluator(Evaluator):
             logits = batch.extend([[generated[row][-1]] for row in active], keep=1)
         return tokenizer.batch_decode(generated, skip_special_tokens=True)
 
-    def _prefill(self, batch: _Batch, rows: Sequence[Sequence[int]], cache: bool = True) -> torch.Tensor:
+    def _prefill(self, batch: _Batch, rows: Sequence[Sequence[int]]) -> torch.Tensor:
         """Run `rows` into an empty batch; the logits at each row's last position. A prefix of
         at least `min_shared_prefix` tokens that every row starts with runs once, its cache
         then copied to every row (a row keeps at least its last token to run)."""
@@ -406,8 +428,8 @@ class BuiltinEvaluator(Evaluator):
         if len(rows) > 1 and shared >= self.min_shared_prefix:
             batch.extend([rows[0][:shared]], keep=1)
             batch.select(torch.zeros(len(rows), dtype=torch.long))
-            return batch.extend([r[shared:] for r in rows], keep=1, cache=cache)
-        return batch.extend(rows, keep=1, cache=cache)
+            return batch.extend([r[shared:] for r in rows], keep=1)
+        return batch.extend(rows, keep=1)
 
     def _decode_hf(
         self,
@@ -449,7 +471,9 @@ class BuiltinEvaluator(Evaluator):
         `max_length` tokens; requests whose input up to the first continuation token is the same
         (the options of one question) share one pass over that prefix. The first continuation
         token is scored from the prefix's last position; the rest of a longer continuation runs
-        on the prefix's KV cache. The LM head is applied only at scored positions.
+        on the prefix's KV cache. The LM head is applied only at scored positions. A batch whose
+        options are all one token (lettered multiple choice) needs no cache: it runs
+        right-padded without an attention mask (`last_logits`).
         """
         max_length = self._max_length(model)
         prefixes: dict[tuple[int, ...], list[int]] = {}
@@ -470,7 +494,11 @@ class BuiltinEvaluator(Evaluator):
             owners = [(j, i) for j, prefix in enumerate(group) for i in prefixes[prefix]]
             longer = [(j, i) for j, i in owners if len(requests[i][1]) > 1]
             state = _Batch(model, pad_id)
-            first = torch.log_softmax(self._prefill(state, group, cache=bool(longer))[:, -1].float(), -1)
+            if longer:  # the prompts' KV cache is kept for the longer continuations
+                last = self._prefill(state, group)[:, -1]
+            else:
+                last = last_logits(model, group, pad_id)
+            first = torch.log_softmax(last.float(), -1)
             for j, i in owners:
                 results[i] = first[j, requests[i][1][0]].item()
             for start in range(0, len(longer), max(1, self.batch_size)):
