@@ -156,17 +156,6 @@ def test_task_arithmetic_refuses_mismatched_models(tmp_path):
     assert not (tmp_path / "out.safetensors").exists()
 
 
-@pytest.mark.parametrize("granularity", ["global", "local"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("rate", [0.0, 0.6, 1.0])
-def test_stream_prune_equals_pruner(tmp_path, granularity, dtype, rate):
-    model = _model(3, dtype)
-    pruner = MagnitudePruner(granularity)
-    source = _save(model, tmp_path / "model.safetensors")
-    streaming.stream_prune(source, rate, pruner, tmp_path / "pruned.safetensors")
-    _assert_same(load_file(str(tmp_path / "pruned.safetensors")), pruner.prune(_load(source), rate))
-
-
 def test_writer_layout_mode_and_sharded_reader(tmp_path):
     model = _model(9, torch.bfloat16)
     layout = [(n, t.dtype, tuple(t.shape)) for n, t in model.items()]

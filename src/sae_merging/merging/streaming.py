@@ -1,15 +1,15 @@
 """Merging and pruning whole checkpoints from safetensors files, tensor by tensor, chunk by chunk
 (`experiments/merge_checkpoints.py`). SAE's and M2N2's children are made by `merging.child`.
 
-Inputs are memory-mapped (a `.safetensors` file, or a model folder, sharded or not) and read in
-chunks of 1M entries: each chunk is converted into preallocated float32 buffers, combined with
-in-place ops and cast into a ring of output buffers that one background thread writes at their
-place in the output file (its header is written first: no second copy of the data; pwrite drops
-the GIL, so writing a chunk overlaps computing the next). Input pages leave the process soon
-after their chunk is done, so resident memory stays at a few chunks whatever the model size.
-Allocation, page faults and dtype conversion, not arithmetic, bound such merges; each is paid
-once per entry here (mixed-dtype in-place ops are avoided too: on CPU they run several times
-slower than a conversion into a buffer followed by a same-dtype op).
+Inputs are memory-mapped (a `.safetensors` file, or a model folder, sharded or not) and merged
+in blocks of 1M entries, taken in turn by worker threads: each block is converted into
+cache-sized float32 buffers, combined with in-place ops, cast into the block's output buffer
+and written at its place in the output file (its header is written first: no second copy of
+the data; pwrite drops the GIL). Input pages leave the process soon after their block is done,
+so resident memory stays at a few blocks whatever the model size. Allocation, page faults and
+dtype conversion, not arithmetic, bound such merges; each is paid once per entry here
+(mixed-dtype in-place ops are avoided too: on CPU they run several times slower than a
+conversion into a buffer followed by a same-dtype op).
 
 Results equal the in-memory references bit for bit: the float32 ops run in the order of
 `functions.task_arithmetic` / `functions.linear` (no fused multiply-adds), and pruning uses the
@@ -23,7 +23,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,6 @@ from sae_merging.pruning.magnitude import (
     Selection,
     TensorCut,
     ThresholdSearch,
-    chunks,
 )
 from sae_merging.utils.tensorfiles import (
     ShardedTensorFile,
@@ -101,63 +100,6 @@ class _Releaser:
             for file in self.files:
                 file.release(self.name, self.done, stop)
             self.done = stop
-
-
-class _Output:
-    """Chunks to write, copied (and cast) into a ring of WRITE_DEPTH buffers and written by one
-    background thread; a buffer is reused once its write is done. `write(key, values)` does
-    the writing (a part of a TensorFileWriter, or bytes at an offset)."""
-
-    def __init__(self, write: Callable[[Any, torch.Tensor], None]) -> None:
-        self._write = write
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sae-merging-writer")
-        self._pending: list[Future | None] = [None] * WRITE_DEPTH
-        self._buffers: list[dict[torch.dtype, torch.Tensor]] = [{} for _ in range(WRITE_DEPTH)]
-        self._slot = 0
-
-    def put(self, key: Any, values: torch.Tensor, dtype: torch.dtype | None = None) -> None:
-        slot, self._slot = self._slot, (self._slot + 1) % WRITE_DEPTH
-        if self._pending[slot] is not None:
-            self._pending[slot].result()
-        dtype = dtype or values.dtype
-        buffer = self._buffers[slot].get(dtype)
-        if buffer is None or buffer.numel() < values.numel():
-            buffer = self._buffers[slot][dtype] = torch.empty(
-                max(magnitude.CHUNK, values.numel()), dtype=dtype
-            )
-        target = buffer[: values.numel()].copy_(values.reshape(-1))
-        self._pending[slot] = self._pool.submit(self._write, key, target)
-
-    def close(self) -> None:
-        """Wait for every write; raise the first error."""
-        try:
-            for pending in self._pending:
-                if pending is not None:
-                    pending.result()
-        finally:
-            self._pool.shutdown(wait=True)
-
-
-@contextmanager
-def _writing(writer: TensorFileWriter) -> Iterator[_Output]:
-    """An _Output into `writer`: the file is finished on success, removed on any error."""
-    output = _Output(lambda key, values: writer.write_part(*key, values))
-    try:
-        yield output
-        output.close()
-    except BaseException:
-        try:
-            output.close()
-        finally:
-            writer.abort()
-        raise
-    writer.close()
-
-
-def _pruned_chunks(
-    tensor: torch.Tensor, cut: TensorCut | None, scratch: Scratch
-) -> Iterator[tuple[int, torch.Tensor]]:
-    return cut.chunks(tensor, scratch) if cut is not None else chunks(tensor)
 
 
 def _task_arithmetic_into(
@@ -232,12 +174,19 @@ def _parallel(work: Callable[[Any, Scratch], None], items: Sequence[Any], thread
                 return
             work(item, scratch)
 
+    with _single_threaded(), ThreadPoolExecutor(threads, thread_name_prefix="sae-merging") as pool:
+        for future in [pool.submit(loop) for _ in range(threads)]:
+            future.result()
+
+
+@contextmanager
+def _single_threaded() -> Iterator[None]:
+    """torch ops on one thread inside (small or already parallel work: a parallel region of
+    torch's waits for every thread, and on a busy machine for a descheduled one)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(threads, thread_name_prefix="sae-merging") as pool:
-            for future in [pool.submit(loop) for _ in range(threads)]:
-                future.result()
+        yield
     finally:
         torch.set_num_threads(previous)
 
@@ -250,15 +199,16 @@ class _MergeCounts:
     def __init__(self, files, prunable, weights, scale, dtypes, k: int) -> None:
         positions = SamplePositions(sum(files[0].numel(n) for n in prunable))
         parts, scratch = [], Scratch()
-        for name in prunable:
-            where = positions(files[0].numel(name))
-            values = [sample_of_raw(file.view(name), where) for file in files]
-            merged = _task_arithmetic_into(
-                torch.empty(values[0].numel(), dtype=dtypes[name]), values, weights, scale, scratch
-            )
-            parts.append(merged.float().abs())
-            for file in files:
-                file.release(name)
+        with _single_threaded():  # small gathers: on a busy machine 2 threads took 60x the CPU of 1
+            for name in prunable:
+                where = positions(files[0].numel(name))
+                values = [sample_of_raw(file.view(name), where) for file in files]
+                merged = _task_arithmetic_into(
+                    torch.empty(values[0].numel(), dtype=dtypes[name]), values, weights, scale, scratch
+                )
+                parts.append(merged.float().abs())
+                for file in files:
+                    file.release(name)
         sizes = [files[0].numel(n) for n in prunable]
         self.search = ThresholdSearch(torch.cat(parts), [dtypes[n] for n in prunable], sizes, k)
         self.request = self.search.request()
@@ -308,8 +258,8 @@ def stream_task_arithmetic(
 
     `threads` threads (default: torch's setting) each merge one block of CHUNK entries at a
     time and write it at its place. Under global pruning the threshold search starts from the
-    merged values at the sample positions and the merge pass counts its keys, so the pruning
-    costs one in-place pass over the written (still unpublished) file."""
+    merged values at the sample positions and the merge pass counts its keys; the zeros are
+    then written in place into the mapped, still unpublished file."""
     weights = list(weights) if weights is not None else [1.0] * len(expert_files)
     if len(weights) != len(expert_files):
         raise ValueError(f"{len(weights)} weights for {len(expert_files)} experts")
@@ -340,7 +290,8 @@ def stream_task_arithmetic(
             _parallel(merge, _blocks(layout), threads)
             if pruner is not None and k > 0:
                 selection = counts.finish() if counts is not None else None
-                _prune_written(writer, prunable, rate, pruner, selection, k, threads)
+                cuts = dict(zip(prunable, selection.cuts(k), strict=True)) if selection else None
+                _prune_written(writer, pruner, rate, cuts, threads)
         except BaseException:
             writer.abort()
             raise
@@ -350,31 +301,26 @@ def stream_task_arithmetic(
 
 def _prune_written(
     writer: TensorFileWriter,
-    prunable: Sequence[str],
-    rate: float,
     pruner: MagnitudePruner,
-    selection: Selection | None,
-    k: int,
+    rate: float,
+    cuts: dict[str, TensorCut | None] | None,
     threads: int,
 ) -> None:
-    """Prune the prunable tensors of a file being written, where they lie: by `selection` when
-    the merge pass settled the global threshold, else by the pruner's plan over the file."""
+    """Prune the prunable tensors of a file being written, where they lie (read from the page
+    cache, written back in place: through a shared writable mapping instead, the page faults
+    cost 3x the CPU): by `cuts` when the merge pass settled them, else by the pruner's plan
+    over the file."""
     with TensorFile(writer.partial) as file:
-        if selection is not None:
-            cuts = dict(zip(prunable, selection.cuts(k), strict=True))
-        else:
+        if cuts is None:
             cuts = _plan(pruner, file, rate)
 
         def zero(name: str, scratch: Scratch) -> None:
-            cut = cuts.get(name)
-            if cut is None:
-                return
             releaser = _Releaser([file], name, file.numel(name))
-            for start, values in cut.chunks(file.view(name), scratch):
+            for start, values in cuts[name].chunks(file.view(name), scratch):
                 writer.overwrite_part(name, start, values)
                 releaser.advance(start + values.numel())
 
-        _parallel(zero, [name for name in prunable if cuts.get(name) is not None], threads)
+        _parallel(zero, [name for name, cut in cuts.items() if cut is not None], threads)
 
 
 def _plan(pruner: MagnitudePruner, file: TensorSource, rate: float) -> dict[str, TensorCut | None]:
@@ -383,20 +329,3 @@ def _plan(pruner: MagnitudePruner, file: TensorSource, rate: float) -> dict[str,
     names = [name for name in file.names() if pruner.prunable(name)]
     plan = pruner.plan(lambda: _views(file, names), rate, [file.numel(n) for n in names])
     return dict(zip(names, plan.cuts, strict=True))
-
-
-def stream_prune(
-    source: Source, rate: float, pruner: MagnitudePruner, out_path: str | os.PathLike
-) -> dict[str, TensorCut | None]:
-    """`pruner.prune` of a checkpoint, written to `out_path`; returns each prunable tensor's
-    cut (its `zeros` is the pruned tensor's zero count)."""
-    scratch = Scratch()
-    with _opened([source]) as (file,):
-        cuts = _plan(pruner, file, rate)
-        with _writing(TensorFileWriter(out_path, METADATA, file.layout())) as output:
-            for name in file.names():
-                releaser = _Releaser([file], name, file.numel(name))
-                for start, values in _pruned_chunks(file.view(name), cuts.get(name), scratch):
-                    output.put((name, start), values)
-                    releaser.advance(start + values.numel())
-    return cuts
