@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from sae_merging.utils.threads import apply_threads
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="GSM8K limit (256; cpu: 16)")
     parser.add_argument("--rate", type=float, default=0.5, help="pruning rate of the merged model")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--threads", default="auto", help="CPU threads: auto (default) or N")
     args = parser.parse_args(argv)
     dry = args.device == "cpu"
     defaults = {"dtype": "float32" if dry else "bfloat16", "mc_examples": 4 if dry else 200}
@@ -172,8 +175,7 @@ def summary(report: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.device == "cpu":
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    apply_threads(args.threads, workers=1)
     report = check(args)
     for line in summary(report):
         print(line)

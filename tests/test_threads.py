@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def machine(monkeypatch):
-    """A machine of `cores` cores of which `busy` are held by other processes."""
+    """A machine of `cores` cores whose other processes keep `busy` of them busy."""
 
     def set_machine(cores: int, busy: float) -> None:
         monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
@@ -29,23 +29,24 @@ def machine(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "cores,busy,workers,expected",
+    "cores,workers,expected",
     [
-        (8, 0.3, 1, 8),  # idle: every core
-        (8, 2.7, 1, 6),  # two cores busy elsewhere
-        (2, 5.0, 1, 1),  # overloaded: one thread, never zero
-        (8, 0.0, 2, 4),  # a 2-job sweep: 2 x 4 <= 8
-        (8, 3.0, 2, 2),  # 2 x 2 <= 8 - 3
-        (2, 0.0, 2, 1),  # lab_parallel on 2 cores
-        (2, 0.0, 4, 1),  # more jobs than cores: one thread each
+        (8, 1, 8),  # every core
+        (2, 1, 2),
+        (8, 2, 4),  # a 2-job sweep: 2 x 4 <= 8
+        (8, 3, 2),  # 3 x 2 <= 8
+        (2, 2, 1),  # lab_parallel on 2 cores
+        (2, 4, 1),  # more jobs than cores: one thread each
     ],
 )
-def test_auto_never_oversubscribes(machine, cores, busy, workers, expected):
-    machine(cores, busy)
-    got = threads.resolve("auto", workers)
-    assert got == expected
-    assert got * workers <= max(cores - int(busy), workers)  # one each at worst
-    assert threads.resolve(None, workers) == expected  # null means auto
+def test_auto_is_the_allocation_split_among_jobs_whatever_the_load(machine, cores, workers, expected):
+    """`auto` never oversubscribes the allocation, and the load of other processes does not
+    change it (a run's float sums do not depend on what else ran at the time)."""
+    for busy in (0.0, 1.7, 40.0):
+        machine(cores, busy)
+        assert threads.resolve("auto", workers) == expected
+        assert threads.resolve(None, workers) == expected  # null means auto
+    assert expected * workers <= max(cores, workers)  # one each at worst
     assert threads.resolve(3, workers) == threads.resolve("3", workers) == 3  # a number as given
 
 
@@ -86,7 +87,6 @@ APPLY = """
 import json, os, sys
 import torch
 from sae_merging.utils import threads
-threads.busy_cores = lambda: 0
 applied = threads.apply_threads(sys.argv[1], workers=int(sys.argv[2]))
 print(json.dumps({"applied": applied, "torch": torch.get_num_threads(),
                   "interop": torch.get_num_interop_threads(), "omp": os.environ["OMP_NUM_THREADS"],

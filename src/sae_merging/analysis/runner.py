@@ -109,17 +109,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def compute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Every grid of every model and task, saved under `out_dir` (torch threads as configured,
-    restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(thread_policy.resolve(cfg.get("threads", thread_policy.AUTO)))
-    try:
-        return _compute(cfg, out_dir)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _compute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Every grid of every model and task, saved under `out_dir` (on the configured threads)."""
+    thread_policy.apply_threads(cfg.get("threads", thread_policy.AUTO))
     started = time.perf_counter()
     load_start = _load_average()
     unknown = sorted(set(cfg.analyses) - set(ANALYSES))

@@ -1,14 +1,16 @@
 """One CPU thread policy for every entry point: `threads` in conf/config.yaml (run.py, the lab
-build, the analysis), `--threads` of experiments/merge_checkpoints.py and experiments/benchmark.py.
+build, the analysis), `--threads` of experiments/merge_checkpoints.py, experiments/benchmark.py
+and experiments/gpu_check.py.
 
-`auto` (the default) never oversubscribes the machine: it starts from the cores this process
-may run on (CPU affinity, and a cgroup CPU quota such as a container's or SLURM's), leaves out
-the cores other processes already keep busy (the 1-minute load average, rounded down, at most
-all cores but one), and splits what is left among the parallel jobs of a sweep (joblib's
-`n_jobs` under `hydra/launcher=lab_parallel`), so that jobs x threads <= cores; never below 1.
-Why: torch's parallel regions wait for every thread at each op, and a thread descheduled by a
-busy machine stalls them all; docs/performance.md has the measurement behind the choice. An
-integer is used as given.
+`auto` (the default) is a function of the allocation alone, so a run's thread count (and with
+it every float sum's order) is the same whenever it runs on the same allocation: the cores this
+process may run on (CPU affinity, capped by a cgroup CPU quota such as a container's or
+SLURM's) split among the parallel jobs of a sweep (joblib's `n_jobs` under
+`hydra/launcher=lab_parallel`), so that jobs x threads <= cores; never below 1. Not the load
+of other processes: that would make results depend on what else ran at the time. On a machine
+shared with other work, set `threads=1` (docs/performance.md has the measurement: a second
+thread slowed a lab training step several-fold when the cores were busy). An integer is used as
+given.
 
 `apply_threads` sets torch's intra-op and inter-op threads and the OpenMP / MKL / OpenBLAS
 variables (read by libraries loaded later and by child processes). This module imports
@@ -41,14 +43,6 @@ def usable_cores() -> int:
     return max(1, cores)
 
 
-def busy_cores() -> int:
-    """Cores other processes keep busy: the 1-minute load average, rounded down."""
-    try:
-        return math.floor(os.getloadavg()[0])
-    except (AttributeError, OSError):
-        return 0
-
-
 def parse(setting: object) -> int | None:
     """The setting as a thread count, None for `auto` (or null); ValueError otherwise."""
     if setting is None or setting == AUTO:
@@ -63,9 +57,7 @@ def resolve(setting: object = AUTO, workers: int = 1) -> int:
     threads = parse(setting)
     if threads is not None:
         return threads
-    cores = usable_cores()
-    free = cores - min(busy_cores(), cores - 1)
-    return max(1, free // max(1, workers))
+    return max(1, usable_cores() // max(1, workers))
 
 
 def sweep_workers() -> int:
