@@ -8,13 +8,26 @@ arithmetic happens in float32 and the result takes the first input's dtype.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+
+CHUNK = 1 << 20  # entries per step of the elementwise merges (float32 temporaries of a few MB)
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32)
+
+
+def _elementwise(fn: Callable[..., torch.Tensor], dtype: torch.dtype, *tensors: torch.Tensor) -> torch.Tensor:
+    """fn (elementwise) over CHUNK-entry parts of same-shape tensors, each part's float32 result
+    cast into a `dtype` output: the same values as fn over whole tensors, bit for bit, with
+    temporaries of one part instead of several float32 copies of the tensor."""
+    out = torch.empty(tensors[0].shape, dtype=dtype)
+    flat, parts = out.view(-1), [t.reshape(-1) for t in tensors]
+    for start in range(0, flat.numel(), CHUNK):
+        flat[start : start + CHUNK] = fn(*(p[start : start + CHUNK] for p in parts))
+    return out
 
 
 def mixing_ratio(score_a: float, weight_a: float, score_b: float, weight_b: float) -> float:
@@ -30,22 +43,27 @@ def mixing_ratio(score_a: float, weight_a: float, score_b: float, weight_b: floa
 
 def linear(a: torch.Tensor, b: torch.Tensor, ratio: float) -> torch.Tensor:
     """Paper eq. 4: ratio * A + (1 - ratio) * B."""
-    return (ratio * _f32(a) + (1.0 - ratio) * _f32(b)).to(a.dtype)
+    return _elementwise(lambda a, b: ratio * _f32(a) + (1.0 - ratio) * _f32(b), a.dtype, a, b)
+
+
+def _attraction(a: torch.Tensor, b: torch.Tensor, ratio: float) -> torch.Tensor:
+    merged = ratio * _f32(a) + (1.0 - ratio) * _f32(b)
+    merged = torch.where(a == 0, _f32(b), merged)
+    return torch.where(b == 0, _f32(a), merged)
 
 
 def attraction(a: torch.Tensor, b: torch.Tensor, ratio: float) -> torch.Tensor:
     """Eq. 4 where both parents are non-zero; where exactly one parent is zero, the other
     parent's value is taken unscaled (a zero of one parent "attracts" the other's weight,
     paper section 2.3); zero where both are zero."""
-    merged = ratio * _f32(a) + (1.0 - ratio) * _f32(b)
-    merged = torch.where(a == 0, _f32(b), merged)
-    merged = torch.where(b == 0, _f32(a), merged)
-    return merged.to(a.dtype)
+    return _elementwise(lambda a, b: _attraction(a, b, ratio), a.dtype, a, b)
 
 
 def fill_zeros(child: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
     """Re-dense from the original dense model: positions zero in both parents take `dense`."""
-    return torch.where((a == 0) & (b == 0), dense.to(child.dtype), child)
+    return _elementwise(
+        lambda c, a, b, d: torch.where((a == 0) & (b == 0), d.to(c.dtype), c), child.dtype, child, a, b, dense
+    )
 
 
 def task_arithmetic(

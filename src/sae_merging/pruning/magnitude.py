@@ -214,9 +214,12 @@ class TensorCut:
                 target[first] = 0
             yield start, target
 
-    def prune(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A pruned copy of `tensor`."""
-        out = torch.empty(tensor.numel(), dtype=tensor.dtype)
+    def prune(self, tensor: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """A pruned copy of `tensor`, or `tensor` itself pruned (`in_place`, when contiguous)."""
+        if in_place and tensor.is_contiguous():
+            out = tensor.view(-1)
+        else:
+            out = torch.empty(tensor.numel(), dtype=tensor.dtype)
         for _ in self.chunks(tensor, Scratch(), out):
             pass
         return out.view(tensor.shape)
@@ -228,9 +231,9 @@ class PrunePlan:
 
     cuts: tuple[TensorCut | None, ...]
 
-    def apply(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
+    def apply(self, index: int, tensor: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         cut = self.cuts[index]
-        return cut.prune(tensor) if cut is not None else tensor
+        return cut.prune(tensor, in_place) if cut is not None else tensor
 
 
 @dataclass(frozen=True)
@@ -529,9 +532,11 @@ class MagnitudePruner(MagnitudePrunerSettings):
             return tensors.map(target)
         return {name: target(name, t) for name, t in tensors.items()}
 
-    def _apply(self, plan: PrunePlan, index: int, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    def _apply(
+        self, plan: PrunePlan, index: int, name: str, tensor: torch.Tensor, in_place: bool = False
+    ) -> torch.Tensor:
         if not self.needs_base:
-            return plan.apply(index, tensor)
+            return plan.apply(index, tensor, in_place)
         if plan.cuts[index] is None:
             return tensor
         kept = plan.apply(index, self.ranked(name, tensor))
@@ -561,9 +566,10 @@ class MagnitudePruner(MagnitudePrunerSettings):
         return tensors.map(lambda name, t: self._apply(plan, index[name], name, t) if name in index else t)
 
     def prune_(self, tensors: dict[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
-        """Prune a model's tensors in its own dict, one tensor replaced at a time (the peak is
-        the model plus one tensor, not two models); returns the dict."""
+        """Prune a model the caller gives up, where it lies: its tensors are overwritten (under
+        target=task_vector replaced one at a time), so no second model is allocated; returns
+        the dict."""
         plan, index = self._model_plan(tensors, rate)
         for name, i in index.items():
-            tensors[name] = self._apply(plan, i, name, tensors[name])
+            tensors[name] = self._apply(plan, i, name, tensors[name], in_place=True)
         return tensors

@@ -24,15 +24,17 @@ META_FILE = "meta.json"
 
 
 def pack(tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    """Bitmask + values of a tensor, or None when the dense form is not larger."""
-    flat = tensor.detach().reshape(-1)
-    nonzero = _bits(flat) != 0  # bit patterns: a -0.0 is kept as a value, so loading is bit-exact
-    kept = int(nonzero.sum())
+    """Bitmask + values of a tensor, or None when the dense form is not larger (NumPy on the
+    bit patterns: half the time of torch's bool sum and masked select)."""
+    flat = tensor.detach().reshape(-1).cpu()
+    bits = _bits(flat).numpy()
+    nonzero = bits != 0  # bit patterns: a -0.0 is kept as a value, so loading is bit-exact
+    kept = int(np.count_nonzero(nonzero))
     compact_bytes = (flat.numel() + 7) // 8 + kept * flat.element_size()
     if compact_bytes >= flat.numel() * flat.element_size():
         return None
-    bits = np.packbits(nonzero.cpu().numpy())
-    return {_MASK: torch.from_numpy(bits), _VALUES: flat[nonzero].contiguous()}
+    values = torch.from_numpy(bits[nonzero]).view(flat.dtype)
+    return {_MASK: torch.from_numpy(np.packbits(nonzero)), _VALUES: values}
 
 
 def _bits(flat: torch.Tensor) -> torch.Tensor:
@@ -45,9 +47,9 @@ def _bits(flat: torch.Tensor) -> torch.Tensor:
 
 def unpack(mask: torch.Tensor, values: torch.Tensor, shape: list[int]) -> torch.Tensor:
     n = int(np.prod(shape)) if shape else 1
-    nonzero = torch.from_numpy(np.unpackbits(mask.numpy(), count=n).astype(bool))
+    nonzero = np.unpackbits(mask.numpy(), count=n).view(bool)
     flat = torch.zeros(n, dtype=values.dtype)
-    flat[nonzero] = values
+    _bits(flat).numpy()[nonzero] = _bits(values).numpy()
     return flat.reshape(shape)
 
 
