@@ -15,31 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-def report_table(report: dict) -> str:
-    tasks = list(next(iter(report["test_accuracy"].values())))
-    lines = [
-        "| model | " + " | ".join(tasks) + " | mean |",
-        "|---|" + "---:|" * (len(tasks) + 1),
-    ]
-    for model, scores in report["test_accuracy"].items():
-        values = [scores[t] for t in tasks]
-        cells = " | ".join(f"{100 * v:.1f}" for v in values + [sum(values) / len(values)])
-        lines.append(f"| {model} | {cells} |")
-    seconds = ", ".join(f"{k} {v:.0f}s" for k, v in report["seconds"].items())
-    lines.append("")
-    lines.append(
-        f"{report['parameters']:,} parameters, vocabulary {report['vocab_size']}; built in "
-        f"{report['total_seconds']:.0f}s ({seconds}) with {report['torch_threads']} torch threads."
-    )
-    return "\n".join(lines)
-
-
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")
 def main(cfg: DictConfig) -> None:
     from sae_merging.utils.threads import apply_threads
 
     apply_threads(cfg.get("threads"))
-    from sae_merging.lab.build import LabSpec, build_lab
+    from sae_merging.lab.build import LabSpec, build_lab, report_table
 
     lab = OmegaConf.to_container(cfg.lab, resolve=True)
     build = build_lab(LabSpec.from_dict(lab), lab["cache_dir"], progress=cfg.progress)

@@ -75,16 +75,49 @@ def _task_data(name: str, info: Mapping, splits: dict[str, list[Example]]) -> Ta
 
 
 def build_lab(spec: LabSpec, cache_dir: str | Path, progress: bool = True) -> LabBuild:
-    """Return the cached build for `spec`, building it first if needed."""
+    """Return the cached build for `spec`, building it first if needed (and then printing
+    every model's test scores).
+
+    The build runs on `spec.threads` torch threads whatever the machine: CPU float sums are
+    split by thread, so the same spec, torch version and thread count give bit-identical
+    weights, and another thread count gives (slightly) different ones."""
     root = Path(cache_dir).expanduser() / f"{spec.name}-{spec.key()}"
     if (root / "build.json").is_file():
         return LabBuild(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root) + ".lock"):
         if not (root / "build.json").is_file():
-            with atomic_directory(root) as tmp:
-                _build(spec, tmp, progress)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(spec.threads)
+            try:
+                with atomic_directory(root) as tmp:
+                    _build(spec, tmp, progress)
+            finally:
+                torch.set_num_threads(threads)
+            print(f"lab '{spec.name}' built at {root}\n{report_table(LabBuild(root).report)}", flush=True)
     return LabBuild(root)
+
+
+def report_table(report: Mapping) -> str:
+    """The build's test accuracy per model and task (Markdown), and what it took."""
+    tasks = list(next(iter(report["test_accuracy"].values())))
+    lines = [
+        "| model | " + " | ".join(tasks) + " | mean |",
+        "|---|" + "---:|" * (len(tasks) + 1),
+    ]
+    for model, scores in report["test_accuracy"].items():
+        values = [scores[t] for t in tasks]
+        cells = " | ".join(f"{100 * v:.1f}" for v in values + [sum(values) / len(values)])
+        lines.append(f"| {model} | {cells} |")
+    seconds = ", ".join(f"{k} {v:.0f}s" for k, v in report["seconds"].items())
+    sizes = ", ".join(f"{t} {n}" for t, n in report.get("test_examples", {}).items())
+    lines.append("")
+    lines.append(
+        f"{report['parameters']:,} parameters, vocabulary {report['vocab_size']}; built in "
+        f"{report['total_seconds']:.0f}s ({seconds}) with {report['torch_threads']} torch threads, "
+        f"torch {report.get('torch_version', '?')}" + (f"; test items: {sizes}" if sizes else "") + "."
+    )
+    return "\n".join(lines)
 
 
 def _model_config(spec: LabSpec, tokenizer) -> LlamaConfig:
@@ -110,8 +143,8 @@ def lab_tasks_from_spec(spec: LabSpec) -> dict[str, dict[str, list[Example]]]:
     return {
         MATH_TASK: {
             "train": math_problems.generate(ms, "train", spec.math_expert.n_train, seed + 1),
-            "opt": math_problems.generate(ms, "opt", ms.n_opt, seed),
-            "test": math_problems.generate(ms, "test", ms.n_test, seed),
+            "opt": math_problems.generate(ms, "opt", ms.n_opt, seed, distinct=True),
+            "test": math_problems.generate(ms, "test", ms.n_test, seed, distinct=True),
         },
         MULTILINGUAL_TASK: {
             "train": multilingual.generate_training(mls, spec.multilingual_expert.n_train, seed + 1),
@@ -152,7 +185,7 @@ def _build(spec: LabSpec, out: Path, progress: bool) -> None:
     tokenizer = build_tokenizer(vocabulary)
     _check_vocabulary(tokenizer, [e for splits in tasks.values() for part in splits.values() for e in part])
     task_info = {
-        MATH_TASK: {"kind": "generate", "stop": list(math_problems.STOP), "max_new_tokens": 32},
+        MATH_TASK: {"kind": "generate", "stop": list(math_problems.STOP), "max_new_tokens": 48},
         MULTILINGUAL_TASK: {"kind": "multiple_choice", "stop": [], "max_new_tokens": 0},
     }
     for name, splits in tasks.items():
@@ -222,7 +255,9 @@ def _build(spec: LabSpec, out: Path, progress: bool) -> None:
             "seconds": timings,
             "total_seconds": round(time.perf_counter() - started, 2),
             "torch_threads": torch.get_num_threads(),
+            "torch_version": torch.__version__,
             "test_accuracy": accuracy,
+            "test_examples": {t.name: len(t.split("test")) for t in task_data},
             "tasks": task_info,
         },
     )

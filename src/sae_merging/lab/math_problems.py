@@ -33,9 +33,9 @@ class MathSpec:
     """Sizes of lab-math. Operands are drawn from 1..max_operand."""
 
     max_operand: int = 9
-    steps: tuple[int, ...] = (2,)
-    n_opt: int = 400
-    n_test: int = 300
+    steps: tuple[int, ...] = (3,)
+    n_opt: int = 1000
+    n_test: int = 2000
 
 
 def _arithmetic(rng: random.Random, n_steps: int, max_operand: int) -> tuple[int, tuple]:
@@ -73,17 +73,33 @@ def render(start: int, ops: tuple, rng: random.Random, uid: str) -> Example:
 
 
 def generate(
-    spec: MathSpec, split: str, n: int, seed: int, steps: tuple[int, ...] | None = None
+    spec: MathSpec,
+    split: str,
+    n: int,
+    seed: int,
+    steps: tuple[int, ...] | None = None,
+    distinct: bool = False,
 ) -> list[Example]:
     """`n` problems of `split` ('train', 'opt' or 'test') with a number of steps drawn from
-    `steps` (default: the task's), deterministic in `seed`."""
+    `steps` (default: the task's), deterministic in `seed`. With `distinct`, no two problems
+    share their arithmetic (an evaluation set's items are then independent calculations, not
+    one calculation in several dressings)."""
     steps = steps or spec.steps
     rng = random.Random(f"lab-math/{split}/{seed}/{steps}")
     examples: list[Example] = []
+    seen: set[tuple] = set()
+    misses = 0
     while len(examples) < n:
         start, ops = _arithmetic(rng, rng.choice(steps), spec.max_operand)
-        if split_of(("math", start, ops)) != split:
+        if split_of(("math", start, ops)) != split or (distinct and (start, ops) in seen):
+            misses += 1
+            if misses > 1000 * max(n, 1):
+                raise ValueError(
+                    f"lab-math {split}: only {len(examples)} distinct problems of {n} found; "
+                    "lower the size or raise math.max_operand / math.steps"
+                )
             continue
+        seen.add((start, ops))
         examples.append(render(start, ops, rng, uid=f"lab-math/{split}/{len(examples)}"))
     return examples
 

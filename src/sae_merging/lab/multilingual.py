@@ -128,8 +128,8 @@ class MultilingualSpec:
     languages: tuple[str, ...] = LANGUAGES
     n_options: int = 4
     max_number: int = 20
-    n_opt_items: int = 80
-    n_test_items: int = 80
+    n_opt_items: int = 200
+    n_test_items: int = 400
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from sae_merging.lab import math_problems, multilingual
 from sae_merging.utils import settings as check
 from sae_merging.utils.files import stable_hash
 
-LAB_FORMAT = 1  # bump when a change to this module changes what a build contains
+LAB_FORMAT = 2  # bump when a change to this module changes what a build contains
 MATH_TASK, MULTILINGUAL_TASK = "lab-math", "lab-multilingual"
 EXPERTS = ("math", "multilingual")
 
@@ -78,6 +78,7 @@ class ExpertSpec:
 class LabSpec:
     name: str = "default"
     seed: int = 0
+    threads: int = 1  # torch threads of the build: float sums (hence weights) depend on it
     model: LabModelSpec = field(default_factory=LabModelSpec)
     math: math_problems.MathSpec = field(default_factory=math_problems.MathSpec)
     multilingual: multilingual.MultilingualSpec = field(default_factory=multilingual.MultilingualSpec)
@@ -95,6 +96,7 @@ class LabSpec:
 
     def __post_init__(self) -> None:
         check.integer("seed", self.seed, 0)
+        check.integer("threads", self.threads, 1)
 
     def key(self) -> str:
         return stable_hash({"format": LAB_FORMAT, "spec": asdict(self)})
