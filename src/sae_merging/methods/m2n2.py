@@ -165,9 +165,13 @@ class M2N2(M2N2Settings):
         state.metrics = self._summary(state, scores, accepted, ratios)
         return state
 
+    def candidates(self, ctx: RunContext, state: M2N2State) -> tuple[list[Member], Sample]:
+        """What the final choice compares: the archive, and the last optimization draw."""
+        return state.members, ctx.generation_sample(state.generation, self.redraw_opt)
+
     def best(self, ctx: RunContext, state: M2N2State) -> Outcome:
         """The archive member chosen by the selection rule (`selection=`)."""
-        return select(ctx, state.members, ctx.generation_sample(state.generation, self.redraw_opt))
+        return select(ctx, *self.candidates(ctx, state))
 
     # --- pieces ----------------------------------------------------------------------------
 

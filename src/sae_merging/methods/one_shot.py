@@ -25,7 +25,7 @@ from sae_merging.methods.settings import (
     TaskArithmeticSettings,
     TiesSettings,
 )
-from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext
+from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext, Sample
 from sae_merging.runtime.selection import choice_sample
 
 DRAW = 0  # the optimization draw every grid point is scored on (unless selection=validation)
@@ -90,6 +90,10 @@ class OneShotMerge(OneShotSettings):
         self._evaluate_point(ctx, state, generation)
         state.generation = generation
         return state
+
+    def candidates(self, ctx: RunContext, state: GridState) -> tuple[list[Member], Sample]:
+        """The best grid point so far (already scored on the choice's data), and draw 0."""
+        return state.members, ctx.sample(DRAW)
 
     def best(self, ctx: RunContext, state: GridState) -> Outcome:
         grid = {

@@ -54,7 +54,7 @@ import torch
 
 from sae_merging.merging import functions as merge_fns
 from sae_merging.methods.settings import PSOSettings
-from sae_merging.runtime.context import Member, Outcome, RunContext
+from sae_merging.runtime.context import Member, Outcome, RunContext, Sample
 from sae_merging.runtime.selection import select
 
 Coefficient = float | torch.Tensor
@@ -211,13 +211,17 @@ class PSO(PSOSettings):
         state.metrics = self._summary(state, position_scores, rms)
         return state
 
-    def best(self, ctx: RunContext, state: PSOState) -> Outcome:
-        """The personal best chosen by the selection rule (`selection=`). The global best comes
-        first, so under `last_draw` the result is the final global best (the paper's)."""
+    def candidates(self, ctx: RunContext, state: PSOState) -> tuple[list[Member], Sample]:
+        """What the final choice compares: the personal bests, the global best first (so under
+        `last_draw` the result is the final global best, the paper's), and the last draw."""
         order = [state.leader] + [i for i in range(len(state.particles)) if i != state.leader]
-        candidates = list({state.particles[i].best.ident: state.particles[i].best for i in order}.values())
+        members = list({state.particles[i].best.ident: state.particles[i].best for i in order}.values())
+        return members, ctx.generation_sample(state.generation, self.redraw_opt)
+
+    def best(self, ctx: RunContext, state: PSOState) -> Outcome:
+        """The personal best chosen by the selection rule (`selection=`)."""
         details = {"swarm_size": len(state.particles), "leader": state.leader}
-        return select(ctx, candidates, ctx.generation_sample(state.generation, self.redraw_opt), details)
+        return select(ctx, *self.candidates(ctx, state), details)
 
     # --- pieces ----------------------------------------------------------------------------
 

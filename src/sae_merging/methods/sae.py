@@ -101,9 +101,13 @@ class SAE(SAESettings):
         state.metrics = self._summary(ctx, state, sample, rate, records, scores)
         return state
 
+    def candidates(self, ctx: RunContext, state: SAEState) -> tuple[list[Member], Sample]:
+        """What the final choice compares: the archive, and the last optimization draw."""
+        return state.members, ctx.generation_sample(state.generation, self.redraw_opt)
+
     def best(self, ctx: RunContext, state: SAEState) -> Outcome:
         """The archive member chosen by the selection rule (`selection=`)."""
-        return select(ctx, state.members, ctx.generation_sample(state.generation, self.redraw_opt))
+        return select(ctx, *self.candidates(ctx, state))
 
     # --- pieces ----------------------------------------------------------------------------
 

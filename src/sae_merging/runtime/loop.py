@@ -8,9 +8,16 @@ the state, so the resumed run computes exactly what an uninterrupted one would.
 
 With an example budget (`budget.examples=N`) the loop ignores the method's own step count and
 runs generations until N (individual, example) pairs have been scored (the `examples_scored`
-counter), finishing the generation that crosses N: every search method then spends the same
-budget, give or take one generation. Methods with a fixed number of steps (a grid of scaling
-factors) stop at their last step even below N.
+counter), search and final choice together: the search may score N minus what the choice
+among the current candidates will cost (`selection_cost`: their validation examples under
+`selection=validation`, nothing under the other rules). The scoring request that reaches that
+limit scores what fits and stops the search mid-generation; the unfinished generation is
+dropped (its scoring stays counted: it was spent) and the method's state goes back to the last
+finished one, whose candidates the choice then scores. So every search method's run scores
+exactly N examples. (Exactly, when the number of candidates is the same before and after the
+last finished generation, as it is for SAE and PSO, and for M2N2 once its archive is full;
+an archive that grew in that generation adds its new members' choice cost.) Methods with a
+fixed number of steps (a grid of scaling factors) stop at their last step even below N.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
-from sae_merging.runtime.context import Outcome, RunContext
+from sae_merging.runtime.context import Member, Outcome, RunContext, Sample
+from sae_merging.runtime.fitness import BudgetSpent
+from sae_merging.runtime.selection import selection_cost
 from sae_merging.utils.files import atomic_write_json
 
 CHECKPOINT_FILE = "state.json"
@@ -36,6 +45,8 @@ class Evolutionary(Protocol):
     def initialize(self, ctx: RunContext) -> Any: ...
 
     def step(self, ctx: RunContext, state: Any, generation: int) -> Any: ...
+
+    def candidates(self, ctx: RunContext, state: Any) -> tuple[list[Member], Sample]: ...
 
     def best(self, ctx: RunContext, state: Any) -> Outcome: ...
 
@@ -87,10 +98,22 @@ def run_generations(
         disable=not ctx.progress,
         dynamic_ncols=True,
     )
-    while _continues(method, ctx, state.generation + 1, budget):
+    while (limit := _search_limit(method, ctx, state, budget)) is None or (
+        ctx.fitness.counters.examples_scored < limit
+    ):
         generation = state.generation + 1
+        if budget is None or getattr(method, "fixed_steps", False):
+            if generation > method.steps:
+                break
         before = ctx.fitness.counters.examples_scored
-        state = method.step(ctx, state, generation)
+        ctx.fitness.limit = limit
+        try:
+            state = method.step(ctx, state, generation)
+        except BudgetSpent:
+            state = _last_finished(ctx, state_type, checkpoint)
+            break
+        finally:
+            ctx.fitness.limit = None
         if budget is not None and ctx.fitness.counters.examples_scored == before:
             raise RuntimeError(
                 f"{method.name} generation {generation} scored no new example: budget.examples={budget} "
@@ -103,13 +126,38 @@ def run_generations(
     return method.best(ctx, state)
 
 
-def _continues(method: Evolutionary, ctx: RunContext, generation: int, budget: int | None) -> bool:
-    """Whether generation `generation` runs: within the method's steps (no budget, or a method
-    with a fixed number of steps), and, under a budget, while it is not spent."""
-    if budget is None or getattr(method, "fixed_steps", False):
-        if generation > method.steps:
-            return False
-    return budget is None or ctx.fitness.counters.examples_scored < budget
+def _search_limit(method: Evolutionary, ctx: RunContext, state, budget: int | None) -> int | None:
+    """What the search may have scored by the end of the next generation: the budget less what
+    choosing among the current candidates will score (None without a budget)."""
+    if budget is None:
+        return None
+    limit = budget - selection_cost(ctx, *method.candidates(ctx, state))
+    if state.generation == 0 and ctx.fitness.counters.examples_scored > limit:
+        raise ValueError(
+            f"budget.examples={budget} is below what generation 0 and the final choice alone score "
+            f"({budget - limit + ctx.fitness.counters.examples_scored}); raise it"
+        )
+    return limit
+
+
+def _last_finished(ctx: RunContext, state_type: type, checkpoint: Path):
+    """The state of the last finished generation, after the budget stopped one midway: the
+    unfinished generation's individuals are deleted; the scores its requests computed for the
+    finished state's members stay cached (individuals never change), beside the checkpoint's
+    (which hold those of members it had retired, members again)."""
+    saved = json.loads(checkpoint.read_text())
+    state = state_type.from_json(saved["state"])
+    keep = {m.ident for m in state.members}
+    cache = {ident: dict(results) for ident, results in saved["fitness"]["cache"].items()}
+    for ident, results in ctx.fitness.cache.items():
+        if ident in keep:
+            cache.setdefault(ident, {}).update(results)
+    ctx.fitness.restore({"cache": cache, "counters": vars(ctx.fitness.counters)})
+    ctx.retired.clear()
+    _drop_orphans(ctx, state)
+    # a resumed run (and experiments/selection_study.py) then sees what the choice sees
+    atomic_write_json(checkpoint, {"state": state.to_json(), "fitness": ctx.fitness.state()})
+    return state
 
 
 def _finish_generation(ctx, state, checkpoint: Path, metrics: MetricsFile, log, generation: int) -> dict:

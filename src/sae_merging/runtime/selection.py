@@ -8,8 +8,9 @@
 - `validation`: the best task score on the validation set, a seeded part of the `opt` split
   held out of every draw (`task.validation_size`): the same unseen examples for every
   candidate. Its scoring goes through the fitness evaluator, so it is counted in
-  `examples_scored` (after the search's budget check: a run's total is the budget plus the
-  candidates times the validation size, reported as `selection_examples_scored`).
+  `examples_scored` and reported on its own as `selection_examples_scored`. Under an example
+  budget the search keeps what the choice will cost (`selection_cost`) in reserve, so a run's
+  total, search plus choice, is the budget.
 
 Test data never enter a choice: the test set is scored once, by the runner, for the chosen
 model only.
@@ -31,9 +32,22 @@ def validation_sample(ctx: RunContext) -> Sample:
 
 
 def choice_sample(ctx: RunContext, default: Sample) -> Sample:
-    """What a one-shot choice (a scaling factor, an expert) is scored on: the validation set
-    under `selection=validation`, else `default` (an optimization draw)."""
+    """What a choice is scored on: the validation set under `selection=validation`, else
+    `default` (an optimization draw: a one-shot choice's, or a search's last one)."""
     return validation_sample(ctx) if ctx.selection == "validation" else default
+
+
+def selection_cost(ctx: RunContext, members: Sequence[Member], last: Sample) -> int:
+    """The (candidate, example) pairs `select(ctx, members, last)` will score: those of the
+    rule's sample that are not cached yet."""
+    sample = choice_sample(ctx, last)
+    unique = {m.ident: m for m in members}
+    return sum(
+        e.uid not in ctx.fitness.cache.get(ident, {})
+        for ident in unique
+        for _, examples in sample.values()
+        for e in examples
+    )
 
 
 def all_draws_scores(ctx: RunContext, member: Member, last: Sample) -> Scores:
