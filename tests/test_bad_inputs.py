@@ -309,7 +309,7 @@ CASES = {
     # lab and tasks
     "lab steps zero": (["lab.base_train.steps=0"], "lab.base_train.steps=0: must be an integer >= 1"),
     "lab lr nan": (["lab.base_train.lr=nan"], f"lab.base_train.lr=nan: {NAN_REFUSED}"),
-    "lab unknown key": (["+lab.bogus=1"], "lab.bogus=1: unknown setting; valid: name, seed, model,"),
+    "lab unknown key": (["+lab.bogus=1"], "lab.bogus=1: unknown setting; valid: name, seed, threads, model,"),
     "opt size of an unknown task": (
         ["+task.opt_size.nonexistent=5"],
         "task.opt_size='nonexistent': names an unknown task; tasks: lab-math, lab-multilingual",
