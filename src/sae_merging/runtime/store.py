@@ -23,18 +23,39 @@ TENSORS_FILE = "tensors.safetensors"
 META_FILE = "meta.json"
 
 
+def packed_size(tensor: torch.Tensor) -> int | None:
+    """How many values the compact form of a tensor holds, None when the dense form is not
+    larger (non-zero bit patterns: a -0.0 is kept as a value, so loading is bit-exact)."""
+    flat = tensor.detach().reshape(-1).cpu()
+    kept = int(np.count_nonzero(_bits(flat).numpy()))
+    compact_bytes = (flat.numel() + 7) // 8 + kept * flat.element_size()
+    return kept if compact_bytes < flat.numel() * flat.element_size() else None
+
+
 def pack(tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
     """Bitmask + values of a tensor, or None when the dense form is not larger (NumPy on the
     bit patterns: half the time of torch's bool sum and masked select)."""
+    if packed_size(tensor) is None:
+        return None
     flat = tensor.detach().reshape(-1).cpu()
     bits = _bits(flat).numpy()
-    nonzero = bits != 0  # bit patterns: a -0.0 is kept as a value, so loading is bit-exact
-    kept = int(np.count_nonzero(nonzero))
-    compact_bytes = (flat.numel() + 7) // 8 + kept * flat.element_size()
-    if compact_bytes >= flat.numel() * flat.element_size():
-        return None
+    nonzero = bits != 0
     values = torch.from_numpy(bits[nonzero]).view(flat.dtype)
     return {_MASK: torch.from_numpy(np.packbits(nonzero)), _VALUES: values}
+
+
+def _layout(tensors: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """The stored file's layout, from one counting pass (so the data is written at its place,
+    not to a side file copied behind the header)."""
+    layout = []
+    for name, tensor in tensors.items():
+        kept = packed_size(tensor)
+        if kept is None:
+            layout.append((name, tensor.dtype, tuple(tensor.shape)))
+        else:
+            layout.append((name + _MASK, torch.uint8, ((tensor.numel() + 7) // 8,)))
+            layout.append((name + _VALUES, tensor.dtype, (kept,)))
+    return layout
 
 
 def _bits(flat: torch.Tensor) -> torch.Tensor:
@@ -82,10 +103,12 @@ class IndividualStore:
 
     def save(self, ident: str, tensors: Mapping[str, torch.Tensor], meta: Mapping | None = None) -> None:
         """Write the tensors (compacted where smaller); the folder appears complete or not at
-        all. A lazy mapping is read and written one tensor at a time, never held whole."""
+        all. A lazy mapping is read and written one tensor at a time, never held whole (and
+        read once); tensors in memory are counted first and written at their place."""
         shapes: dict[str, list[int]] = {}
         with atomic_directory(self.path(ident)) as tmp:
-            write_tensors(tmp / TENSORS_FILE, _stored(tensors, shapes))
+            layout = None if isinstance(tensors, LazyTensors) else _layout(tensors)
+            write_tensors(tmp / TENSORS_FILE, _stored(tensors, shapes), layout=layout)
             (tmp / META_FILE).write_text(
                 json.dumps({"shapes": shapes, "order": list(shapes), **(meta or {})})
             )

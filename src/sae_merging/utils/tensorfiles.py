@@ -369,9 +369,15 @@ class TensorFileWriter:
         self._partial.unlink(missing_ok=True)
 
 
-def write_tensors(path: str | os.PathLike, items: Iterable[tuple[str, torch.Tensor]], metadata=None) -> None:
-    """Stream (name, tensor) pairs into one safetensors file."""
-    writer = TensorFileWriter(path, metadata)
+def write_tensors(
+    path: str | os.PathLike,
+    items: Iterable[tuple[str, torch.Tensor]],
+    metadata=None,
+    layout: Layout | None = None,
+) -> None:
+    """Stream (name, tensor) pairs into one safetensors file (of `layout`, when known: then
+    written at their place, with no side file)."""
+    writer = TensorFileWriter(path, metadata, layout)
     try:
         for name, tensor in items:
             writer.write(name, tensor)
