@@ -562,7 +562,7 @@ def lab_step_seconds(repeat: int, steps: int = 20) -> dict:
                 torch.set_num_threads(threads)
                 model = LlamaForCausalLM(config)
                 started = time.perf_counter()
-                train(model, data, spec, seed=0, pad_id=0, progress=False)
+                train(model, data, spec, seed=0, pad_id=0)
                 times[threads].append((time.perf_counter() - started) / steps)
     finally:
         torch.set_num_threads(previous)
