@@ -41,7 +41,30 @@ def commands(scratch: Path) -> dict[str, list[str]]:
         "python experiments/reproduce.py --help": ["experiments/reproduce.py", "--help"],
         "python analysis/tables.py --help": ["analysis/tables.py", "--help"],
         "python analysis/landscape.py --help": ["analysis/landscape.py", "--help"],
+        "python experiments/benchmark.py --help": ["experiments/benchmark.py", "--help"],
+        "python experiments/gpu_check.py --help": ["experiments/gpu_check.py", "--help"],
+        "python experiments/merge_checkpoints.py ... (a real merge, 2 tiny models)": [
+            "experiments/merge_checkpoints.py",
+            *("--base", str(scratch / "model"), "--experts", str(scratch / "model")),
+            *("--out", str(scratch / "merged"), "--threads", "1"),
+        ],
     }
+
+
+def tiny_model(folder: Path) -> None:
+    """A one-tensor model folder with a tokenizer, for the merge command's real run."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from sae_merging.lab.tokenizer import build_tokenizer
+
+    folder.mkdir()
+    save_file({"model.layers.0.mlp.up_proj.weight": torch.randn(8, 4)}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (folder / "generation_config.json").write_text("{}")
+    build_tokenizer(["a b"]).save_pretrained(folder)
 
 
 def measure(arguments: list[str]) -> tuple[float, float, int, set[str]]:
@@ -70,6 +93,7 @@ def main() -> None:
     print(f"load average before: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print("| command | imports (s) | wall (s) | exit | heavy imports |\n|---|---:|---:|---:|---|")
     with tempfile.TemporaryDirectory() as scratch:
+        tiny_model(Path(scratch) / "model")
         for name, arguments in commands(Path(scratch)).items():
             samples = [measure(arguments) for _ in range(runs)]
             imports = statistics.median(s[0] for s in samples)
