@@ -9,7 +9,7 @@ import torch
 from sae_merging.merging import functions as F
 from sae_merging.methods.m2n2 import crossover, interpolate
 from sae_merging.methods.pso import pso_update
-from sae_merging.methods.sharing import attraction, shared_fitness, shared_matrix, weakest, weighted_index
+from sae_merging.methods.sharing import attraction, shared_matrix, weakest, weighted_index
 
 BASE = torch.ones(6)
 # task vectors chosen so each expert's top 3 by magnitude is unambiguous
@@ -151,12 +151,17 @@ CORRECT = [
 ]
 
 
+def _shared_fitness(correct, alpha=1.0) -> list[float]:
+    """f_k = sum_j s_kj / (sum_k' s_k'j)^alpha: each member's shares summed."""
+    return [sum(row) for row in shared_matrix(correct, alpha)]
+
+
 def test_shared_fitness_by_hand_on_a_3x4_matrix():
     # solvers per example: [3, 1, 1, 0]; the last example, solved by nobody, gives no credit
-    assert shared_fitness(CORRECT, alpha=1.0) == pytest.approx([1 / 3 + 1, 1 / 3 + 1, 1 / 3], abs=1e-12)
-    assert shared_fitness(CORRECT, alpha=2.0) == pytest.approx([1 / 9 + 1, 1 / 9 + 1, 1 / 9], abs=1e-12)
-    assert shared_fitness(CORRECT, alpha=0.0) == [2.0, 2.0, 1.0]
-    assert shared_fitness([[False, False], [False, False]]) == [0.0, 0.0]
+    assert _shared_fitness(CORRECT, alpha=1.0) == pytest.approx([1 / 3 + 1, 1 / 3 + 1, 1 / 3], abs=1e-12)
+    assert _shared_fitness(CORRECT, alpha=2.0) == pytest.approx([1 / 9 + 1, 1 / 9 + 1, 1 / 9], abs=1e-12)
+    assert _shared_fitness(CORRECT, alpha=0.0) == [2.0, 2.0, 1.0]
+    assert _shared_fitness([[False, False], [False, False]]) == [0.0, 0.0]
 
 
 def test_attraction_by_hand():

@@ -25,11 +25,6 @@ def shared_matrix(correct: Sequence[Sequence[bool]], alpha: float = 1.0) -> list
     ]
 
 
-def shared_fitness(correct: Sequence[Sequence[bool]], alpha: float = 1.0) -> list[float]:
-    """f_k = sum_j s_kj / (sum_k' s_k'j)^alpha over the examples at least one member solves."""
-    return [sum(row) for row in shared_matrix(correct, alpha)]
-
-
 def shared_scores(scores: Sequence[Scores], alpha: float = 1.0, how: str = "task_mean") -> list[float]:
     """Fitness sharing on the scale of the task score p: per task, member k's shares summed and
     divided by the task's item count, then aggregated over tasks like p (`how`). When no two
