@@ -11,8 +11,15 @@ number of seeds n and the 95% t-interval, plus the evaluation budget (models sco
 scored) and wall time. Below them, paired differences: the reference row (`--reference`;
 default the row `sae`, else the first SAE row) minus every other row that shares >= 2 seeds
 with it, paired by seed and by test item (each run's `test_items.jsonl`), with a 95% paired
-bootstrap CI over seeds and items and its p-value (`sae_merging.analysis.stats`). Writes
-`table.md`, `table.tex`, `table.json` and a bar chart `table.png` (means with 95% CIs). A
+bootstrap CI over seeds and items and its p-value (`sae_merging.analysis.stats`);
+`--reference` given twice or more gives one such block per reference (a pair already shown
+the other way round is not repeated). `--mechanism` adds SAE's mechanism per row, from the
+runs' `metrics.jsonl` (`sae_merging.analysis.mechanism`): lambda's spread (each run's mean
+per-generation q95 - q05 and std, mean ± std over runs), the mean omega gap, the share of runs
+keeping each dense expert at the last generation and the mean last generation it was in
+(rows of other methods: "–"). Writes
+`table.md`, `table.tex`, `table.json`, a bar chart `table.png` (means with 95% CIs) and, with
+paired differences, `paired.png` (the mean column's differences and CIs per reference). A
 folder that is not a finished run (no `results.json`) is refused by name; runs that the sweep
 defined but that did not finish are listed as missing.
 """
@@ -248,7 +255,21 @@ def _correctness(row: dict, seeds: list[int], task: str, uids: list[str]) -> np.
     return np.array([[by_seed[s][task][u] for u in uids] for s in seeds], dtype=float)
 
 
-def paired_rows(tasks: list[str], rows: list[dict], reference: dict | None) -> list[dict]:
+def paired_blocks(tasks: list[str], rows: list[dict], references: list[dict]) -> list[dict]:
+    """`paired_rows` for each reference in turn, without a pair the block of an earlier
+    reference already holds (the same two rows the other way round)."""
+    entries, seen = [], set()
+    for reference in references:
+        shown = {other for first, other in seen if first == reference["label"]}
+        for entry in paired_rows(tasks, rows, reference, skip=shown):
+            entries.append(entry)
+            seen.add((entry["other"], entry["reference"]))
+    return entries
+
+
+def paired_rows(
+    tasks: list[str], rows: list[dict], reference: dict | None, skip: set[str] | None = None
+) -> list[dict]:
     """Reference minus each other row, paired by seed and test item, per task and for the mean
     (in accuracy points). A row without per-item results or with < 2 shared seeds is listed
     with the reason instead of numbers."""
@@ -256,7 +277,7 @@ def paired_rows(tasks: list[str], rows: list[dict], reference: dict | None) -> l
         return []
     paired = []
     for row in rows:
-        if row is reference:
+        if row is reference or row["label"] in (skip or ()):
             continue
         entry = {
             "label": f"{reference['label']} − {row['label']}",
@@ -290,6 +311,59 @@ def paired_rows(tasks: list[str], rows: list[dict], reference: dict | None) -> l
                 }
         paired.append(entry)
     return paired
+
+
+def mechanism_cells(rows: list[dict]) -> None:
+    """Each row's SAE mechanism (`row["mechanism"]`, None for runs without diagnostics), from
+    its runs' metrics.jsonl."""
+    from sae_merging.analysis.mechanism import MechanismError, group_mechanism, read_metrics, run_mechanism
+
+    for row in rows:
+        runs = {}
+        for record in row["records"]:
+            try:
+                runs[record["run"]] = run_mechanism(read_metrics(Path(record["run"])))
+            except (MechanismError, OSError):
+                runs = {}
+                break
+        row["mechanism"] = group_mechanism(runs)["overall"] if runs else None
+        if runs:
+            row["mechanism"]["last_seen"] = {
+                Path(run).name: seen for run, seen in group_mechanism(runs)["last_seen"].items()
+            }
+
+
+def _mechanism_markdown(rows: list[dict]) -> list[str]:
+    experts = sorted({e for r in rows if r.get("mechanism") for e in r["mechanism"]["experts_kept"]})
+    lines = [
+        "",
+        "SAE's mechanism per row (runs' metrics.jsonl, generations every run of the row reached): "
+        "lambda q95 − q05 and lambda std are each run's mean over its child-making generations, "
+        "mean ± sample std over runs; omega gap: mean |omega_A − omega_B| over pairs and generations; "
+        "per dense expert: share of runs keeping it at the last generation, "
+        "(mean last generation it was in):",
+        "",
+        "| setting | lambda q95 − q05 | lambda std | omega gap | last gen. | "
+        + " | ".join(experts)
+        + " | n |",
+        "|---|" + "---:|" * (len(experts) + 5),
+    ]
+    for row in rows:
+        m = row.get("mechanism")
+        if not m or not m["lambda_spread"]:
+            lines.append(f"| {row['label']} | " + " | ".join("–" for _ in range(len(experts) + 4)) + " | |")
+            continue
+        spread, std = m["lambda_spread"], m["lambda_std"]
+        kept = [f"{m['experts_kept'][e]:.0%} ({m['last_seen_mean'][e]:.1f})" for e in experts]
+        cells = [
+            f"{spread['mean']:.4f} ± {spread['std']:.4f}",
+            f"{std['mean']:.4f} ± {std['std']:.4f}",
+            f"{m['omega_gap']:.4f}",
+            str(m["last_generation"]),
+            *kept,
+        ]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {spread['n']} |")
+    return lines
 
 
 def _best(rows: list[dict], column: str) -> float:
@@ -337,13 +411,18 @@ def markdown(tasks: list[str], rows: list[dict], title: str, paired: list[dict] 
             + f" | {len(row['seeds'])} | {row['models_scored']:.0f} | {row['examples_scored']:.0f}"
             + f" | {row['wall_seconds']:.0f} |"
         )
-    if paired:
-        lines += ["", PAIRED_NOTE.format(reference=paired[0]["reference"]) + ":", ""]
+    if any("mechanism" in row for row in rows):
+        lines += _mechanism_markdown(rows)
+    blocks: dict[str, list[dict]] = {}
+    for entry in paired or []:
+        blocks.setdefault(entry["reference"], []).append(entry)
+    for reference, block in blocks.items():
+        lines += ["", PAIRED_NOTE.format(reference=reference) + ":", ""]
         lines += [
             "| difference | " + " | ".join(columns) + " | n seeds |",
             "|---|" + "---:|" * (len(columns) + 1),
         ]
-        for entry in paired:
+        for entry in block:
             if "columns" not in entry:
                 lines.append(
                     f"| {entry['label']} | " + " | ".join("–" for _ in columns) + f" | {entry['skipped']} |"
@@ -431,6 +510,40 @@ def bar_chart(tasks: list[str], rows: list[dict], title: str, path: Path) -> Non
     plt.close(fig)
 
 
+def paired_chart(paired: list[dict], path: Path) -> bool:
+    """The mean column's paired differences with their 95% CIs, one panel per reference
+    (False, nothing drawn, when no pair has numbers)."""
+    blocks: dict[str, list[dict]] = {}
+    for entry in paired:
+        if "columns" in entry:
+            blocks.setdefault(entry["reference"], []).append(entry)
+    if not blocks:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    height = 0.35 * max(len(b) for b in blocks.values()) + 1.5
+    fig, axes = plt.subplots(1, len(blocks), figsize=(5.5 * len(blocks), height), squeeze=False)
+    for ax, (reference, block) in zip(axes[0], blocks.items(), strict=True):
+        ys = range(len(block))
+        for y, entry in zip(ys, block, strict=True):
+            c = entry["columns"]["mean"]
+            color = "C3" if c["ci_low"] > 0 or c["ci_high"] < 0 else "C0"
+            error = [[c["diff"] - c["ci_low"]], [c["ci_high"] - c["diff"]]]
+            ax.errorbar([c["diff"]], [y], xerr=error, fmt="o", color=color, capsize=3)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(list(ys), [entry["other"] for entry in block], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{reference} minus row, mean accuracy (points)", fontsize=8)
+        ax.set_title(f"paired vs {reference}\n95% CI (red: excludes 0)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", nargs="+", type=Path, help="multirun folders (or single run folders)")
@@ -439,7 +552,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--title", default=None)
     parser.add_argument(
-        "--reference", default=None, help="row the paired differences start from (default: sae)"
+        "--reference",
+        action="append",
+        default=None,
+        help="row the paired differences start from (default: sae); repeat for one block per row",
+    )
+    parser.add_argument(
+        "--mechanism", action="store_true", help="add SAE's mechanism per row (lambda spread, experts kept)"
     )
     parser.add_argument(
         "--allow-missing", action="store_true", help="write the table even if runs are missing"
@@ -460,10 +579,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tasks, rows = aggregate(records)
     try:
-        paired = paired_rows(tasks, rows, reference_row(rows, args.reference))
+        references = [reference_row(rows, label) for label in args.reference or [None]]
+        paired = paired_blocks(tasks, rows, [r for r in references if r is not None])
     except AggregationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.mechanism:
+        mechanism_cells(rows)
     title = args.title or args.sweeps[0].name
     out = args.out or args.sweeps[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -475,8 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"tasks": tasks, "rows": saved, "paired": paired, "missing": missing}, indent=2)
     )
     bar_chart(tasks, rows, title, out / "table.png")
+    drawn = paired_chart(paired, out / "paired.png")
     print(text)
-    print(f"written to {out}/table.{{md,tex,json,png}}")
+    print(f"written to {out}/table.{{md,tex,json,png}}" + (" and paired.png" if drawn else ""))
     return 0
 
 

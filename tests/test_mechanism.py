@@ -98,6 +98,12 @@ def test_analysis_command_draws_lambda_and_survival(runs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "experts alive at generation 3" in printed and "omega gap" in printed
     assert app.main([str(tmp_path / "nothing")]) == 2
+    other = tmp_path / "pso"  # another method's run in the same sweep: skipped, not an error
+    other.mkdir()
+    (other / "metrics.jsonl").write_text(json.dumps({"generation": 0, "fitness/best": 0.5}) + "\n")
+    assert app.main([str(runs / "paper"), str(other), "--out", str(tmp_path / "mixed")]) == 0
+    assert "skipped 1 run(s) without SAE diagnostics" in capsys.readouterr().out
+    assert app.main([str(other), "--out", str(tmp_path / "none")]) == 2  # nothing left to analyse
 
 
 def test_wandb_gets_ratio_histograms():

@@ -205,3 +205,61 @@ def test_paired_rows_by_seed_and_item(tmp_path):
         assert column["n_seeds"] == 3 and column["ci_low"] <= column["diff"] <= column["ci_high"]
         assert column["half_width"] == pytest.approx((column["ci_high"] - column["ci_low"]) / 2)
     assert "sae − pso" in (out / "table.md").read_text()
+
+
+def _metrics(folder: Path, generations: list[tuple[list[str], list[float]]]) -> None:
+    """A run's metrics.jsonl: per generation the experts present and the ratios lambda."""
+    lines = [
+        {"generation": g, "archive/experts": experts, "ratio/values": ratios, "omega/gap_mean": 0.01 * g}
+        for g, (experts, ratios) in enumerate(generations)
+    ]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_two_references_and_the_mechanism_columns(tmp_path):
+    """`--reference` twice: one block per reference, the pair already shown not repeated, each
+    difference the hand-computed mean over seeds and items; `--mechanism`: lambda's spread and
+    expert survival per row from the runs' metrics.jsonl, by hand."""
+    sweep = tmp_path / "sweep"
+    correct = {
+        "sae": {0: [1, 1, 0, 1], 1: [1, 0, 0, 1], 2: [1, 1, 1, 1]},
+        "pso": {0: [1, 0, 0, 1], 1: [0, 0, 0, 1], 2: [1, 1, 0, 1]},
+        "m2n2": {0: [0, 0, 0, 1], 1: [1, 0, 0, 0], 2: [1, 0, 0, 1]},
+    }
+    both, first = ["a", "b"], ["a"]
+    mechanism = {  # per seed: (experts, ratios) per generation
+        0: [(both, []), (both, [0.4, 0.5, 0.6]), (both, [0.5, 0.5])],  # spread (0.18 + 0) / 2
+        1: [(both, []), (both, [0.3, 0.7]), (first, [0.5, 0.5])],  # (0.36 + 0) / 2; b last in 1
+        2: [(both, []), (["b"], [0.4, 0.5, 0.6]), (["b"], [0.5, 0.5])],  # 0.09; a last in 0
+    }
+    job = 0
+    for seed in range(3):
+        for method, data in correct.items():
+            _paired_run(sweep, job, method, seed, {"t": data[seed]})
+            if method == "sae":
+                _metrics(sweep / str(job), mechanism[seed])
+            job += 1
+    out = tmp_path / "out"
+    references = ["--reference", "sae", "--reference", "pso"]
+    assert tables.main([str(sweep), "--out", str(out), *references, "--mechanism"]) == 0
+    saved = json.loads((out / "table.json").read_text())
+    assert [e["label"] for e in saved["paired"]] == ["sae − pso", "sae − m2n2", "pso − m2n2"]
+    pso_m2n2 = saved["paired"][2]["columns"]["mean"]
+    # by hand: per seed (2 - 1) / 4, (1 - 1) / 4, (3 - 2) / 4 -> mean 1/6 of the items
+    assert pso_m2n2["diff"] == pytest.approx(100 / 6) and pso_m2n2["n_seeds"] == 3
+    rows = {row["label"]: row for row in saved["rows"]}
+    assert rows["pso"]["mechanism"] is None and rows["m2n2"]["mechanism"] is None
+    m = rows["sae"]["mechanism"]
+    spreads = [0.09, 0.18, 0.09]
+    assert m["lambda_spread"]["mean"] == pytest.approx(0.12)
+    assert m["lambda_spread"]["std"] == pytest.approx(np.std(spreads, ddof=1))
+    assert m["lambda_spread"]["n"] == 3
+    # sample std of [0.4, 0.5, 0.6] is 0.1, of [0.3, 0.7] sqrt(0.08), of [0.5, 0.5] 0
+    assert m["lambda_std"]["mean"] == pytest.approx(np.mean([0.1 / 2, 0.08**0.5 / 2, 0.1 / 2]))
+    assert m["experts_kept"] == pytest.approx({"a": 2 / 3, "b": 2 / 3})
+    assert m["last_seen_mean"] == pytest.approx({"a": 4 / 3, "b": 5 / 3})
+    assert m["omega_gap"] == pytest.approx(0.015)  # generations 1 and 2
+    text = (out / "table.md").read_text()
+    assert "| sae | 0.1200 ± 0.0520 |" in text and "67% (1.3)" in text
+    assert text.count("paired differences in accuracy points") == 2
+    assert (out / "paired.png").is_file()

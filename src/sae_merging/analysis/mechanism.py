@@ -14,7 +14,14 @@ setting and pools its seeds:
   p_A / (p_A + p_B), sparsity does not act on lambda);
 - `overall`: lambda pooled over every generation that makes children (1 on), the mean omega
   gap over them, and the mean number of experts alive at the last generation all runs reached:
-  one line per setting, the ablation table's mechanism columns.
+  one line per setting, the ablation table's mechanism columns; `lambda_spread` and
+  `lambda_std`: each run's mean over those generations of its own q95 - q05 (and sample std)
+  of lambda, as mean ± sample std [95% t-interval] over runs (`stats.summary`), so that runs,
+  not ratios, are the units; `experts_kept`: the share of runs with each expert at that last
+  generation; `last_seen_mean`: the mean over runs of the last generation each expert was in.
+
+Runs without the diagnostics (other methods of the same sweep, e.g. PSO) are skipped when
+`collect` is given a `skipped` list; otherwise they are an error.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from sae_merging.analysis.stats import summary
 from sae_merging.utils.files import atomic_write_json
 
 if not os.environ.get("MPLBACKEND"):
@@ -81,9 +89,10 @@ def run_mechanism(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     last_seen = {
         e: max((g for g, a in zip(generations, alive[e], strict=True) if a), default=None) for e in experts
     }
+    ratios = [list(r.get("ratio/values", [])) for r in records]
     return {
         "generations": generations,
-        "ratios": [list(r.get("ratio/values", [])) for r in records],
+        "ratios": ratios,
         "omega_gap": [r.get("omega/gap_mean") for r in records],
         "alive": alive,
         "last_seen": last_seen,
@@ -103,6 +112,24 @@ def ratio_stats(values: Sequence[float]) -> dict[str, float] | None:
         "max": float(x.max()),
         **{f"q{round(100 * level):02d}": float(v) for level, v in zip(QUANTILES, q, strict=True)},
     }
+
+
+def run_spread(ratios: Sequence[Sequence[float]]) -> dict[str, float] | None:
+    """One run's lambda spread: the mean over its generations that make children of the
+    generation's q95 - q05 and of its sample std (None when no generation made children)."""
+    made = [np.asarray(values, dtype=float) for values in ratios if len(values)]
+    if not made:
+        return None
+    widths = [float(np.subtract(*np.quantile(x, [0.95, 0.05]))) for x in made]
+    stds = [float(x.std(ddof=1)) if x.size > 1 else 0.0 for x in made]
+    return {"q95_q05": float(np.mean(widths)), "std": float(np.mean(stds))}
+
+
+def _summary(values: Sequence[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    cell = summary(values)
+    return {"mean": cell.mean, "std": cell.std, "n": cell.n, "ci_low": cell.ci_low, "ci_high": cell.ci_high}
 
 
 def group_mechanism(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -129,11 +156,19 @@ def group_mechanism(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         )
     making = [g for g in per_generation if g["lambda"] is not None]
     every = [v for r in runs.values() for i in range(count) for v in r["ratios"][i]]
+    spreads = [s for s in (run_spread(r["ratios"][:count]) for r in runs.values()) if s is not None]
     overall = {
         "lambda": ratio_stats(every),
+        "lambda_spread": _summary([s["q95_q05"] for s in spreads]),
+        "lambda_std": _summary([s["std"] for s in spreads]),
         "omega_gap": float(np.mean([g["omega_gap"] for g in making])) if making else None,
         "last_generation": generations[-1],
         "experts_alive": float(sum(per_generation[-1]["survival"].values())),
+        "experts_kept": dict(per_generation[-1]["survival"]),
+        "last_seen_mean": {
+            e: float(np.mean([min(r["last_seen"][e], generations[-1]) for r in runs.values()]))
+            for e in experts
+        },
     }
     return {
         "runs": sorted(runs),
@@ -144,15 +179,20 @@ def group_mechanism(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def collect(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
-    """Every run at or under `paths`, by setting: {label: {run folder: run_mechanism}}."""
+def collect(paths: Sequence[Path], skipped: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Every run at or under `paths`, by setting: {label: {run folder: run_mechanism}}. A run
+    without SAE's diagnostics is an error, or, given `skipped`, appended to it and left out."""
     grouped: dict[str, dict[str, Any]] = defaultdict(dict)
     for path in paths:
         for run_dir in run_folders(Path(path)):
             try:
                 grouped[setting(run_dir) or "default"][str(run_dir)] = run_mechanism(read_metrics(run_dir))
             except MechanismError as error:
-                raise MechanismError(f"{run_dir}: {error}") from error
+                if skipped is None:
+                    raise MechanismError(f"{run_dir}: {error}") from error
+                skipped.append(str(run_dir))
+    if not grouped:
+        raise MechanismError(f"no run with SAE's diagnostics under {', '.join(map(str, paths))}")
     return dict(sorted(grouped.items()))
 
 
@@ -204,9 +244,10 @@ def draw(report: Mapping[str, Any], raw: Mapping[str, Mapping[str, Any]], out_di
     return written
 
 
-def run(paths: Sequence[Path], out_dir: Path) -> dict[str, Any]:
-    """Analyse, write `mechanism.json` and the figures under `out_dir`; returns the report."""
-    grouped = collect(paths)
+def run(paths: Sequence[Path], out_dir: Path, skipped: list[str] | None = None) -> dict[str, Any]:
+    """Analyse, write `mechanism.json` and the figures under `out_dir`; returns the report
+    (runs without diagnostics: see `collect`)."""
+    grouped = collect(paths, skipped)
     report = {label: group_mechanism(runs) for label, runs in grouped.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "mechanism.json", report)
