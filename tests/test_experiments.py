@@ -88,3 +88,65 @@ def test_every_row_runs_one_generation(name, tmp_path, micro_lab):
         results = runner.run(cfg, tmp_path / str(index))
         assert set(results["test"]) == {"lab-math", "lab-multilingual", "mean"}, row
         assert results["models_scored"] >= 1, row
+
+
+# each row of the mechanism ablation: the settings it must change (everything else at the
+# paper-faithful defaults of FAITHFUL)
+FAITHFUL = {
+    "method._target_": "sae_merging.methods.sae.SAE",
+    "method.omega_from": "pruned",
+    "method.sparsity_scale": "raw",
+    "method.elitism": 0,
+    "method.keep_experts": False,
+    "method.competition": "worst",
+    "method.aggregate": "instances",
+    "pruner.target": "weights",
+    "schedule.phase": "endpoint",
+    "schedule.T0": 3,
+}
+MECHANISM_ROWS = {
+    "faithful": {},
+    "omega_archive": {"method.omega_from": "archive"},
+    "sparsity_scale_archive": {"method.sparsity_scale": "archive"},
+    "elitism2": {"method.elitism": 2},
+    "keep_experts": {"method.keep_experts": True},
+    "task_vector": {"pruner.target": "task_vector"},
+    "shared": {"method.competition": "shared"},
+    "sgdr": {"schedule.phase": "sgdr"},
+    "slower_annealing": {"schedule.T0": 6},
+    "combined": {
+        "method.omega_from": "archive",
+        "method.sparsity_scale": "archive",
+        "method.keep_experts": True,
+        "pruner.target": "task_vector",
+    },
+    "pso": "pso",
+}
+
+
+def test_mechanism_ablation_rows_compose_and_validate():
+    """conf/experiment/mechanism_ablation.yaml: 10 seeds outermost, every row one option (or the
+    listed combination) away from paper-faithful SAE, PSO the baseline, all on the tables' one
+    budget with validation selection, and each row's config passes the run's preflight."""
+    from sae_merging.runtime.preflight import preflight
+
+    sweep = yaml.safe_load((EXPERIMENTS / "mechanism_ablation.yaml").read_text())
+    params = sweep["hydra"]["sweeper"]["params"]
+    assert list(params) == ["seed", "+mechanism"]  # seeds outermost
+    assert str(params["seed"]) == ",".join(map(str, range(10)))
+    rows = _rows("mechanism_ablation")
+    assert rows == [[f"+mechanism={name}"] for name in MECHANISM_ROWS]
+    for (row,), changed in zip(rows, MECHANISM_ROWS.values(), strict=True):
+        cfg = compose_config(["experiment=mechanism_ablation", row])
+        assert (cfg.budget.examples, cfg.selection, cfg.threads) == (9000, "validation", 1), row
+        if changed == "pso":
+            assert cfg.method._target_ == "sae_merging.methods.pso.PSO"
+        else:
+            expected = {**FAITHFUL, **changed}
+            assert {key: OmegaConf.select(cfg, key) for key in expected} == expected, row
+        assert preflight(cfg).warnings == [], row
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        overrides = ["experiment=mechanism_ablation"]
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.hydra.sweep.dir == "outputs/tables/mechanism_ablation"
