@@ -219,3 +219,26 @@ def test_last_logits_of_a_padded_batch_are_each_rows_own(math_expert):
     with torch.no_grad():
         alone = [model(input_ids=torch.tensor([r])).logits[0, -1] for r in rows]
     torch.testing.assert_close(batched, torch.stack(alone), rtol=0, atol=1e-5)
+
+
+def test_a_shared_header_runs_once_and_changes_no_score(micro_lab):
+    """One-token options after a header every prompt starts with: the header's KV cache, run
+    once and extended by every batch, gives the log-likelihoods of running each prompt whole
+    (to 1e-5), so the same answers."""
+    from sae_merging.evaluation.builtin import choice_requests, shared_prefix_cache
+
+    path = micro_lab.experts["multilingual"]
+    model, tokenizer = load_model(path), load_tokenizer(path)
+    task = next(t for t in micro_lab.tasks() if t.kind == "multiple_choice")
+    header = "Answer with the letter of the correct option. " * 3
+    examples = [dataclasses.replace(e, prompt=header + e.prompt) for e in task.split("test")[:10]]
+    requests, _ = choice_requests(tokenizer, examples)
+    assert {len(continuation) for _, continuation in requests} == {1}
+    shared, cache = shared_prefix_cache(model, [context for context, _ in requests], 16)
+    assert shared >= 16 and cache is not None
+    whole = BuiltinEvaluator(batch_size=3, min_shared_prefix=10**6)
+    headed = BuiltinEvaluator(batch_size=3)
+    expected = whole.loglikelihoods(model, tokenizer, requests)
+    got = headed.loglikelihoods(model, tokenizer, requests)
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=0, atol=1e-5)
+    assert headed.choose(model, tokenizer, examples) == whole.choose(model, tokenizer, examples)
