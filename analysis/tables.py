@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from sae_merging.analysis.stats import paired_bootstrap, summary
+from sae_merging.analysis.stats import paired_bootstrap, paired_t, summary
 
 _PARTS = re.compile(r"(\d+(?:\.\d+)?)")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -300,6 +300,8 @@ def paired_rows(
             entry["columns"] = {}
             for column, keys in [*((t, [t]) for t in a), ("mean", list(a))]:
                 result = paired_bootstrap({k: a[k] for k in keys}, {k: b[k] for k in keys})
+                per_seed = np.mean([a[k].mean(axis=1) - b[k].mean(axis=1) for k in keys], axis=0)
+                seed_t, seed_p = paired_t(100 * per_seed)
                 entry["columns"][column] = {
                     "diff": 100 * result.diff,
                     "ci_low": 100 * result.ci_low,
@@ -308,6 +310,12 @@ def paired_rows(
                     "p": result.p,
                     "n_seeds": result.n_seeds,
                     "n_items": result.n_items,
+                    "seed_t": {
+                        "ci_low": seed_t.ci_low,
+                        "ci_high": seed_t.ci_high,
+                        "std": seed_t.std,
+                        "p": seed_p,
+                    },
                 }
         paired.append(entry)
     return paired
@@ -390,8 +398,9 @@ def _paired_cell(values: dict, template: str) -> str:
 
 PAIRED_NOTE = (
     "paired differences in accuracy points, {reference} minus each row, by seed and test item: "
-    "diff [95% CI] and p from a paired bootstrap over seeds and items (10,000 replicates); "
-    "a CI containing 0 is no detectable difference"
+    "diff [95% CI] and p from a paired bootstrap over seeds and items (10,000 replicates); last "
+    "columns: the mean column's 95% t-interval and p of a paired t-test over the per-seed "
+    "differences; a CI containing 0 is no detectable difference"
 )
 
 
@@ -419,14 +428,13 @@ def markdown(tasks: list[str], rows: list[dict], title: str, paired: list[dict] 
     for reference, block in blocks.items():
         lines += ["", PAIRED_NOTE.format(reference=reference) + ":", ""]
         lines += [
-            "| difference | " + " | ".join(columns) + " | n seeds |",
-            "|---|" + "---:|" * (len(columns) + 1),
+            "| difference | " + " | ".join(columns) + " | mean: paired t over seeds | n seeds |",
+            "|---|" + "---:|" * (len(columns) + 2),
         ]
         for entry in block:
             if "columns" not in entry:
-                lines.append(
-                    f"| {entry['label']} | " + " | ".join("–" for _ in columns) + f" | {entry['skipped']} |"
-                )
+                dashes = " | ".join("–" for _ in range(len(columns) + 1))
+                lines.append(f"| {entry['label']} | {dashes} | {entry['skipped']} |")
                 continue
             cells = [
                 _paired_cell(entry["columns"][c], "{diff:+.1f} [{ci_low:+.1f}, {ci_high:+.1f}] p{p}")
@@ -434,9 +442,11 @@ def markdown(tasks: list[str], rows: list[dict], title: str, paired: list[dict] 
                 else "–"
                 for c in columns
             ]
-            lines.append(
-                f"| {entry['label']} | " + " | ".join(cells) + f" | {entry['columns']['mean']['n_seeds']} |"
+            mean = entry["columns"]["mean"]
+            cells.append(
+                _paired_cell({"diff": mean["diff"], **mean["seed_t"]}, "[{ci_low:+.1f}, {ci_high:+.1f}] p{p}")
             )
+            lines.append(f"| {entry['label']} | " + " | ".join(cells) + f" | {mean['n_seeds']} |")
     return "\n".join(lines) + "\n"
 
 

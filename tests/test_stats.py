@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sae_merging.analysis.stats import paired_bootstrap, summary
+from sae_merging.analysis.stats import paired_bootstrap, paired_t, summary
 
 
 def test_summary_sample_std_and_t_interval():
@@ -73,3 +73,18 @@ def test_paired_bootstrap_mean_over_tasks_and_fixed_seed():
     assert paired_bootstrap(a, b, 2000, seed=7) == result
     with pytest.raises(ValueError):
         paired_bootstrap({"x": np.ones((2, 3))}, {"x": np.ones((2, 4))})
+
+
+def test_paired_t_by_hand():
+    """Differences 1, 2, 3, 6: mean 3, sample std sqrt(14 / 3), t = 3 / (std / 2) = 2.777 on 3
+    degrees of freedom: two-sided p = 0.06914 (as scipy.stats.ttest_1samp), t_{0.975, 3} = 3.1824."""
+    cell, p = paired_t([1.0, 2.0, 3.0, 6.0])
+    std = math.sqrt(14 / 3)
+    assert (cell.mean, cell.n) == (3.0, 4) and cell.std == pytest.approx(std)
+    assert cell.ci_low == pytest.approx(3 - 3.182446 * std / 2, abs=1e-5)
+    assert p == pytest.approx(0.069137, abs=1e-5)
+    # six positive seeds: the t-test can still cross 0 where a bootstrap over seeds cannot
+    assert paired_t([0.45, 0.38, 1.6, 3.85, 0.05, 0.1])[0].ci_low < 0
+    assert paired_t([0.0, 0.0, 0.0])[1] == 1.0 and paired_t([0.5, 0.5])[1] == 0.0
+    with pytest.raises(ValueError):
+        paired_t([1.0])

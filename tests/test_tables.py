@@ -247,6 +247,10 @@ def test_two_references_and_the_mechanism_columns(tmp_path):
     pso_m2n2 = saved["paired"][2]["columns"]["mean"]
     # by hand: per seed (2 - 1) / 4, (1 - 1) / 4, (3 - 2) / 4 -> mean 1/6 of the items
     assert pso_m2n2["diff"] == pytest.approx(100 / 6) and pso_m2n2["n_seeds"] == 3
+    # paired t over the per-seed differences 25, 0, 25 (points): std 14.43, t_{0.975, 2} = 4.303
+    half = 4.302653 * np.std([25, 0, 25], ddof=1) / 3**0.5
+    assert pso_m2n2["seed_t"]["ci_low"] == pytest.approx(100 / 6 - half, abs=1e-4)
+    assert pso_m2n2["seed_t"]["p"] == pytest.approx(0.183503, abs=1e-5)  # t = 2.0 on 2 df
     rows = {row["label"]: row for row in saved["rows"]}
     assert rows["pso"]["mechanism"] is None and rows["m2n2"]["mechanism"] is None
     m = rows["sae"]["mechanism"]
