@@ -140,6 +140,32 @@ def test_streamed_parents_give_the_same_child(parents, merger, redense, granular
         assert any(not torch.equal(plain.tensors[n], in_memory.tensors[n]) for n in a)
 
 
+@pytest.mark.parametrize("merger,redense,granularity,scoring", OPTIONS)
+def test_child_built_in_the_loaded_parents_place_is_the_same_child(
+    parents, merger, redense, granularity, scoring
+):
+    """Below the streaming threshold the first parent is loaded and turned into the child
+    tensor by tensor while the second streams (`ChildRecipe.parents`); that child equals the
+    child of both parents held in memory (and of both loaded and given up) bit for bit."""
+    a, b = parents
+    sae = _sae(merger, redense, granularity, scoring, scorer=hoyer if scoring == "local" else zero_count)
+    dense = {n: functions.weighted_average([a[n], b[n]]) for n in a} if redense == "original_dense" else None
+    in_memory = sae.child(a, b, 0.55, 0.4, 0.6, dense)
+    reads: list[str] = []
+    loaded, streamed = sae.recipe.parents(_lazy(a), 1, _lazy(b, reads), 1)
+    assert isinstance(loaded, dict) and isinstance(streamed, LazyTensors)
+    child = sae.child(loaded, streamed, 0.55, 0.4, 0.6, dense)
+    _assert_same(child.tensors, in_memory.tensors)
+    assert child.weights == in_memory.weights
+    assert child.tensors is loaded  # built in the loaded parent's place, no third model
+    assert len(reads) > len(b)  # the second parent was streamed, pass by pass
+    both = [sae.recipe.parent(_lazy(m), 1) for m in (a, b)]
+    given_up = sae.child(*both, 0.55, 0.4, 0.6, dense)
+    _assert_same(given_up.tensors, in_memory.tensors)
+    assert len(both[1]) == 0  # the second loaded parent's tensors were dropped once merged
+    assert len(a) == len(b) == len(SHAPES)  # the caller's own dicts are never consumed
+
+
 def test_m2n2_crossover_goes_through_the_child_path(parents, tmp_path):
     """M2N2's child is interpolate(A_l, B_l, t_l) with the crossover shares, streamed or not."""
     a, b = parents

@@ -10,12 +10,16 @@ A child is made in four steps, each an option of `ChildRecipe`:
    given a `dense` reference, re-dense the positions zero in both parents from it.
 4. **Prune the child** to the rate.
 
-Two regimes, one result. A parent given as a `LazyTensors` (`parent()` chooses that above
-`stream_above_gb`) is *streamed*: never held whole, each tensor read when a pass reaches it and
-pruned as it is read, by a plan made in one streaming pass; the child is then the only model in
-memory. A parent given as a dict is held in memory (a tensor is read once, not once per pass).
-Every step is a function of one tensor at a time and the pruning plan depends only on the
-values and their order, so both regimes give the same child bit for bit.
+Two regimes, one result. A parent given as a `LazyTensors` is *streamed*: never held whole,
+each tensor read when a pass reaches it and pruned as it is read, by a plan made in one
+streaming pass. A parent given as a dict is held in memory (a tensor is read once, not once per
+pass). `parents()` streams both parents above `stream_above_gb`; below it, it loads the first
+and streams the second. A parent the recipe loaded is given up as the merge pass goes: the
+child is built in the first one's place (each tensor replaced by the child's once merged) and
+the second one's tensors are dropped once merged. So making a child holds one model and a few
+tensors (the child; below the threshold, the loaded parent turning into it), never two parents
+and the child. Every step is a function of one tensor at a time and the pruning plan depends
+only on the values and their order, so every regime gives the same child bit for bit.
 """
 
 from __future__ import annotations
@@ -66,10 +70,20 @@ class ChildRecipe:
         return nbytes > self.stream_above_gb * 1e9
 
     def parent(self, tensors: LazyTensors, nbytes: int) -> Tensors:
-        """A parent as the recipe takes it: the lazy tensors themselves when the model is large
-        enough to stream, else all of them read into memory (a copy the recipe owns, so it is
-        pruned where it lies instead of beside a second copy)."""
+        """A model as the recipe takes it (a parent, a base, a re-dense source): the lazy
+        tensors themselves when the model is large enough to stream, else all of them read into
+        memory (a copy the recipe owns, so it is pruned where it lies instead of beside a second
+        copy, and given up tensor by tensor as a child is made of it)."""
         return tensors if self.streams(nbytes) else _Loaded(tensors.items())
+
+    def parents(
+        self, parent_a: LazyTensors, nbytes_a: int, parent_b: LazyTensors, nbytes_b: int
+    ) -> tuple[Tensors, Tensors]:
+        """Two parents as `make` takes them: the first as `parent` has it (read into memory
+        below `stream_above_gb`: the child is built in its place), the second streamed in
+        either case (read tensor by tensor in each pass), so a child made of them holds one
+        model, never a second parent beside the child."""
+        return self.parent(parent_a, nbytes_a), parent_b
 
     def pruned(self, tensors: Tensors, rate: float) -> Tensors:
         """A parent pruned to `rate`: a lazy pruned view when it streams, in place when the
@@ -100,12 +114,17 @@ class ChildRecipe:
             pruned_a, pruned_b = self.pruned(parent_a, rate), self.pruned(parent_b, rate)
             weight = dict(weights(pruned_a, pruned_b))
         with section("merge"):
-            child = {}
-            for name in pruned_a:
-                tensor_a, tensor_b = pruned_a[name], pruned_b[name]
+            # loaded parents are given up as the pass goes: the child takes the first one's
+            # place, tensor by tensor, and the second one's tensors are dropped once merged
+            child = pruned_a if isinstance(pruned_a, _Loaded) else {}
+            given_up = pruned_b if isinstance(pruned_b, _Loaded) and pruned_b is not pruned_a else None
+            for name in list(pruned_a):
+                tensor_a = pruned_a[name]
+                tensor_b = given_up.pop(name) if given_up is not None else pruned_b[name]
                 merged = self.merger(tensor_a, tensor_b, weight[name])
                 if dense is not None:
                     merged = functions.fill_zeros(merged, tensor_a, tensor_b, dense[name])
+                del tensor_a, tensor_b
                 child[name] = merged
         if self.pruner is not None and rate > 0:
             with section("prune"):

@@ -203,7 +203,9 @@ class M2N2(M2N2Settings):
     ) -> dict[str, torch.Tensor]:
         """The child through the one child path (`merging.child`), unpruned: each tensor is
         interpolated with its `Share` of the crossover."""
-        parents = [self.recipe.parent(ctx.store.open(m.ident), ctx.store.nbytes(m.ident)) for m in (a, b)]
+        parents = self.recipe.parents(
+            *(x for m in (a, b) for x in (ctx.store.open(m.ident), ctx.store.nbytes(m.ident)))
+        )
         rule = crossover_shares(split, ratio, self.interpolation, self.split_at)
         with ctx.timer.section("merge"):
             return self.recipe.make(*parents, rule).tensors

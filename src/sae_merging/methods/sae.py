@@ -213,9 +213,10 @@ class SAE(SAESettings):
         record=None,
     ):
         """The child of two archive members (see `child`); parents larger than
-        `stream_parents_above_gb` are streamed from the archive, smaller ones loaded."""
-        parent_a, parent_b = (
-            self.recipe.parent(ctx.store.open(m.ident), ctx.store.nbytes(m.ident)) for m in (a, b)
+        `stream_parents_above_gb` are streamed from the archive; smaller ones: the first loaded
+        (the child is built in its place), the second streamed (`ChildRecipe.parents`)."""
+        parent_a, parent_b = self.recipe.parents(
+            *(x for m in (a, b) for x in (ctx.store.open(m.ident), ctx.store.nbytes(m.ident)))
         )
         sparsity = None
         if self.omega_from == "archive":
