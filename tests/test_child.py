@@ -241,3 +241,17 @@ def test_sae_child_reads_parents_tensor_by_tensor(parents, tmp_path, monkeypatch
     _assert_same(child, expected.tensors)
     assert ratios == list(expected.weights.values())
     assert set(ctx.timer.totals) == {"prune", "merge"}
+
+
+@pytest.mark.parametrize("merger", ["linear", "attraction"])
+def test_elementwise_mergers_write_the_child_into_the_loaded_parent(parents, merger):
+    """With no re-dense source, eq. 4 and attraction write each child tensor into the loaded
+    parent's own tensor (no new tensor per merge); the child is the same bit for bit."""
+    a, b = parents
+    sae = _sae(merger)
+    expected = sae.child(a, b, 0.55, 0.4, 0.6)
+    loaded, streamed = sae.recipe.parents(_lazy(a), 1, _lazy(b), 1)
+    storage = {name: t.untyped_storage().data_ptr() for name, t in loaded.items()}
+    child = sae.child(loaded, streamed, 0.55, 0.4, 0.6)
+    _assert_same(child.tensors, expected.tensors)
+    assert {name: t.untyped_storage().data_ptr() for name, t in child.tensors.items()} == storage

@@ -39,3 +39,24 @@ def test_bfloat16_inputs_merge_in_float32_and_keep_dtype():
     b = torch.tensor([2.0, 5.0], dtype=torch.bfloat16)
     out = F.linear(a, b, 0.5)
     assert out.dtype == torch.bfloat16 and torch.equal(out.float(), torch.tensor([1.5, 4.0]))
+
+
+def test_elementwise_mergers_into_their_first_input_equal_a_new_output():
+    """linear and attraction with out=a (what the child path does with a loaded parent's
+    tensor) give the new-output result bit for bit, across several parts."""
+    from sae_merging.merging import functions
+
+    g = torch.Generator().manual_seed(0)
+    a = (torch.randn(3, 1000, generator=g) * 0.02).bfloat16()
+    b = (torch.randn(3, 1000, generator=g) * 0.02).bfloat16()
+    a[:, ::3], b[:, ::4] = 0.0, 0.0
+    for merger in functions.IN_PLACE_MERGERS:
+        expected = merger(a, b, 0.37)
+        target = a.clone()
+        old_chunk, functions.CHUNK = functions.CHUNK, 256
+        try:
+            got = merger(target, b, 0.37, out=target)
+            assert got.data_ptr() == target.data_ptr()
+            assert torch.equal(got, merger(a, b, 0.37)) and torch.equal(got, expected)
+        finally:
+            functions.CHUNK = old_chunk

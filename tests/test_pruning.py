@@ -262,3 +262,47 @@ def test_counting_and_zeroing_kernels_are_exact_on_every_value(dtype):
         assert torch.equal(in_place.view(torch.int16), expected.view(torch.int16)), cut
         count = magnitude._count_below(magnitude._keys(values, space, scratch), cut, space, scratch)
         assert count == int((keys < cut).sum()), cut
+
+
+@pytest.mark.parametrize("granularity", ["global", "local"])
+def test_pruned_models_carry_their_exact_zero_counts(granularity, monkeypatch):
+    """`pruned` (lazy) and `prune_` (in place, on a dict subclass) leave the plan's zero counts
+    on the model; they equal the pruned tensors' own counts, ties and existing zeros included,
+    and zero-count scoring then reads no tensor."""
+    from sae_merging.sparsity.measures import SparsityStats, zero_count
+    from sae_merging.sparsity.scoring import SparsityScoring
+
+    monkeypatch.setattr(magnitude, "CHUNK", 64)
+    monkeypatch.setattr(magnitude, "SAMPLE", 32)
+    monkeypatch.setattr(magnitude, "SAMPLE_BLOCK", 8)
+    g = torch.Generator().manual_seed(3)
+    model = {
+        f"layers.{i}.weight": ((torch.randn(20, 12, generator=g) * 3).round() / 100).bfloat16()
+        for i in range(3)
+    }
+    model["embed_tokens.weight"] = torch.zeros(4, 4, dtype=torch.bfloat16)
+    pruner = MagnitudePruner(granularity)
+    reads = []
+
+    def read(name):
+        reads.append(name)
+        return model[name].clone()
+
+    class Owned(dict):
+        pass
+
+    for pruned in (pruner.pruned(LazyTensors(list(model), read), 0.55), pruner.prune_(Owned(model), 0.55)):
+        expected = pruner.prune(model, 0.55)
+        assert set(pruned.zero_counts) == {n for n in model if pruner.prunable(n)}
+        for name, (count, zeros) in pruned.zero_counts.items():
+            assert (count, zeros) == (expected[name].numel(), int((expected[name] == 0).sum())), name
+        reads.clear()
+        scoring = SparsityScoring(zero_count, granularity)
+        value = scoring.of_model(pruned, pruner)
+        # (local scoring measures every tensor: the skipped ones are read)
+        assert reads == (
+            [] if granularity == "global" else ["embed_tokens.weight"] * isinstance(pruned, LazyTensors)
+        )
+        assert value == scoring.of_model(expected, pruner)
+    assert not hasattr(pruner.prune_(dict(model), 0.55), "zero_counts")  # a plain dict: counted on use
+    assert SparsityStats.counts(expected["layers.0.weight"]).zeros > 0

@@ -45,3 +45,16 @@ def test_zero_count_scoring_reads_counts_only():
     assert zero_count(SparsityStats.counts(t)) == zero_count(SparsityStats.of(t)) == 0.6
     assert SparsityScoring(partial(zero_count)).stats(t) == SparsityStats(5, 3)
     assert SparsityScoring(partial(hoyer)).stats(t) == SparsityStats.of(t)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_zero_counts_by_the_counting_kernel_equal_count_nonzero(dtype):
+    """SparsityStats.counts (the pruner's counting kernel for 16- and 32-bit floats) counts the
+    zeros torch.count_nonzero leaves: +0 and -0 are zeros, NaN and subnormals are not."""
+    g = torch.Generator().manual_seed(0)
+    t = (torch.randn(5000, generator=g) * 0.02).to(dtype)
+    t[torch.rand(5000, generator=g) < 0.6] = 0.0
+    t[::7] = -0.0
+    t[3], t[5], t[11] = float("nan"), float("inf"), torch.finfo(dtype).tiny / 2
+    t = t.reshape(50, 100)[:, ::2]  # not contiguous
+    assert SparsityStats.counts(t) == SparsityStats(t.numel(), t.numel() - int(torch.count_nonzero(t)))

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -39,6 +40,20 @@ Tensors = Mapping[str, torch.Tensor]
 Merger = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 # (pruned parent A, pruned parent B) -> the merger's weight for each tensor
 WeightRule = Callable[[Tensors, Tensors], Mapping[str, float]]
+
+
+def _merges_in_place(merger: Merger) -> bool:
+    """Whether the merger is one of `functions.IN_PLACE_MERGERS` (Hydra hands them over as
+    bare partials)."""
+    while isinstance(merger, partial) and not merger.args and not merger.keywords:
+        merger = merger.func
+    return merger in functions.IN_PLACE_MERGERS
+
+
+def _unshared(tensors: Tensors) -> bool:
+    """Whether no two tensors share memory (so overwriting one changes no other)."""
+    storages = [t.untyped_storage().data_ptr() for t in tensors.values() if t.numel()]
+    return len(set(storages)) == len(storages)
 
 
 class _Loaded(dict):
@@ -118,10 +133,17 @@ class ChildRecipe:
             # place, tensor by tensor, and the second one's tensors are dropped once merged
             child = pruned_a if isinstance(pruned_a, _Loaded) else {}
             given_up = pruned_b if isinstance(pruned_b, _Loaded) and pruned_b is not pruned_a else None
+            # with no re-dense source nor shared storage, an elementwise merger writes the child
+            # into the loaded parent's own tensors (no new tensor per merge)
+            in_place = child is pruned_a and dense is None and _merges_in_place(self.merger)
+            in_place = in_place and _unshared(pruned_a)
             for name in list(pruned_a):
                 tensor_a = pruned_a[name]
                 tensor_b = given_up.pop(name) if given_up is not None else pruned_b[name]
-                merged = self.merger(tensor_a, tensor_b, weight[name])
+                if in_place and tensor_a.is_contiguous() and tensor_b.shape == tensor_a.shape:
+                    merged = self.merger(tensor_a, tensor_b, weight[name], out=tensor_a)
+                else:
+                    merged = self.merger(tensor_a, tensor_b, weight[name])
                 if dense is not None:
                     merged = functions.fill_zeros(merged, tensor_a, tensor_b, dense[name])
                 del tensor_a, tensor_b

@@ -19,11 +19,22 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32)
 
 
-def _elementwise(fn: Callable[..., torch.Tensor], dtype: torch.dtype, *tensors: torch.Tensor) -> torch.Tensor:
+def _elementwise(
+    fn: Callable[..., torch.Tensor],
+    dtype: torch.dtype,
+    *tensors: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """fn (elementwise) over CHUNK-entry parts of same-shape tensors, each part's float32 result
     cast into a `dtype` output: the same values as fn over whole tensors, bit for bit, with
-    temporaries of one part instead of several float32 copies of the tensor."""
-    out = torch.empty(tensors[0].shape, dtype=dtype)
+    temporaries of one part instead of several float32 copies of the tensor. `out` (contiguous,
+    of `dtype`) may be one of the inputs: each part is read whole before it is overwritten."""
+    if out is None:
+        out = torch.empty(tensors[0].shape, dtype=dtype)
+    elif out.dtype != dtype or out.shape != tensors[0].shape or not out.is_contiguous():
+        raise ValueError(
+            f"out: {out.dtype} {tuple(out.shape)} is not a contiguous {dtype} of the inputs' shape"
+        )
     flat, parts = out.view(-1), [t.reshape(-1) for t in tensors]
     for start in range(0, flat.numel(), CHUNK):
         flat[start : start + CHUNK] = fn(*(p[start : start + CHUNK] for p in parts))
@@ -41,9 +52,9 @@ def mixing_ratio(score_a: float, weight_a: float, score_b: float, weight_b: floa
     return a / (a + b)
 
 
-def linear(a: torch.Tensor, b: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Paper eq. 4: ratio * A + (1 - ratio) * B."""
-    return _elementwise(lambda a, b: ratio * _f32(a) + (1.0 - ratio) * _f32(b), a.dtype, a, b)
+def linear(a: torch.Tensor, b: torch.Tensor, ratio: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Paper eq. 4: ratio * A + (1 - ratio) * B (into `out` when given: it may be `a`)."""
+    return _elementwise(lambda a, b: ratio * _f32(a) + (1.0 - ratio) * _f32(b), a.dtype, a, b, out=out)
 
 
 def _attraction(a: torch.Tensor, b: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -52,11 +63,17 @@ def _attraction(a: torch.Tensor, b: torch.Tensor, ratio: float) -> torch.Tensor:
     return torch.where(b == 0, _f32(a), merged)
 
 
-def attraction(a: torch.Tensor, b: torch.Tensor, ratio: float) -> torch.Tensor:
+def attraction(
+    a: torch.Tensor, b: torch.Tensor, ratio: float, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Eq. 4 where both parents are non-zero; where exactly one parent is zero, the other
     parent's value is taken unscaled (a zero of one parent "attracts" the other's weight,
-    paper section 2.3); zero where both are zero."""
-    return _elementwise(lambda a, b: _attraction(a, b, ratio), a.dtype, a, b)
+    paper section 2.3); zero where both are zero (into `out` when given: it may be `a`)."""
+    return _elementwise(lambda a, b: _attraction(a, b, ratio), a.dtype, a, b, out=out)
+
+
+# the mergers that take `out=` (elementwise by parts: `out` may be their first input)
+IN_PLACE_MERGERS = (linear, attraction)
 
 
 def fill_zeros(child: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:

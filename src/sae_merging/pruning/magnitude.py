@@ -544,16 +544,16 @@ class MagnitudePruner(MagnitudePrunerSettings):
 
     def _model_plan(
         self, tensors: Mapping[str, torch.Tensor], rate: float
-    ) -> tuple[PrunePlan, dict[str, int]]:
-        """The plan for a model's prunable tensors, and each one's index in it."""
+    ) -> tuple[PrunePlan, dict[str, int], list[int]]:
+        """The plan for a model's prunable tensors, each one's index in it, and their sizes."""
         names = [name for name in tensors if self.prunable(name)]
         sizes = [tensors[name].numel() for name in names]
         plan = self.plan(lambda: (self.ranked(name, tensors[name]) for name in names), rate, sizes)
-        return plan, {name: i for i, name in enumerate(names)}
+        return plan, {name: i for i, name in enumerate(names)}, sizes
 
     def prune(self, tensors: Mapping[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
         """A pruned copy of a model's tensors (the input is left untouched)."""
-        plan, index = self._model_plan(tensors, rate)
+        plan, index, _ = self._model_plan(tensors, rate)
         return {
             name: self._apply(plan, index[name], name, t) if name in index else t
             for name, t in tensors.items()
@@ -561,15 +561,29 @@ class MagnitudePruner(MagnitudePrunerSettings):
 
     def pruned(self, tensors: LazyTensors, rate: float) -> LazyTensors:
         """A lazy pruned view of lazily read tensors: the plan is made now (streaming over
-        them), each tensor is read and pruned when accessed, so nothing whole is held."""
-        plan, index = self._model_plan(tensors, rate)
-        return tensors.map(lambda name, t: self._apply(plan, index[name], name, t) if name in index else t)
+        them), each tensor is read and pruned when accessed, so nothing whole is held. The
+        view carries the plan's zero counts (`zero_counts`), so counting them reads nothing."""
+        plan, index, sizes = self._model_plan(tensors, rate)
+        view = tensors.map(lambda name, t: self._apply(plan, index[name], name, t) if name in index else t)
+        view.zero_counts = self._zero_counts(plan, index, sizes)
+        return view
+
+    def _zero_counts(self, plan: PrunePlan, index: Mapping[str, int], sizes: Sequence[int]):
+        """name -> (entries, zeros) of each tensor the plan prunes (its cut's exact count of
+        the pruned tensor's zeros), under target=weights (a task vector's zeros are not the
+        model's)."""
+        if self.needs_base:
+            return {}
+        return {name: (sizes[i], plan.cuts[i].zeros) for name, i in index.items() if plan.cuts[i] is not None}
 
     def prune_(self, tensors: dict[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
         """Prune a model the caller gives up, where it lies: its tensors are overwritten (under
         target=task_vector replaced one at a time), so no second model is allocated; returns
-        the dict."""
-        plan, index = self._model_plan(tensors, rate)
+        the dict (a dict subclass carries the plan's zero counts, `zero_counts`, as `pruned`'s
+        view does)."""
+        plan, index, sizes = self._model_plan(tensors, rate)
         for name, i in index.items():
             tensors[name] = self._apply(plan, i, name, tensors[name], in_place=True)
+        if hasattr(tensors, "__dict__"):
+            tensors.zero_counts = self._zero_counts(plan, index, sizes)
         return tensors

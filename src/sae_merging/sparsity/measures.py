@@ -16,7 +16,25 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+# float dtypes counted on their bit patterns, as integers of the same width
+_KEYED = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
+_PART = 1 << 20  # entries per step (a reused buffer of a few MB)
+
+
+def _zeros_of_floats(tensor: torch.Tensor) -> int:
+    """Exact zeros (+0 and -0) of a float tensor: entries whose bits, sign bit cleared, are 0."""
+    ints = _KEYED[tensor.dtype]
+    flat = tensor.detach().reshape(-1).view(ints).numpy()
+    magnitude = np.iinfo(flat.dtype).max  # every bit but the sign bit
+    buffer = np.empty(min(_PART, flat.size), dtype=flat.dtype)
+    nonzero = 0
+    for start in range(0, flat.size, _PART):
+        part = flat[start : start + _PART]
+        nonzero += int(np.count_nonzero(np.bitwise_and(part, magnitude, out=buffer[: part.size])))
+    return flat.size - nonzero
 
 
 @dataclass(frozen=True)
@@ -35,7 +53,11 @@ class SparsityStats:
 
     @classmethod
     def counts(cls, tensor: torch.Tensor) -> SparsityStats:
-        """Entries and exact zeros only (the sums left 0), as `zero_count` needs them."""
+        """Entries and exact zeros only (the sums left 0), as `zero_count` needs them. Float
+        tensors are counted on their bit patterns with NumPy (torch's `count_nonzero` of a bf16
+        tensor with zeros spread at random ran 7x slower)."""
+        if tensor.dtype in _KEYED and tensor.device.type == "cpu":
+            return cls(tensor.numel(), _zeros_of_floats(tensor))
         return cls(tensor.numel(), tensor.numel() - int(torch.count_nonzero(tensor)))
 
     def __add__(self, other: SparsityStats) -> SparsityStats:

@@ -29,7 +29,7 @@ class SparsityScoring(SparsityScoringSettings):
         """The sparsity each tensor contributes to eq. 5 (the model's value everywhere under
         global scoring)."""
         if self.granularity == "local":
-            return {name: self.scorer(self.stats(t)) for name, t in tensors.items()}
+            return {name: self.scorer(self._stats(tensors, name)) for name in tensors}
         return dict.fromkeys(tensors, self.of_model(tensors, pruner))
 
     def model_value(self, stats: Mapping[str, SparsityStats], pruner: Prunable) -> float:
@@ -43,9 +43,18 @@ class SparsityScoring(SparsityScoringSettings):
     def of_model(self, tensors: Mapping[str, torch.Tensor], pruner: Prunable) -> float:
         """S(theta), reading only the tensors it is measured over."""
         stats = {
-            n: self.stats(tensors[n]) for n in tensors if self.granularity == "local" or pruner.prunable(n)
+            n: self._stats(tensors, n) for n in tensors if self.granularity == "local" or pruner.prunable(n)
         }
         return self.model_value(stats, pruner)
+
+    def _stats(self, tensors: Mapping[str, torch.Tensor], name: str) -> SparsityStats:
+        """A tensor's stats; for `zero_count`, from the zero counts a pruner's plan left on the
+        model (`zero_counts`: name -> (entries, zeros) of the tensors it pruned, exact) without
+        reading the tensor."""
+        known = getattr(tensors, "zero_counts", None)
+        if known is not None and name in known and _reads_counts_only(self.scorer):
+            return SparsityStats(*known[name])
+        return self.stats(tensors[name])
 
     def stats(self, tensor: torch.Tensor) -> SparsityStats:
         """What the scorer reads of a tensor: only its counts for `zero_count` (one cheap pass
