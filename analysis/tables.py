@@ -334,11 +334,12 @@ def mechanism_cells(rows: list[dict]) -> None:
             except (MechanismError, OSError):
                 runs = {}
                 break
-        row["mechanism"] = group_mechanism(runs)["overall"] if runs else None
-        if runs:
-            row["mechanism"]["last_seen"] = {
-                Path(run).name: seen for run, seen in group_mechanism(runs)["last_seen"].items()
-            }
+        if not runs:
+            row["mechanism"] = None
+            continue
+        grouped = group_mechanism(runs)
+        row["mechanism"] = grouped["overall"]
+        row["mechanism"]["last_seen"] = {Path(run).name: seen for run, seen in grouped["last_seen"].items()}
 
 
 def _mechanism_markdown(rows: list[dict]) -> list[str]:
