@@ -270,9 +270,7 @@ def sae_child(sae, parent_a: Path, parent_b: Path, out: Path, p_a: float = 0.5, 
     from sae_merging.runtime.store import IndividualStore
     from sae_merging.utils.tensorfiles import lazy_tensors
 
-    parents = sae.recipe.parents(
-        *(x for f in (parent_a, parent_b) for x in (lazy_tensors(f), f.stat().st_size))
-    )
+    parents = sae.recipe.parents(lazy_tensors(parent_a), parent_a.stat().st_size, lazy_tensors(parent_b))
     child = sae.child(*parents, p_a, p_b, RATE)
     IndividualStore(out).save("child", child.tensors)
     return child.tensors

@@ -152,7 +152,7 @@ def test_child_built_in_the_loaded_parents_place_is_the_same_child(
     dense = {n: functions.weighted_average([a[n], b[n]]) for n in a} if redense == "original_dense" else None
     in_memory = sae.child(a, b, 0.55, 0.4, 0.6, dense)
     reads: list[str] = []
-    loaded, streamed = sae.recipe.parents(_lazy(a), 1, _lazy(b, reads), 1)
+    loaded, streamed = sae.recipe.parents(_lazy(a), 1, _lazy(b, reads))
     assert isinstance(loaded, dict) and isinstance(streamed, LazyTensors)
     child = sae.child(loaded, streamed, 0.55, 0.4, 0.6, dense)
     _assert_same(child.tensors, in_memory.tensors)
@@ -250,7 +250,7 @@ def test_elementwise_mergers_write_the_child_into_the_loaded_parent(parents, mer
     a, b = parents
     sae = _sae(merger)
     expected = sae.child(a, b, 0.55, 0.4, 0.6)
-    loaded, streamed = sae.recipe.parents(_lazy(a), 1, _lazy(b), 1)
+    loaded, streamed = sae.recipe.parents(_lazy(a), 1, _lazy(b))
     storage = {name: t.untyped_storage().data_ptr() for name, t in loaded.items()}
     child = sae.child(loaded, streamed, 0.55, 0.4, 0.6)
     _assert_same(child.tensors, expected.tensors)

@@ -91,9 +91,7 @@ class ChildRecipe:
         copy, and given up tensor by tensor as a child is made of it)."""
         return tensors if self.streams(nbytes) else _Loaded(tensors.items())
 
-    def parents(
-        self, parent_a: LazyTensors, nbytes_a: int, parent_b: LazyTensors, nbytes_b: int
-    ) -> tuple[Tensors, Tensors]:
+    def parents(self, parent_a: LazyTensors, nbytes_a: int, parent_b: LazyTensors) -> tuple[Tensors, Tensors]:
         """Two parents as `make` takes them: the first as `parent` has it (read into memory
         below `stream_above_gb`: the child is built in its place), the second streamed in
         either case (read tensor by tensor in each pass), so a child made of them holds one

@@ -204,7 +204,7 @@ class M2N2(M2N2Settings):
         """The child through the one child path (`merging.child`), unpruned: each tensor is
         interpolated with its `Share` of the crossover."""
         parents = self.recipe.parents(
-            *(x for m in (a, b) for x in (ctx.store.open(m.ident), ctx.store.nbytes(m.ident)))
+            ctx.store.open(a.ident), ctx.store.nbytes(a.ident), ctx.store.open(b.ident)
         )
         rule = crossover_shares(split, ratio, self.interpolation, self.split_at)
         with ctx.timer.section("merge"):

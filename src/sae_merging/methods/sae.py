@@ -216,7 +216,7 @@ class SAE(SAESettings):
         `stream_parents_above_gb` are streamed from the archive; smaller ones: the first loaded
         (the child is built in its place), the second streamed (`ChildRecipe.parents`)."""
         parent_a, parent_b = self.recipe.parents(
-            *(x for m in (a, b) for x in (ctx.store.open(m.ident), ctx.store.nbytes(m.ident)))
+            ctx.store.open(a.ident), ctx.store.nbytes(a.ident), ctx.store.open(b.ident)
         )
         sparsity = None
         if self.omega_from == "archive":
