@@ -97,16 +97,31 @@ def write_jsonl(path: Path, examples: Sequence[Example]) -> None:
     atomic_write_text(path, "".join(json.dumps(e.to_json()) + "\n" for e in examples))
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The rows of a JSONL file; a bad line is an error naming the file and the line."""
+def read_jsonl(path: Path, required: Sequence[str] = (), allow_empty: bool = True) -> list[dict]:
+    """The rows of a JSONL file. A bad line, a row that is not an object or lacks one of the
+    `required` fields, and (unless `allow_empty`) a file without rows are each one error
+    naming the file and the line."""
+    from sae_merging.utils.settings import InputError
+
     rows = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InputError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            missing = [key for key in required if key not in row]
+            if missing:
+                raise InputError(
+                    f"{path}:{number}: missing field {missing[0]!r} (each line needs {list(required)})"
+                )
+            rows.append(row)
+    if not rows and not allow_empty:
+        raise InputError(f"{path}: holds no rows (each line should be a JSON object)")
     return rows
 
 
