@@ -5,7 +5,7 @@
         models.sae_merged=outputs/runs/<sae run>                   # four panels per figure
     python analysis/landscape.py redraw_only=true out_dir=<earlier out_dir>   # figures only
 
-Settings: conf/analysis/landscape.yaml. Outputs: see `sae_merging.analysis.runner`.
+Settings: conf/analysis/landscape.yaml. Outputs: see `sae_merging.analysis.landscape_report`.
 """
 
 import hydra
@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analysis/landscape")
 def main(cfg: DictConfig) -> None:
-    from sae_merging.analysis.runner import main as run
+    from sae_merging.analysis.landscape_report import main as run
 
     run(cfg)
 

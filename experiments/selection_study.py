@@ -22,21 +22,17 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "analysis"))
-
-from tables import find_runs  # noqa: E402
-
-from sae_merging.analysis.stats import summary  # noqa: E402
-from sae_merging.runtime import runner  # noqa: E402
-from sae_merging.runtime.loop import CHECKPOINT_FILE  # noqa: E402
-from sae_merging.runtime.selection import SELECTIONS  # noqa: E402
-from sae_merging.utils.files import atomic_write_json  # noqa: E402
+from sae_merging.analysis.run_folders import find_runs, read_results
+from sae_merging.analysis.stats import summary
+from sae_merging.runtime import runner
+from sae_merging.runtime.loop import CHECKPOINT_FILE
+from sae_merging.runtime.selection import SELECTIONS
+from sae_merging.utils.files import atomic_write_json
 
 
 def replay(run: Path) -> dict:
     """Each rule's pick in one finished run, with its objective and test accuracy."""
-    results = json.loads((run / runner.RESULTS_FILE).read_text())
+    results = read_results(run)
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     cfg.progress = False
     method, ctx, tokenizer = runner.prepare(cfg, run)
@@ -87,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for sweep in args.sweeps:
         for run in find_runs(sweep):
-            path = run / runner.RESULTS_FILE
-            if path.is_file() and json.loads(path.read_text())["method"] in methods:
+            results = read_results(run)
+            if results is not None and results["method"] in methods:
                 rows.append(replay(run))
                 print(f"replayed {run}", file=sys.stderr, flush=True)
     if not rows:

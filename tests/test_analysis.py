@@ -15,7 +15,7 @@ from conftest import CONF_DIR
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from sae_merging.analysis import runner
+from sae_merging.analysis import landscape_report
 from sae_merging.analysis.directions import DirectionSpec, model_direction, normalize, raw_direction
 from sae_merging.analysis.hessian import (
     EigenSpec,
@@ -24,7 +24,7 @@ from sae_merging.analysis.hessian import (
     convexity_grid,
     extreme_eigenvalues,
 )
-from sae_merging.analysis.landscape import FixedBatch, fixed_examples, grid_coordinates, loss_grid
+from sae_merging.analysis.loss_plane import FixedBatch, fixed_examples, grid_coordinates, loss_grid
 from sae_merging.models.io import load_model, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,7 +219,7 @@ def test_app_end_to_end_and_redraw(micro_lab, tmp_path, monkeypatch, caplog):
         f"models.pso_merged={run_dir}",
     ]
     _app().main(_compose(overrides))
-    results = json.loads((out / runner.RESULTS_FILE).read_text())
+    results = json.loads((out / landscape_report.RESULTS_FILE).read_text())
     assert list(results["models"]) == ["math_expert", "multilingual_expert", "pso_merged"]
     assert "sae_merged" in caplog.text  # null entry skipped with a warning
     assert results["models"]["pso_merged"]["path"] == str(run_dir / "model")
@@ -236,23 +236,23 @@ def test_app_end_to_end_and_redraw(micro_lab, tmp_path, monkeypatch, caplog):
         "pso_merged - math_expert",
         "pso_merged - multilingual_expert",
     }
-    assert (out / runner.SUMMARY_FILE).stat().st_size > 0
+    assert (out / landscape_report.SUMMARY_FILE).stat().st_size > 0
 
     shutil.rmtree(out / "figures")
-    (out / runner.SUMMARY_FILE).unlink()
-    monkeypatch.setattr(runner, "compute", lambda *a: pytest.fail("redraw must not recompute"))
+    (out / landscape_report.SUMMARY_FILE).unlink()
+    monkeypatch.setattr(landscape_report, "compute", lambda *a: pytest.fail("redraw must not recompute"))
     redraw = [f"out_dir={out}", "redraw_only=true", "plots.loss_scale=linear", "plots.formats=[png]"]
-    runner.run(_compose(redraw))
+    landscape_report.run(_compose(redraw))
     assert (out / "figures" / "lab-math_convexity.png").is_file()
     assert not (out / "figures" / "lab-math_convexity.pdf").exists()
-    assert (out / runner.SUMMARY_FILE).is_file()  # redrawn from landscape.json
+    assert (out / landscape_report.SUMMARY_FILE).is_file()  # redrawn from landscape.json
 
 
 def test_app_refuses_unknown_settings(tmp_path):
     with pytest.raises(ValueError, match="analyses"):
-        runner.run(_compose(["lab=micro", f"out_dir={tmp_path}", "analyses=[hessian]"]))
+        landscape_report.run(_compose(["lab=micro", f"out_dir={tmp_path}", "analyses=[hessian]"]))
     with pytest.raises(FileNotFoundError, match="redraw_only"):
-        runner.run(_compose([f"out_dir={tmp_path / 'none'}", "redraw_only=true"]))
+        landscape_report.run(_compose([f"out_dir={tmp_path / 'none'}", "redraw_only=true"]))
 
 
 def test_command_reports_bad_settings_in_one_line(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_analysis import _app, _compose
 
-from sae_merging.analysis import runner
+from sae_merging.analysis import landscape_report
 from sae_merging.analysis.summary import (
     METRICS,
     SummarySpec,
@@ -100,7 +100,7 @@ def test_summary_pairs_models_on_the_same_draws(micro_lab, tmp_path):
         "tasks=[lab-math]",
     ]
     _app().main(_compose(overrides))
-    results = json.loads((out / runner.RESULTS_FILE).read_text())
+    results = json.loads((out / landscape_report.RESULTS_FILE).read_text())
     measures = results["summary"]["measures"]["lab-math"]
     assert [len(measures[k]) for k in ("math_expert", "sae_merged")] == [2, 2]
     assert measures["sae_merged"] == measures["math_expert"]  # same directions and batches
@@ -115,5 +115,5 @@ def test_summary_pairs_models_on_the_same_draws(micro_lab, tmp_path):
     assert all(
         0.0 <= r["convexity"] <= 0.5 and 0.0 <= r["anisotropy"] <= 1.0 for r in measures["math_expert"]
     )
-    text = (out / runner.SUMMARY_FILE).read_text()
+    text = (out / landscape_report.SUMMARY_FILE).read_text()
     assert "Math expert − SAE-merged" not in text and "SAE-merged − Math expert" in text

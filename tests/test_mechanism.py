@@ -3,7 +3,6 @@ parent fitness) and the analysis command that draws them, on smoke runs of the m
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,11 +10,11 @@ import numpy as np
 import pytest
 from conftest import compose_config
 
+from sae_merging.analysis import mechanism_report
 from sae_merging.merging.functions import mixing_ratio
 from sae_merging.runtime import runner
 from sae_merging.runtime.loggers import wandb_values
 
-ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["experiment=smoke", "progress=false", "schedule.steps=3"]
 
 
@@ -61,9 +60,7 @@ def test_every_generation_logs_the_mechanism(runs, name):
 
 
 def test_analysis_command_draws_lambda_and_survival(runs, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("mechanism_app", ROOT / "analysis" / "mechanism.py")
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
+    app = mechanism_report
     out = tmp_path / "out"
     assert app.main([str(runs / "paper"), str(runs / "archive"), "--out", str(out)]) == 0
     report = json.loads((out / "mechanism.json").read_text())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,11 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("tables", ROOT / "analysis" / "tables.py")
-tables = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tables)
-
+from sae_merging.analysis import table_report as tables
+from sae_merging.analysis.run_folders import RunFolderError
 
 GROUPS = ("method", "scoring", "scorer", "ablation")
 
@@ -139,7 +135,7 @@ def test_a_run_without_saved_config_is_refused(tmp_path):
     sweep = tmp_path / "sweep"
     _run(sweep, 0, ["seed=0"], {"a": 0.5})
     (sweep / "0" / ".hydra" / "config.yaml").unlink()
-    with pytest.raises(tables.AggregationError, match="no saved config"):
+    with pytest.raises(RunFolderError, match="no saved config"):
         tables.load([sweep])
 
 

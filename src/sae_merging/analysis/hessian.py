@@ -35,7 +35,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
 from transformers import PreTrainedModel
 
-from sae_merging.analysis.landscape import FixedBatch, LossAdapter, PlanePerturbation, plane_points
+from sae_merging.analysis.loss_plane import FixedBatch, LossAdapter, PlanePerturbation, plane_points
 
 SOLVERS = ("lanczos", "power")
 

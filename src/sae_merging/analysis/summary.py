@@ -41,7 +41,7 @@ from scipy import stats
 from transformers import PreTrainedModel
 
 from sae_merging.analysis.hessian import EigenSpec, HessianOperator, convexity, extreme_eigenvalues
-from sae_merging.analysis.landscape import FixedBatch, PlanePerturbation, grid_coordinates, loss_grid
+from sae_merging.analysis.loss_plane import FixedBatch, PlanePerturbation, grid_coordinates, loss_grid
 from sae_merging.analysis.stats import LEVEL, summary
 
 METRICS = ("curvature", "anisotropy", "loss_rise", "fit_r2", "convexity", "lambda_max")

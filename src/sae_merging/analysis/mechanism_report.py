@@ -26,16 +26,23 @@ Runs without the diagnostics (other methods of the same sweep, e.g. PSO) are ski
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
+import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from sae_merging.analysis.run_folders import (
+    METRICS_FILE,
+    RunFolderError,
+    find_runs,
+    read_metrics,
+    setting_label,
+)
 from sae_merging.analysis.stats import summary
 from sae_merging.utils.files import atomic_write_json
 
@@ -44,39 +51,11 @@ if not os.environ.get("MPLBACKEND"):
 
     matplotlib.use("Agg")
 
-METRICS_FILE = "metrics.jsonl"
-SEED_KEYS = ("seed", "+seed")
-NOT_SETTINGS = ("logger", "progress", "threads", "device")  # overrides that do not change a result
 QUANTILES = (0.05, 0.5, 0.95)
 
 
-class MechanismError(ValueError):
-    pass
-
-
-def run_folders(path: Path) -> list[Path]:
-    """The run folders at or under `path` (those holding metrics.jsonl)."""
-    if (path / METRICS_FILE).is_file():
-        return [path]
-    found = sorted(p.parent for p in path.rglob(METRICS_FILE))
-    if not found:
-        raise MechanismError(f"{path}: no {METRICS_FILE} at or under it (not a run or sweep folder)")
-    return found
-
-
-def setting(run_dir: Path) -> str:
-    """The run's overrides other than the seed (and those that change no result), as one
-    label ('' for none)."""
-    path = run_dir / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(path.read_text()) or [] if path.is_file() else []
-    ignored = (*SEED_KEYS, *NOT_SETTINGS)
-    kept = [o for o in overrides if o.partition("=")[0].lstrip("+~") not in ignored]
-    return ",".join(sorted(kept))
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    lines = (run_dir / METRICS_FILE).read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+class MechanismError(RunFolderError):
+    """A run without SAE's diagnostics, or no such run at all."""
 
 
 def run_mechanism(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -184,13 +163,18 @@ def collect(paths: Sequence[Path], skipped: list[str] | None = None) -> dict[str
     without SAE's diagnostics is an error, or, given `skipped`, appended to it and left out."""
     grouped: dict[str, dict[str, Any]] = defaultdict(dict)
     for path in paths:
-        for run_dir in run_folders(Path(path)):
+        runs = [run for run in find_runs(Path(path)) if (run / METRICS_FILE).is_file()]
+        if not runs:
+            raise MechanismError(f"{path}: no {METRICS_FILE} at or under it (not a run or sweep folder)")
+        for run_dir in runs:
             try:
-                grouped[setting(run_dir) or "default"][str(run_dir)] = run_mechanism(read_metrics(run_dir))
+                mechanism = run_mechanism(read_metrics(run_dir))
             except MechanismError as error:
                 if skipped is None:
                     raise MechanismError(f"{run_dir}: {error}") from error
                 skipped.append(str(run_dir))
+                continue
+            grouped[setting_label(run_dir) or "default"][str(run_dir)] = mechanism
     if not grouped:
         raise MechanismError(f"no run with SAE's diagnostics under {', '.join(map(str, paths))}")
     return dict(sorted(grouped.items()))
@@ -253,3 +237,41 @@ def run(paths: Sequence[Path], out_dir: Path, skipped: list[str] | None = None) 
     atomic_write_json(out_dir / "mechanism.json", report)
     draw(report, grouped, out_dir)
     return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python analysis/mechanism.py FOLDER... [--out DIR]`: writes the report, prints a summary."""
+    parser = argparse.ArgumentParser(
+        description="SAE's mechanism over generations: lambda per generation and expert survival"
+    )
+    parser.add_argument("folders", nargs="+", type=Path, help="run folders or sweep folders")
+    parser.add_argument("--out", type=Path, default=None, help="output folder")
+    args = parser.parse_args(argv)
+    out = args.out or args.folders[0] / "mechanism"
+    skipped: list[str] = []
+    try:
+        report = run(args.folders, out, skipped)
+    except RunFolderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if skipped:
+        print(f"skipped {len(skipped)} run(s) without SAE diagnostics (other methods)")
+    for label, group in report.items():
+        last, overall = group["generations"][-1], group["overall"]
+        print(f"{label}: {group['n_runs']} run(s)")
+        spreads = {"all generations": overall["lambda"], f"generation {last['generation']}": last["lambda"]}
+        for name, spread in spreads.items():
+            keys = ("q05", "q50", "q95", "std") if spread else ()
+            quantiles = " ".join(f"{q} {spread[q]:.4f}" for q in keys) or "no ratios"
+            print(f"  lambda, {name}: {quantiles}")
+        width = overall["lambda_spread"]
+        if width:
+            print(
+                f"  lambda q95 - q05 (run's mean over generations): {width['mean']:.4f} ± {width['std']:.4f}"
+            )
+        gap = overall["omega_gap"]
+        print(f"  omega gap (mean over generations): {'n/a' if gap is None else f'{gap:.4f}'}")
+        alive = ", ".join(f"{e} {share:.0%}" for e, share in last["survival"].items())
+        print(f"  experts alive at generation {last['generation']}: {alive}")
+    print(f"wrote {out}")
+    return 0

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from sae_merging.analysis import plots
 from sae_merging.analysis.directions import DirectionSpec, model_direction
 from sae_merging.analysis.hessian import EigenSpec, convexity_grid
-from sae_merging.analysis.landscape import FixedBatch, fixed_examples, grid_coordinates, loss_grid, task_loss
+from sae_merging.analysis.loss_plane import FixedBatch, fixed_examples, grid_coordinates, loss_grid, task_loss
 from sae_merging.analysis.summary import SummarySpec, markdown, replicate_measures, summarize
 from sae_merging.models.io import ModelRef, load_model, load_tokenizer
 from sae_merging.utils import threads as thread_policy

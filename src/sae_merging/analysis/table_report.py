@@ -1,0 +1,530 @@
+"""Turn the run folders of a multirun into a paper-style table.
+
+    python analysis/tables.py outputs/tables/table2_ablation [more sweep folders...] \
+        [--out outputs/tables/table2_ablation/report] [--title "Table 2"]
+
+Rows are the swept settings other than the seed: which keys a run overrode comes from its
+`.hydra/overrides.yaml`, their values from the config the run saved (`.hydra/config.yaml`, and
+`.hydra/hydra.yaml` for config-group choices such as `scorer=magnitude`);
+cells are the test accuracy per task and their mean over seeds: mean ± sample std (n - 1), the
+number of seeds n and the 95% t-interval, plus the evaluation budget (models scored, examples
+scored) and wall time. Below them, paired differences: the reference row (`--reference`;
+default the row `sae`, else the first SAE row) minus every other row that shares >= 2 seeds
+with it, paired by seed and by test item (each run's `test_items.jsonl`), with a 95% paired
+bootstrap CI over seeds and items and its p-value (`sae_merging.analysis.stats`);
+`--reference` given twice or more gives one such block per reference (a pair already shown
+the other way round is not repeated). `--mechanism` adds SAE's mechanism per row, from the
+runs' `metrics.jsonl` (`sae_merging.analysis.mechanism_report`): lambda's spread (each run's mean
+per-generation q95 - q05 and std, mean ± std over runs), the mean omega gap, the share of runs
+keeping each dense expert at the last generation and the mean last generation it was in
+(rows of other methods: "–"). Writes
+`table.md`, `table.tex`, `table.json`, a bar chart `table.png` (means with 95% CIs) and, with
+paired differences, `paired.png` (the mean column's differences and CIs per reference). A
+folder that is not a finished run (no `results.json`) is refused by name; runs that the sweep
+defined but that did not finish are listed as missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from sae_merging.analysis.run_folders import (
+    SEED_KEYS,
+    TEST_ITEMS_FILE,
+    RunFolderError,
+    expected_runs,
+    find_runs,
+    overrides,
+    read_results,
+    read_test_items,
+    settings,
+)
+from sae_merging.analysis.stats import paired_bootstrap, paired_t, summary
+
+_PARTS = re.compile(r"(\d+(?:\.\d+)?)")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+METHOD_KEYS = ("method", "method.index")
+MIN_PAIRED_SEEDS = 2
+
+
+class AggregationError(RunFolderError):
+    """Runs that make no table (a missing reference row, no runs)."""
+
+
+def load(sweep_dirs: list[Path]) -> tuple[list[dict], list[str]]:
+    """Finished runs as records, and a description of each missing run."""
+    records, missing = [], []
+    for sweep_dir in sweep_dirs:
+        if not sweep_dir.is_dir():
+            raise AggregationError(f"{sweep_dir} is not a folder")
+        runs = find_runs(sweep_dir)
+        if not runs:
+            raise AggregationError(f"{sweep_dir} holds no run folders (no */.hydra/overrides.yaml)")
+        started = [set(overrides(run).items()) for run in runs]
+        for run in runs:
+            results = read_results(run)
+            if results is None:
+                missing.append(f"{run}: not a finished run (no results.json): {_describe(overrides(run))}")
+                continue
+            record = {"run": str(run), "overrides": settings(run), "results": results}
+            records.append({**record, "items": read_test_items(run)})
+        for combo in expected_runs(sweep_dir) or []:
+            if not any(set(combo) <= run for run in started):
+                missing.append(f"{sweep_dir}: never started: {_describe(dict(combo))}")
+    return records, missing
+
+
+def _describe(overrides: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "(no overrides)"
+
+
+def method_label(results: dict) -> str:
+    expert = (results.get("details") or {}).get("expert")
+    return f"{results['method']}:{expert}" if expert else results["method"]
+
+
+def natural_key(label: str) -> list:
+    """Sort key reading numbers as numbers (archive_size=4 before archive_size=10)."""
+    return [
+        (0, float(part), "") if _NUMBER.fullmatch(part) else (1, 0.0, part) for part in _PARTS.split(label)
+    ]
+
+
+def row_label(record: dict, swept: list[str], with_method: bool) -> str:
+    parts = [method_label(record["results"])] if with_method else []
+    parts += [f"{k}={record['overrides'][k]}" for k in swept if k in record["overrides"]]
+    return ", ".join(parts) or "default"
+
+
+def aggregate(records: list[dict]) -> tuple[list[str], list[dict]]:
+    """Group by method and every other override that varies across runs, except the seed.
+    Each row keeps its runs (`records`) for the paired differences."""
+    ignored = {k.lstrip("+") for k in SEED_KEYS + METHOD_KEYS} | {"experiment"}  # the sweep itself
+    keys = sorted({k for r in records for k in r["overrides"]} - ignored)
+    swept = [k for k in keys if len({r["overrides"].get(k) for r in records}) > 1]
+    with_method = len({method_label(r["results"]) for r in records}) > 1
+    groups: dict[str, list[dict]] = defaultdict(list)
+    methods: dict[str, int] = {}  # each method's first appearance: rows keep the sweeps' order
+    for record in records:
+        groups[row_label(record, swept, with_method)].append(record)
+        methods.setdefault(method_label(record["results"]), len(methods))
+    order = {
+        label: (methods[method_label(group[0]["results"])], natural_key(label))
+        for label, group in groups.items()
+    }
+    groups = {label: groups[label] for label in sorted(groups, key=order.__getitem__)}
+    tasks = sorted({t for r in records for t in r["results"]["test"] if t != "mean"})
+    rows = []
+    for label, group in groups.items():
+        results = [r["results"] for r in group]
+        row = {
+            "label": label,
+            "method": method_label(results[0]),
+            "seeds": sorted(r["seed"] for r in results),
+            "cells": {},
+            "records": group,
+        }
+        for column in tasks + ["mean"]:
+            cell = summary([100 * r["test"][column] for r in results])
+            row["cells"][column] = {
+                "mean": cell.mean,
+                "std": cell.std,
+                "n": cell.n,
+                "ci_low": cell.ci_low,
+                "ci_high": cell.ci_high,
+            }
+        for column in ("models_scored", "examples_scored", "wall_seconds"):
+            row[column] = statistics.fmean(r[column] for r in results)
+        rows.append(row)
+    return tasks, rows
+
+
+def reference_row(rows: list[dict], label: str | None = None) -> dict | None:
+    """The row the paired differences start from: `label`, else the row `sae`, else the first
+    row of method sae (None when the table has no SAE row)."""
+    if label is not None:
+        for row in rows:
+            if row["label"] == label:
+                return row
+        raise AggregationError(f"--reference {label!r} is no row; rows: {[r['label'] for r in rows]}")
+    for row in rows:
+        if row["label"] == "sae":
+            return row
+    return next((row for row in rows if row["method"] == "sae"), None)
+
+
+def _correctness(row: dict, seeds: list[int], task: str, uids: list[str]) -> np.ndarray:
+    by_seed = {r["results"]["seed"]: r["items"] for r in row["records"]}
+    return np.array([[by_seed[s][task][u] for u in uids] for s in seeds], dtype=float)
+
+
+def paired_blocks(tasks: list[str], rows: list[dict], references: list[dict]) -> list[dict]:
+    """`paired_rows` for each reference in turn, without a pair the block of an earlier
+    reference already holds (the same two rows the other way round)."""
+    entries, seen = [], set()
+    for reference in references:
+        shown = {other for first, other in seen if first == reference["label"]}
+        for entry in paired_rows(tasks, rows, reference, skip=shown):
+            entries.append(entry)
+            seen.add((entry["other"], entry["reference"]))
+    return entries
+
+
+def paired_rows(
+    tasks: list[str], rows: list[dict], reference: dict | None, skip: set[str] | None = None
+) -> list[dict]:
+    """Reference minus each other row, paired by seed and test item, per task and for the mean
+    (in accuracy points). A row without per-item results or with < 2 shared seeds is listed
+    with the reason instead of numbers."""
+    if reference is None:
+        return []
+    paired = []
+    for row in rows:
+        if row is reference or row["label"] in (skip or ()):
+            continue
+        entry = {
+            "label": f"{reference['label']} − {row['label']}",
+            "reference": reference["label"],
+            "other": row["label"],
+        }
+        seeds = sorted(set(reference["seeds"]) & set(row["seeds"]))
+        runs = [r for r in reference["records"] + row["records"] if r["results"]["seed"] in seeds]
+        if len(seeds) < MIN_PAIRED_SEEDS:
+            entry["skipped"] = f"{len(seeds)} shared seed(s); pairing needs >= {MIN_PAIRED_SEEDS}"
+        elif any(r["items"] is None for r in runs):
+            entry["skipped"] = f"no {TEST_ITEMS_FILE} in some runs (finished before per-item results)"
+        else:
+            uids = {}
+            for task in tasks:
+                shared = set.intersection(*(set(r["items"].get(task, {})) for r in runs))
+                uids[task] = sorted(shared)
+            a = {t: _correctness(reference, seeds, t, uids[t]) for t in tasks if uids[t]}
+            b = {t: _correctness(row, seeds, t, uids[t]) for t in tasks if uids[t]}
+            entry["columns"] = {}
+            for column, keys in [*((t, [t]) for t in a), ("mean", list(a))]:
+                result = paired_bootstrap({k: a[k] for k in keys}, {k: b[k] for k in keys})
+                per_seed = np.mean([a[k].mean(axis=1) - b[k].mean(axis=1) for k in keys], axis=0)
+                seed_t, seed_p = paired_t(100 * per_seed)
+                entry["columns"][column] = {
+                    "diff": 100 * result.diff,
+                    "ci_low": 100 * result.ci_low,
+                    "ci_high": 100 * result.ci_high,
+                    "half_width": 100 * result.half_width,
+                    "p": result.p,
+                    "n_seeds": result.n_seeds,
+                    "n_items": result.n_items,
+                    "seed_t": {
+                        "ci_low": seed_t.ci_low,
+                        "ci_high": seed_t.ci_high,
+                        "std": seed_t.std,
+                        "p": seed_p,
+                    },
+                }
+        paired.append(entry)
+    return paired
+
+
+def mechanism_cells(rows: list[dict]) -> None:
+    """Each row's SAE mechanism (`row["mechanism"]`, None for runs without diagnostics), from
+    its runs' metrics.jsonl."""
+    from sae_merging.analysis.mechanism_report import MechanismError, group_mechanism, run_mechanism
+    from sae_merging.analysis.run_folders import read_metrics
+
+    for row in rows:
+        runs = {}
+        for record in row["records"]:
+            try:
+                runs[record["run"]] = run_mechanism(read_metrics(Path(record["run"])))
+            except (MechanismError, OSError):
+                runs = {}
+                break
+        if not runs:
+            row["mechanism"] = None
+            continue
+        grouped = group_mechanism(runs)
+        row["mechanism"] = grouped["overall"]
+        row["mechanism"]["last_seen"] = {Path(run).name: seen for run, seen in grouped["last_seen"].items()}
+
+
+def _mechanism_markdown(rows: list[dict]) -> list[str]:
+    experts = sorted({e for r in rows if r.get("mechanism") for e in r["mechanism"]["experts_kept"]})
+    lines = [
+        "",
+        "SAE's mechanism per row (runs' metrics.jsonl, generations every run of the row reached): "
+        "lambda q95 − q05 and lambda std are each run's mean over its child-making generations, "
+        "mean ± sample std over runs; omega gap: mean |omega_A − omega_B| over pairs and generations; "
+        "per dense expert: share of runs keeping it at the last generation, "
+        "(mean last generation it was in):",
+        "",
+        "| setting | lambda q95 − q05 | lambda std | omega gap | last gen. | "
+        + " | ".join(experts)
+        + " | n |",
+        "|---|" + "---:|" * (len(experts) + 5),
+    ]
+    for row in rows:
+        m = row.get("mechanism")
+        if not m or not m["lambda_spread"]:
+            lines.append(f"| {row['label']} | " + " | ".join("–" for _ in range(len(experts) + 4)) + " | |")
+            continue
+        spread, std = m["lambda_spread"], m["lambda_std"]
+        kept = [f"{m['experts_kept'][e]:.0%} ({m['last_seen_mean'][e]:.1f})" for e in experts]
+        cells = [
+            f"{spread['mean']:.4f} ± {spread['std']:.4f}",
+            f"{std['mean']:.4f} ± {std['std']:.4f}",
+            f"{m['omega_gap']:.4f}",
+            str(m["last_generation"]),
+            *kept,
+        ]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {spread['n']} |")
+    return lines
+
+
+def _best(rows: list[dict], column: str) -> float:
+    return max(r["cells"][column]["mean"] for r in rows)
+
+
+def _cells(rows: list[dict], row: dict, columns: list[str], cell: str, bold: str) -> list[str]:
+    """A row's cells (mean, std, ci_low, ci_high formatted by `cell`); the best mean of a column
+    wrapped in `bold`."""
+    texts = []
+    for column in columns:
+        values = row["cells"][column]
+        text = cell.format(**values)
+        texts.append(bold.format(text) if values["mean"] == _best(rows, column) else text)
+    return texts
+
+
+def _paired_cell(values: dict, template: str) -> str:
+    """A paired row's cell; p below 0.001 is written as such (the bootstrap's floor is
+    2 / (replicates + 1), not 0)."""
+    p = values["p"]
+    return template.format(**{**values, "p": "<0.001" if p < 0.001 else f"={p:.3f}"})
+
+
+PAIRED_NOTE = (
+    "paired differences in accuracy points, {reference} minus each row, by seed and test item: "
+    "diff [95% CI] and p from a paired bootstrap over seeds and items (10,000 replicates); last "
+    "columns: the mean column's 95% t-interval and p of a paired t-test over the per-seed "
+    "differences; a CI containing 0 is no detectable difference"
+)
+
+
+def markdown(tasks: list[str], rows: list[dict], title: str, paired: list[dict] | None = None) -> str:
+    columns = tasks + ["mean"]
+    lines = [
+        f"**{title}** (test accuracy %: mean ± sample std over n seeds, [95% t-interval]; best mean in bold)",
+        "",
+        "| setting | " + " | ".join(columns) + " | n | models scored | examples scored | wall s |",
+        "|---|" + "---:|" * (len(columns) + 4),
+    ]
+    for row in rows:
+        cells = _cells(rows, row, columns, "{mean:.1f} ± {std:.1f} [{ci_low:.1f}, {ci_high:.1f}]", "**{}**")
+        lines.append(
+            f"| {row['label']} | "
+            + " | ".join(cells)
+            + f" | {len(row['seeds'])} | {row['models_scored']:.0f} | {row['examples_scored']:.0f}"
+            + f" | {row['wall_seconds']:.0f} |"
+        )
+    if any("mechanism" in row for row in rows):
+        lines += _mechanism_markdown(rows)
+    blocks: dict[str, list[dict]] = {}
+    for entry in paired or []:
+        blocks.setdefault(entry["reference"], []).append(entry)
+    for reference, block in blocks.items():
+        lines += ["", PAIRED_NOTE.format(reference=reference) + ":", ""]
+        lines += [
+            "| difference | " + " | ".join(columns) + " | mean: paired t over seeds | n seeds |",
+            "|---|" + "---:|" * (len(columns) + 2),
+        ]
+        for entry in block:
+            if "columns" not in entry:
+                dashes = " | ".join("–" for _ in range(len(columns) + 1))
+                lines.append(f"| {entry['label']} | {dashes} | {entry['skipped']} |")
+                continue
+            cells = [
+                _paired_cell(entry["columns"][c], "{diff:+.1f} [{ci_low:+.1f}, {ci_high:+.1f}] p{p}")
+                if c in entry["columns"]
+                else "–"
+                for c in columns
+            ]
+            mean = entry["columns"]["mean"]
+            cells.append(
+                _paired_cell({"diff": mean["diff"], **mean["seed_t"]}, "[{ci_low:+.1f}, {ci_high:+.1f}] p{p}")
+            )
+            lines.append(f"| {entry['label']} | " + " | ".join(cells) + f" | {mean['n_seeds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def latex(tasks: list[str], rows: list[dict], title: str, paired: list[dict] | None = None) -> str:
+    columns = tasks + ["mean"]
+
+    def esc(text: str) -> str:
+        return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{l" + "r" * (len(columns) + 2) + "}",
+        r"\toprule",
+        "Setting & " + " & ".join(esc(c) for c in columns) + r" & Models scored & $n$ \\",
+        r"\midrule",
+    ]
+    for row in rows:
+        cells = _cells(rows, row, columns, "{mean:.1f} $\\pm$ {std:.1f}", "\\textbf{{{}}}")
+        lines.append(
+            esc(row["label"])
+            + " & "
+            + " & ".join(cells)
+            + f" & {row['models_scored']:.0f} & {len(row['seeds'])} \\\\"
+        )
+    compared = [entry for entry in paired or [] if "columns" in entry]
+    if compared:
+        lines.append(r"\midrule")
+        for entry in compared:
+            cells = [
+                _paired_cell(entry["columns"][c], "{diff:+.1f} [{ci_low:+.1f}, {ci_high:+.1f}]")
+                if c in entry["columns"]
+                else "--"
+                for c in columns
+            ]
+            n = entry["columns"]["mean"]["n_seeds"]
+            lines.append(
+                esc(entry["label"]).replace("−", "$-$") + " & " + " & ".join(cells) + f" & & {n} \\\\"
+            )
+    caption = esc(title) + ": mean $\\pm$ sample std over $n$ seeds"
+    if compared:
+        caption += "; below the rule, paired differences [95\\% bootstrap CI over seeds and test items]"
+    lines += [r"\bottomrule", r"\end{tabular}", f"\\caption{{{caption}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(tasks: list[str], rows: list[dict], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = tasks + ["mean"]
+    width = 0.8 / len(columns)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4))
+    for i, column in enumerate(columns):
+        xs = [j + (i - (len(columns) - 1) / 2) * width for j in range(len(rows))]
+        cells = [r["cells"][column] for r in rows]
+        means = [c["mean"] for c in cells]
+        errors = [[c["mean"] - c["ci_low"] for c in cells], [c["ci_high"] - c["mean"] for c in cells]]
+        ax.bar(xs, means, width, yerr=errors, capsize=2, label=column)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(
+        [f"{r['label']} (n={len(r['seeds'])})" for r in rows], rotation=30, ha="right", fontsize=8
+    )
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{title}\nmean and 95% CI over n seeds", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def paired_chart(paired: list[dict], path: Path) -> bool:
+    """The mean column's paired differences with their 95% CIs, one panel per reference
+    (False, nothing drawn, when no pair has numbers)."""
+    blocks: dict[str, list[dict]] = {}
+    for entry in paired:
+        if "columns" in entry:
+            blocks.setdefault(entry["reference"], []).append(entry)
+    if not blocks:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    height = 0.35 * max(len(b) for b in blocks.values()) + 1.5
+    fig, axes = plt.subplots(1, len(blocks), figsize=(5.5 * len(blocks), height), squeeze=False)
+    for ax, (reference, block) in zip(axes[0], blocks.items(), strict=True):
+        ys = range(len(block))
+        for y, entry in zip(ys, block, strict=True):
+            c = entry["columns"]["mean"]
+            color = "C3" if c["ci_low"] > 0 or c["ci_high"] < 0 else "C0"
+            error = [[c["diff"] - c["ci_low"]], [c["ci_high"] - c["diff"]]]
+            ax.errorbar([c["diff"]], [y], xerr=error, fmt="o", color=color, capsize=3)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(list(ys), [entry["other"] for entry in block], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{reference} minus row, mean accuracy (points)", fontsize=8)
+        ax.set_title(f"paired vs {reference}\n95% CI (red: excludes 0)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweeps", nargs="+", type=Path, help="multirun folders (or single run folders)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: <first sweep>/report)"
+    )
+    parser.add_argument("--title", default=None)
+    parser.add_argument(
+        "--reference",
+        action="append",
+        default=None,
+        help="row the paired differences start from (default: sae); repeat for one block per row",
+    )
+    parser.add_argument(
+        "--mechanism", action="store_true", help="add SAE's mechanism per row (lambda spread, experts kept)"
+    )
+    parser.add_argument(
+        "--allow-missing", action="store_true", help="write the table even if runs are missing"
+    )
+    args = parser.parse_args(argv)
+    try:
+        records, missing = load(args.sweeps)
+    except RunFolderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for line in missing:
+        print(f"missing: {line}", file=sys.stderr)
+    if missing and not args.allow_missing:
+        print(f"error: {len(missing)} run(s) missing; finish them or pass --allow-missing", file=sys.stderr)
+        return 2
+    if not records:
+        print("error: no finished runs", file=sys.stderr)
+        return 2
+    tasks, rows = aggregate(records)
+    try:
+        references = [reference_row(rows, label) for label in args.reference or [None]]
+        paired = paired_blocks(tasks, rows, [r for r in references if r is not None])
+    except AggregationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.mechanism:
+        mechanism_cells(rows)
+    title = args.title or args.sweeps[0].name
+    out = args.out or args.sweeps[0] / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(tasks, rows, title, paired)
+    (out / "table.md").write_text(text)
+    (out / "table.tex").write_text(latex(tasks, rows, title, paired))
+    saved = [{k: v for k, v in row.items() if k != "records"} for row in rows]
+    (out / "table.json").write_text(
+        json.dumps({"tasks": tasks, "rows": saved, "paired": paired, "missing": missing}, indent=2)
+    )
+    bar_chart(tasks, rows, title, out / "table.png")
+    drawn = paired_chart(paired, out / "paired.png")
+    print(text)
+    print(f"written to {out}/table.{{md,tex,json,png}}" + (" and paired.png" if drawn else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
