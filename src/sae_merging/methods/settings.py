@@ -245,6 +245,9 @@ class SparsifiedSettings(OneShotSettings):
 @dataclass(eq=False)
 class TiesSettings(SparsifiedSettings, target="sae_merging.methods.one_shot.Ties"):
     default_name = "ties"
+    # the disjoint mean averages the kept deltas and trimming removes mass: a higher grid than
+    # task arithmetic's (the TIES paper uses lambda ~ 1)
+    scaling_grid: Sequence[float] = (0.5, 0.7, 1.0, 1.5)
 
 
 @dataclass(eq=False)

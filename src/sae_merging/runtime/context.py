@@ -92,10 +92,10 @@ class RunContext:
     store: IndividualStore
     run_dir: Path
     seed: int
+    selection: str  # how the final model is chosen (runtime.selection; the default: RunSettings)
     timer: Timer = field(default_factory=Timer)
     progress: bool = True
     retired: list[str] = field(default_factory=list)
-    selection: str = "last_draw"  # how the final model is chosen (runtime.selection)
 
     def retire(self, ident: str) -> None:
         """An individual left the population: its files go once the next checkpoint no longer

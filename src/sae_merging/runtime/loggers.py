@@ -9,7 +9,7 @@ into the run folder, so a run leaves nothing behind elsewhere.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ class WandbLogger(NoLogger, target="sae_merging.runtime.loggers.WandbLogger"):
         entity: str | None = None,
         mode: str = "offline",
         group: str | None = None,
-        tags: list[str] | None = None,
+        tags: Sequence[str] = (),
     ) -> None:
         check.text("project", project)
         check.text("entity", entity, optional=True)

@@ -31,6 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sae_merging.tasks.settings import SELECTIONS
 from sae_merging.utils import settings as check
 from sae_merging.utils.settings import ConfigError, SettingError, Settings
+from sae_merging.utils.threads import AUTO
 
 __all__ = ["ConfigError", "Plan", "RunSettings", "preflight", "build"]
 
@@ -71,9 +72,9 @@ class RunSettings(Settings):
     seed: int = 0
     device: str = "auto"
     progress: bool = True
-    threads: int | str | None = None
+    threads: int | str | None = AUTO
     final_evaluator: Any = None
-    budget: Mapping[str, Any] = field(default_factory=dict)
+    budget: Mapping[str, Any] = field(default_factory=lambda: {"examples": None})
     selection: str = "validation"
     tables_dir: str = "outputs/tables"  # where the table experiments' sweeps go (`scale=`)
 

@@ -26,7 +26,7 @@ from sae_merging.runtime.card import model_card
 from sae_merging.runtime.context import Outcome, RunContext
 from sae_merging.runtime.fitness import FitnessEvaluator
 from sae_merging.runtime.loop import CHECKPOINT_FILE, run_generations
-from sae_merging.runtime.preflight import Plan, device_problem, preflight
+from sae_merging.runtime.preflight import Plan, RunSettings, device_problem, preflight
 from sae_merging.runtime.store import IndividualStore
 from sae_merging.sparsity.measures import SparsityStats, pooled, zero_count
 from sae_merging.utils.device import resolve_device
@@ -133,7 +133,7 @@ def prepare(cfg: DictConfig, run_dir: Path):
         run_dir=run_dir,
         seed=cfg.seed,
         progress=cfg.get("progress", True),
-        selection=cfg.get("selection") or "last_draw",
+        selection=cfg.get("selection", RunSettings.selection),
     )
     return method, ctx, tokenizer
 
