@@ -1,8 +1,9 @@
 """The model pool's settings (`model=`), checked before anything heavy is imported.
 
-`ModelPool` derives from `ModelPoolSettings`; `problems()` checks what can be checked from the
-file system alone (see `sae_merging.models.files`): the counts, every local path, the weights'
-headers and the tokenizer of the model the run takes its tokenizer from.
+`ModelPool` builds a `ModelPoolSettings` from its arguments (its `settings`); `problems()`
+checks what can be checked from the file system alone (see `sae_merging.models.files`): the
+counts, every local path, the weights' headers and the tokenizer of the model the run takes its
+tokenizer from.
 """
 
 from __future__ import annotations

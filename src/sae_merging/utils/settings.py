@@ -2,11 +2,13 @@
 
 Each class a config group names (`_target_`) declares its arguments as a dataclass deriving
 from `Settings`, in a module that imports nothing heavy (no torch, transformers, lm-eval or
-wandb), and checks them in `__post_init__`. The class itself derives from its settings, so
-`SAE(...)` checks its own arguments; `runtime/preflight.py` builds the settings alone from a
-composed config, so a bad config is reported in about a second, before anything heavy is
-imported or loaded. A settings class names the class it describes with `target=`, which is how
-the preflight finds it from a config node's `_target_`.
+wandb), and checks them in `__post_init__`. The class itself derives from its settings (SAE,
+the pruner), is them (the schedules, the loggers) or builds them from its arguments (the model
+and task pools, the evaluators), so `SAE(...)` checks its own arguments;
+`runtime/preflight.py` builds the settings alone from a composed config, so a bad config is
+reported in about a second, before anything heavy is imported or loaded. A settings class
+names the class it describes with `target=`, which is how the preflight finds it from a config
+node's `_target_`.
 
 A bad value raises `SettingError`: one line naming the setting, the value and what is valid.
 """
