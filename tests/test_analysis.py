@@ -3,7 +3,6 @@ Hydra app end to end on the micro lab."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -191,13 +190,6 @@ def _compose(overrides: list[str]):
         return compose(config_name="analysis/landscape", overrides=overrides)
 
 
-def _app():
-    spec = importlib.util.spec_from_file_location("landscape_app", ROOT / "analysis" / "landscape.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow  # the whole landscape app: over a minute on 2 loaded cores
 def test_app_end_to_end_and_redraw(micro_lab, tmp_path, monkeypatch, caplog):
     run_dir = tmp_path / "pso-run"  # a run folder: its model/ is used
@@ -218,7 +210,7 @@ def test_app_end_to_end_and_redraw(micro_lab, tmp_path, monkeypatch, caplog):
         "progress=false",
         f"models.pso_merged={run_dir}",
     ]
-    _app().main(_compose(overrides))
+    landscape_report.main(_compose(overrides))
     results = json.loads((out / landscape_report.RESULTS_FILE).read_text())
     assert list(results["models"]) == ["math_expert", "multilingual_expert", "pso_merged"]
     assert "sae_merged" in caplog.text  # null entry skipped with a warning

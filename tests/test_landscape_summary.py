@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_analysis import _app, _compose
+from test_analysis import _compose
 
 from sae_merging.analysis import landscape_report
 from sae_merging.analysis.summary import (
@@ -99,7 +99,7 @@ def test_summary_pairs_models_on_the_same_draws(micro_lab, tmp_path):
         f"models.sae_merged={copy}",
         "tasks=[lab-math]",
     ]
-    _app().main(_compose(overrides))
+    landscape_report.main(_compose(overrides))
     results = json.loads((out / landscape_report.RESULTS_FILE).read_text())
     measures = results["summary"]["measures"]["lab-math"]
     assert [len(measures[k]) for k in ("math_expert", "sae_merged")] == [2, 2]
