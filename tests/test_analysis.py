@@ -211,7 +211,7 @@ def test_app_end_to_end_and_redraw(micro_lab, tmp_path, monkeypatch, caplog):
         f"models.pso_merged={run_dir}",
     ]
     landscape_report.main(_compose(overrides))
-    results = json.loads((out / landscape_report.RESULTS_FILE).read_text())
+    results = json.loads((out / landscape_report.LANDSCAPE_FILE).read_text())
     assert list(results["models"]) == ["math_expert", "multilingual_expert", "pso_merged"]
     assert "sae_merged" in caplog.text  # null entry skipped with a warning
     assert results["models"]["pso_merged"]["path"] == str(run_dir / "model")

@@ -100,7 +100,7 @@ def test_summary_pairs_models_on_the_same_draws(micro_lab, tmp_path):
         "tasks=[lab-math]",
     ]
     landscape_report.main(_compose(overrides))
-    results = json.loads((out / landscape_report.RESULTS_FILE).read_text())
+    results = json.loads((out / landscape_report.LANDSCAPE_FILE).read_text())
     measures = results["summary"]["measures"]["lab-math"]
     assert [len(measures[k]) for k in ("math_expert", "sae_merged")] == [2, 2]
     assert measures["sae_merged"] == measures["math_expert"]  # same directions and batches

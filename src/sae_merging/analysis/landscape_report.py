@@ -40,7 +40,7 @@ from sae_merging.utils.files import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "landscape.json"
+LANDSCAPE_FILE = "landscape.json"
 SUMMARY_FILE = "summary.md"
 FORMAT = 1
 ANALYSES = ("loss", "convexity", "summary")
@@ -98,7 +98,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Compute (unless `redraw_only`) and draw; returns the contents of `landscape.json`."""
     out_dir = Path(cfg.out_dir)
     if cfg.redraw_only:
-        path = out_dir / RESULTS_FILE
+        path = out_dir / LANDSCAPE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"redraw_only=true needs a finished analysis: no {path}")
         results = json.loads(path.read_text())
@@ -230,7 +230,7 @@ def compute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         results["summary"]["intervals"] = summarize(results["summary"]["measures"], compare)
     results["total_seconds"] = round(time.perf_counter() - started, 2)
     results["load_average"] = {"start": load_start, "end": _load_average()}
-    atomic_write_json(out_dir / RESULTS_FILE, results)
+    atomic_write_json(out_dir / LANDSCAPE_FILE, results)
     return results
 
 

@@ -4,8 +4,9 @@ its files (results, metrics per generation, per-item test results).
 A run folder is one `python run.py` (or `runner.run`) wrote: Hydra saves `.hydra/` at the start
 (the overrides, the composed config, the group choices), the run then writes `metrics.jsonl`
 every generation and `results.json` and `test_items.jsonl` at the end
-(`sae_merging.runtime.runner`). The tables (`table_report`), SAE's mechanism
-(`mechanism_report`) and the selection study read runs only through this module.
+(`sae_merging.runtime.runner`; the names: `sae_merging.runtime.outputs`). The tables
+(`table_report`), SAE's mechanism (`mechanism_report`) and the selection study read runs only
+through this module.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from typing import Any
 
 import yaml
 
-RESULTS_FILE = "results.json"
-METRICS_FILE = "metrics.jsonl"
-TEST_ITEMS_FILE = "test_items.jsonl"
+from sae_merging.runtime.outputs import METRICS_FILE, RESULTS_FILE, TEST_ITEMS_FILE
+
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 MULTIRUN_FILE = "multirun.yaml"  # a multirun's definition, in its sweep folder
 SEED_KEYS = ("seed", "+seed")

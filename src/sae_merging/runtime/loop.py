@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from sae_merging.runtime.context import Member, Outcome, RunContext, Sample
 from sae_merging.runtime.fitness import BudgetSpent
+from sae_merging.runtime.outputs import METRICS_FILE
 from sae_merging.runtime.selection import selection_cost
 from sae_merging.utils.files import atomic_write_json
 
@@ -80,7 +81,7 @@ def run_generations(
     """Run `method` from generation 0 (or from the checkpoint) to `method.steps`, or, with a
     `budget`, until `budget` examples have been scored (see the module docstring)."""
     checkpoint = ctx.run_dir / "checkpoint" / CHECKPOINT_FILE
-    metrics = MetricsFile(ctx.run_dir / "metrics.jsonl")
+    metrics = MetricsFile(ctx.run_dir / METRICS_FILE)
     if checkpoint.is_file():
         saved = json.loads(checkpoint.read_text())
         state = state_type.from_json(saved["state"])

@@ -26,6 +26,7 @@ from sae_merging.runtime.card import model_card
 from sae_merging.runtime.context import Outcome, RunContext
 from sae_merging.runtime.fitness import FitnessEvaluator
 from sae_merging.runtime.loop import CHECKPOINT_FILE, run_generations
+from sae_merging.runtime.outputs import RESULTS_FILE, TEST_ITEMS_FILE
 from sae_merging.runtime.preflight import Plan, RunSettings, device_problem, preflight
 from sae_merging.runtime.store import IndividualStore
 from sae_merging.sparsity.measures import SparsityStats, pooled, zero_count
@@ -34,8 +35,6 @@ from sae_merging.utils.files import atomic_write_json, atomic_write_text, stable
 from sae_merging.utils.settings import ConfigError, InputError
 from sae_merging.utils.threads import AUTO, apply_threads
 
-RESULTS_FILE = "results.json"
-TEST_ITEMS_FILE = "test_items.jsonl"
 ELAPSED_FILE = "checkpoint/elapsed.json"
 
 
