@@ -9,6 +9,7 @@ transformers, ...) is imported only once the config is known to be good.
 from __future__ import annotations
 
 import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sae_merging.runtime.preflight import folder_problem, preflight
+from sae_merging.utils.paths import storage_problem
 from sae_merging.utils.settings import ConfigError, InputError
 
 INPUT_ERROR = 2
@@ -54,6 +56,23 @@ class RunFolderCheck(Callback):
             sys.exit(INPUT_ERROR)
 
 
+def holds_a_run(folder: Path) -> bool:
+    return (folder / "checkpoint").exists() or (folder / "results.json").exists()
+
+
+def new_folder_beside(folder: Path) -> Path:
+    """`resume=false` in a folder holding a run: the first free `FOLDER-2`, `FOLDER-3`, ...,
+    created with the composed config (`.hydra/`) of this run; the old folder is left as it was."""
+    number = 2
+    while (candidate := folder.with_name(f"{folder.name}-{number}")).exists():
+        number += 1
+    candidate.mkdir(parents=True)
+    if (folder / ".hydra").is_dir():
+        shutil.copytree(folder / ".hydra", candidate / ".hydra")
+    print(f"resume=false: {folder} holds another run; this one goes to {candidate}", file=sys.stderr)
+    return candidate
+
+
 def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt  # SIGTERM ends the run as Ctrl-C does: cleanly, resumable
 
@@ -68,6 +87,8 @@ def main(
     run_dir = str(run_dir)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        if cfg.get("resume", True) is False and holds_a_run(Path(run_dir)):
+            run_dir = str(new_folder_beside(Path(run_dir)))
         plan = preflight(cfg, run_dir, overrides)
         for line in plan.warnings:
             print(f"warning: {line}", file=sys.stderr)
@@ -81,6 +102,12 @@ def main(
         sys.exit(INPUT_ERROR)
     except (InputError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(INPUT_ERROR)
+    except OSError as error:  # a full disk, a read-only folder: one line, the run resumable
+        if (line := storage_problem(error)) is None:
+            raise
+        command = resume_command(run_dir, overrides, multirun, sweep_dir)
+        print(f"error: {line}; once fixed, resume with: {command}", file=sys.stderr)
         sys.exit(INPUT_ERROR)
     except KeyboardInterrupt:
         command = resume_command(run_dir, overrides, multirun, sweep_dir)

@@ -67,6 +67,17 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes (hex), read in blocks."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def folder_digests(folder: str | os.PathLike) -> dict[str, str]:
+    """The sha256 of every file directly in `folder`, by file name."""
+    return {p.name: file_digest(p) for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
 def stable_hash(data: Any, length: int = 12) -> str:
     """A short hash of JSON-serialisable data that does not depend on key order."""
     blob = json.dumps(data, sort_keys=True, default=str).encode()
