@@ -4,6 +4,7 @@ writer per run folder, sweeps survive one bad job, storage errors are one line (
 from __future__ import annotations
 
 import errno
+import json
 import hashlib
 import importlib.util
 import os
@@ -150,3 +151,227 @@ def test_an_output_folder_around_an_input_file_is_refused(tmp_path):
     assert "contains the input --x" in paths.overlap_problems(tmp_path / "a", {"--x": weights}, "--out")[0]
     assert "is the input --x" in paths.overlap_problems(weights, {"--x": weights}, "--out")[0]
     assert paths.overlap_problems(tmp_path / "c", {"--x": weights}, "--out") == []
+
+
+# --- 2. resume checks what it resumes ---------------------------------------------------------
+
+SMOKE = ["experiment=smoke", "progress=false", "schedule.steps=3"]
+COMPARED = ("test", "opt", "sparsity", "zero_fraction", "fitness_evaluations", "examples_scored", "chosen")
+
+
+def _same(a: dict, b: dict) -> None:
+    assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}
+
+
+def _cli(overrides: list[str], run_dir: Path, capsys) -> tuple[int | None, str, dict | None]:
+    """`python run.py OVERRIDES hydra.run.dir=RUN_DIR` in process: (exit status, stderr, results)."""
+    from conftest import compose_config
+
+    from sae_merging.runtime import cli
+
+    capsys.readouterr()
+    try:
+        results = cli.main(compose_config(SMOKE + overrides), run_dir, overrides=overrides)
+        code = 0
+    except SystemExit as done:
+        results, code = None, done.code
+    return code, capsys.readouterr().err, results
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, micro_lab) -> dict:
+    from conftest import compose_config
+
+    from sae_merging.runtime import runner
+
+    return runner.run(compose_config(SMOKE), tmp_path_factory.mktemp("whole") / "run")
+
+
+@pytest.fixture
+def interrupted(tmp_path, micro_lab, monkeypatch) -> Path:
+    """A run folder whose run was interrupted during generation 3 (generations 0-2 checkpointed)."""
+    from conftest import compose_config
+
+    from sae_merging.methods.sae import SAE
+    from sae_merging.runtime import runner
+
+    original = SAE.step
+
+    def stop_at_generation_3(self, ctx, state, generation):
+        if generation == 3:
+            raise KeyboardInterrupt
+        return original(self, ctx, state, generation)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SAE, "step", stop_at_generation_3)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(compose_config(SMOKE), tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _one_line(code, err: str) -> str:
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1, (code, err)
+    return err
+
+
+def test_resuming_with_another_config_is_refused(interrupted, uninterrupted, capsys):
+    before = _digest(interrupted / "checkpoint")
+    err = _one_line(*_cli(["seed=1"], interrupted, capsys)[:2])
+    assert "seed: 0 there, 1 here" in err and "resume=false" in err and "resume=force" in err
+    err = _one_line(*_cli(["method.archive_size=5"], interrupted, capsys)[:2])
+    assert "method.archive_size: " in err
+    assert _digest(interrupted / "checkpoint") == before
+    # resume=false: the run goes to a new folder beside it, the interrupted one stays as it was
+    code, err, results = _cli(["seed=1", "resume=false"], interrupted, capsys)
+    assert code == 0 and results["seed"] == 1
+    assert (interrupted.parent / "run-2" / "results.json").is_file()
+    assert _digest(interrupted / "checkpoint") == before
+    # the same config resumes, and equals the uninterrupted run
+    code, err, resumed = _cli([], interrupted, capsys)
+    assert code == 0
+    _same(uninterrupted, resumed)
+    assert "resumed_from_other_configs" not in resumed
+
+
+@pytest.mark.slow
+def test_resume_force_continues_and_says_so(interrupted, capsys):
+    code, err, results = _cli(["resume=force", "method.archive_size=5"], interrupted, capsys)
+    assert code == 0
+    saved = json.loads((interrupted / "checkpoint" / "state.json").read_text())
+    assert results["resumed_from_other_configs"] == [saved["forced_from"][0]] != [results["config_hash"]]
+
+
+@pytest.mark.slow
+def test_another_method_on_the_checkpoint_is_one_line(interrupted, capsys):
+    for overrides in (["method=pso"], ["method=pso", "resume=force"]):
+        err = _one_line(*_cli(overrides, interrupted, capsys)[:2])
+        assert "KeyError" not in err and "SAE" in err and "PSO" in err, err
+
+
+def _damage(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # one bit of the last values
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_checkpoint_is_named_and_the_generation_before_resumes(interrupted, uninterrupted, capsys):
+    state = interrupted / "checkpoint" / "state.json"
+    state.write_text(state.read_text()[:-20])
+    err = _one_line(*_cli([], interrupted, capsys)[:2])
+    assert str(state) in err and "generation 1 (previous.json) verifies" in err and "resume=previous" in err
+    code, err, resumed = _cli(["resume=previous"], interrupted, capsys)
+    assert code == 0
+    _same(uninterrupted, resumed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damaged", ["tensors", "meta", "elapsed", "state-value"])
+def test_every_checkpoint_file_is_verified(damaged, interrupted, capsys):
+    checkpoint = interrupted / "checkpoint"
+    saved = json.loads((checkpoint / "state.json").read_text())
+    newest = max(saved["files"])  # an individual the last generation made
+    path = {
+        "tensors": checkpoint / "individuals" / newest / "tensors.safetensors",
+        "meta": checkpoint / "individuals" / newest / "meta.json",
+        "elapsed": checkpoint / "elapsed.json",
+        "state-value": checkpoint / "state.json",
+    }[damaged]
+    if damaged == "state-value":  # parses, but a number changed
+        path.write_text(path.read_text().replace('"generation": 2', '"generation": 7', 1))
+    elif damaged == "elapsed":
+        path.write_text("{")
+    else:
+        _damage(path)
+    err = _one_line(*_cli([], interrupted, capsys)[:2])
+    assert str(path) in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["deleted", "last line cut"])
+def test_metrics_are_rebuilt_from_the_checkpoint(how, interrupted, uninterrupted, capsys):
+    metrics = interrupted / "metrics.jsonl"
+    written = metrics.read_text().splitlines()
+    if how == "deleted":
+        metrics.unlink()
+    else:
+        metrics.write_text("\n".join(written)[:-15])
+    code, _, resumed = _cli([], interrupted, capsys)
+    assert code == 0
+    _same(uninterrupted, resumed)
+    lines = metrics.read_text().splitlines()
+    assert [json.loads(line)["generation"] for line in lines] == [0, 1, 2, 3]
+    assert lines[:3] == written[:3]
+
+
+# --- 3. one writer per run folder -------------------------------------------------------------
+
+_HOLD = (
+    "import sys, time; from sae_merging.utils.locks import FolderLock; "
+    "lock = FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
+)
+
+
+def test_a_second_writer_is_refused_and_a_dead_holder_is_taken_over(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from sae_merging.utils.locks import FolderLock, FolderLockedError
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderLockedError, match=f"in use by PID {holder.pid} "):
+            FolderLock(tmp_path).acquire()
+        code, err, _ = _cli([], tmp_path, capsys)
+        assert f"PID {holder.pid}" in _one_line(code, err)
+    finally:
+        holder.kill()  # kill -9: its lock file stays
+        holder.wait()
+    assert (tmp_path / ".lock").is_file()
+    with FolderLock(tmp_path):
+        assert (tmp_path / ".lock").read_text().startswith(f"PID {os.getpid()} ")
+
+
+# --- 5. one line, exit 2, for what the machine refuses ----------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["checkpoint", "results"])
+def test_a_full_disk_is_one_line_and_the_run_resumes_equal(
+    where, tmp_path, uninterrupted, capsys, monkeypatch
+):
+    from sae_merging.runtime import checkpoint, runner
+
+    original = {"checkpoint": checkpoint.atomic_write_json, "results": runner.atomic_write_json}[where]
+    calls = []
+
+    def full(path, data):
+        calls.append(path)
+        if len(calls) == 3 or Path(path).name == "results.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return original(path, data)
+
+    monkeypatch.setattr({"checkpoint": checkpoint, "results": runner}[where], "atomic_write_json", full)
+    err = _one_line(*_cli([], tmp_path / "run", capsys)[:2])
+    assert "no space left" in err and "resume with:" in err and "hydra.run.dir=" in err
+    assert not (tmp_path / "run" / "results.json").exists()
+    monkeypatch.undo()
+    code, _, resumed = _cli([], tmp_path / "run", capsys)
+    assert code == 0
+    _same(uninterrupted, resumed)
+
+
+def test_a_read_only_cache_is_one_line(tmp_path, capsys, monkeypatch):
+    from sae_merging.lab import pools
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", "/ro/cache/lab")
+
+    monkeypatch.setattr(pools, "build_lab", read_only)
+    err = _one_line(*_cli(["lab.cache_dir=/ro/cache/lab"], tmp_path / "run", capsys)[:2])
+    assert "read-only file system writing /ro/cache/lab" in err
+
+
+def test_a_budget_below_one_generation_is_one_line(tmp_path, capsys):
+    err = _one_line(*_cli(["budget.examples=10"], tmp_path / "run", capsys)[:2])
+    assert "budget.examples=10: is below what generation 0" in err
