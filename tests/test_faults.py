@@ -4,11 +4,13 @@ writer per run folder, sweeps survive one bad job, storage errors are one line (
 from __future__ import annotations
 
 import errno
-import json
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -312,9 +314,6 @@ _HOLD = (
 
 
 def test_a_second_writer_is_refused_and_a_dead_holder_is_taken_over(tmp_path, capsys):
-    import subprocess
-    import sys
-
     from sae_merging.utils.locks import FolderLock, FolderLockedError
 
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
@@ -375,3 +374,66 @@ def test_a_read_only_cache_is_one_line(tmp_path, capsys, monkeypatch):
 def test_a_budget_below_one_generation_is_one_line(tmp_path, capsys):
     err = _one_line(*_cli(["budget.examples=10"], tmp_path / "run", capsys)[:2])
     assert "budget.examples=10: is below what generation 0" in err
+
+
+# --- 4. sweeps survive one bad job ------------------------------------------------------------
+
+
+def _run_py(*arguments: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "run.py", *arguments], cwd=ROOT, capture_output=True, text=True, env=dict(os.environ)
+    )
+
+
+def test_a_config_error_in_any_job_stops_the_sweep_before_it_starts(tmp_path, micro_lab):
+    done = _run_py("-m", "experiment=smoke", "seed=0,-1,1", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "job 1 (experiment=smoke seed=-1): seed=-1: must be an integer >= 0" in done.stderr, done.stderr
+    assert not any((tmp_path / "s").iterdir())  # no job ran
+
+
+SWEEP = ["-m", "experiment=smoke", "progress=false", "threads=1", "hydra/launcher=lab_parallel"]
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_stop_the_others(tmp_path, micro_lab):
+    done = _run_py(*SWEEP, "budget.examples=10,null", f"hydra.sweep.dir={tmp_path}")
+    assert done.returncode == 1, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert any("job 0" in x and "failed: budget.examples=10: is below what generation 0" in x for x in lines)
+    assert any("job 1" in x and x.endswith(": finished") for x in lines)
+    assert (tmp_path / "1" / "results.json").is_file() and not (tmp_path / "0" / "results.json").exists()
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_parallel_sweep_resumes_each_job_in_its_own_folder(tmp_path, micro_lab):
+    """The printed command re-runs the sweep; each job resumes its own folder (issue 25: under
+    lab_parallel it resumed seed 0's folder with seed 1) and equals an uninterrupted run."""
+    import shlex
+    import signal
+    import time
+
+    args = [*SWEEP, "schedule.steps=6", "seed=0,1", f"hydra.sweep.dir={tmp_path / 's'}"]
+    process = subprocess.Popen(
+        [sys.executable, "run.py", *args], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    metrics = [tmp_path / "s" / str(job) / "metrics.jsonl" for job in (0, 1)]
+    while not all(m.is_file() and len(m.read_text().splitlines()) >= 2 for m in metrics):
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+    err = process.communicate()[1]
+    assert process.returncode == 130, err[-3000:]
+    command = next(line for line in err.splitlines() if "resume every unfinished job with:" in line)
+    resumed = _run_py(*shlex.split(command.split("with: ", 1)[1])[2:])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for job in (0, 1):
+        results = json.loads((tmp_path / "s" / str(job) / "results.json").read_text())
+        assert results["seed"] == job
+        whole = _run_py(
+            *args[1:-3], "schedule.steps=6", f"seed={job}", f"hydra.run.dir={tmp_path / str(job)}"
+        )
+        assert whole.returncode == 0, whole.stderr[-2000:]
+        _same(json.loads((tmp_path / str(job) / "results.json").read_text()), results)

@@ -12,6 +12,7 @@ import shlex
 import shutil
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,6 +57,17 @@ class RunFolderCheck(Callback):
             sys.exit(INPUT_ERROR)
 
 
+def _refuse(lines: list[str], multirun: bool) -> None:
+    """Print the lines; exit 2, or in a sweep fail this job only (the others run on)."""
+    for line in lines:
+        print(line, file=sys.stderr)
+    if multirun:
+        from sae_merging.runtime.sweep import JobFailed
+
+        raise JobFailed(lines[0].split(": ", 1)[1] if ": " in lines[0] else lines[0])
+    sys.exit(INPUT_ERROR)
+
+
 def holds_a_run(folder: Path) -> bool:
     return (folder / "checkpoint").exists() or (folder / "results.json").exists()
 
@@ -97,25 +109,28 @@ def main(
 
         results = runner.run(cfg, run_dir, plan)
     except ConfigError as error:
-        for line in error.problems:
-            print(f"config error: {line}", file=sys.stderr)
-        sys.exit(INPUT_ERROR)
+        _refuse([f"config error: {line}" for line in error.problems], multirun)
     except (InputError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(INPUT_ERROR)
+        _refuse([f"error: {error}"], multirun)
     except OSError as error:  # a full disk, a read-only folder: one line, the run resumable
         if (line := storage_problem(error)) is None:
             raise
         command = resume_command(run_dir, overrides, multirun, sweep_dir)
-        print(f"error: {line}; once fixed, resume with: {command}", file=sys.stderr)
-        sys.exit(INPUT_ERROR)
+        _refuse([f"error: {line}" + ("" if multirun else f"; once fixed, resume with: {command}")], multirun)
     except KeyboardInterrupt:
+        if multirun:  # the sweep prints the command that resumes every unfinished job
+            print(f"\ninterrupted: finished generations are kept in {run_dir}", file=sys.stderr)
+            raise
         command = resume_command(run_dir, overrides, multirun, sweep_dir)
         print(
             f"\ninterrupted: finished generations are kept in {run_dir}; resume with: {command}",
             file=sys.stderr,
         )
         sys.exit(130)
+    except Exception:
+        if multirun:  # a bug: its traceback here, the sweep's summary names it, the others run on
+            traceback.print_exc()
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     for line in runner.summary_lines(results):
