@@ -437,3 +437,32 @@ def test_ctrl_c_on_a_parallel_sweep_resumes_each_job_in_its_own_folder(tmp_path,
         )
         assert whole.returncode == 0, whole.stderr[-2000:]
         _same(json.loads((tmp_path / str(job) / "results.json").read_text()), results)
+
+
+# --- 6. leftovers of killed builds and saves --------------------------------------------------
+
+
+def test_leftovers_of_a_killed_lab_build_are_removed_by_the_next_build(micro_lab_config, tmp_path):
+    from sae_merging.lab.build import LabSpec, build_lab
+
+    spec = LabSpec.from_dict(micro_lab_config)
+    name = f"{spec.name}-{spec.key()}"
+    killed = tmp_path / f".{name}.k1ll3d.tmp"
+    (killed / "base").mkdir(parents=True)
+    (killed / "base" / "model.safetensors").write_bytes(b"half")
+    build_lab(spec, tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, f"{name}.lock"])
+
+
+def test_leftovers_of_a_killed_save_are_removed_by_the_next_run(interrupted, capsys):
+    killed = [
+        interrupted / ".model.k1ll3d.tmp",
+        interrupted / "checkpoint" / "individuals" / ".g001-0009.x.tmp",
+    ]
+    for path in killed:
+        path.mkdir()
+        (path / "model.safetensors").write_bytes(b"half")
+    (interrupted / "checkpoint" / ".state.json.k1ll3d.tmp").write_text("{")
+    code, _, _ = _cli([], interrupted, capsys)
+    assert code == 0
+    assert not [p for p in interrupted.rglob(".*.tmp")]
