@@ -289,6 +289,13 @@ def test_every_checkpoint_file_is_verified(damaged, interrupted, capsys):
 
 
 @pytest.mark.slow
+def test_a_damaged_results_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text('{"method": "sae", "te')
+    err = _one_line(*_cli([], tmp_path / "run", capsys)[:2])
+    assert str(tmp_path / "run" / "results.json") in err and "cannot be read" in err
+
+
 @pytest.mark.parametrize("how", ["deleted", "last line cut"])
 def test_metrics_are_rebuilt_from_the_checkpoint(how, interrupted, uninterrupted, capsys):
     metrics = interrupted / "metrics.jsonl"
@@ -466,3 +473,22 @@ def test_leftovers_of_a_killed_save_are_removed_by_the_next_run(interrupted, cap
     code, _, _ = _cli([], interrupted, capsys)
     assert code == 0
     assert not [p for p in interrupted.rglob(".*.tmp")]
+
+
+@pytest.mark.slow  # two runs through run.py
+def test_a_refused_launch_leaves_the_folders_config_as_it_was(tmp_path, micro_lab):
+    run = ["experiment=smoke", "progress=false", "schedule.steps=1", f"hydra.run.dir={tmp_path / 'run'}"]
+    assert _run_py(*run).returncode == 0
+
+    def digest() -> dict:  # the lock file names the last process that held it
+        return {k: v for k, v in _digest(tmp_path / "run").items() if k != ".lock"}
+
+    before = digest()
+    refused = _run_py(*run, "seed=1")
+    assert refused.returncode == 2 and "holds results of another config" in refused.stderr
+    assert digest() == before  # .hydra/config.yaml still says seed 0
+    moved = _run_py(*run, "seed=1", "resume=false")
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    assert digest() == before
+    assert json.loads((tmp_path / "run-2" / "results.json").read_text())["seed"] == 1
+    assert "seed: 1" in (tmp_path / "run-2" / ".hydra" / "config.yaml").read_text()

@@ -28,7 +28,7 @@ INPUT_ERROR = 2
 
 def resume_command(run_dir: str, overrides: Sequence[str], multirun: bool, sweep_dir: str | None) -> str:
     """The command that continues this run (or sweep) where it stopped."""
-    kept = [o for o in overrides if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    kept = [o for o in overrides if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "hydra.mode="))]
     if multirun and sweep_dir:
         return shlex.join(["python", "run.py", "-m", *kept, f"hydra.sweep.dir={sweep_dir}"])
     return shlex.join(["python", "run.py", *kept, f"hydra.run.dir={run_dir}"])
@@ -40,6 +40,7 @@ class RunFolderCheck(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self._create(config.hydra.run.dir, "hydra.run.dir")
+        _keep_hydra_files(Path(config.hydra.run.dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._create(config.hydra.sweep.dir, "hydra.sweep.dir")
@@ -57,10 +58,28 @@ class RunFolderCheck(Callback):
             sys.exit(INPUT_ERROR)
 
 
-def _refuse(lines: list[str], multirun: bool) -> None:
+# `.hydra/` of a folder holding a run, as it was before Hydra wrote this launch's config there
+_hydra_files: dict[Path, dict[str, bytes]] = {}
+
+
+def _keep_hydra_files(folder: Path) -> None:
+    if holds_a_run(folder) and (folder / ".hydra").is_dir():
+        _hydra_files[folder] = {p.name: p.read_bytes() for p in (folder / ".hydra").iterdir() if p.is_file()}
+
+
+def _restore_hydra_files(folder: Path) -> None:
+    """A launch refused in (or moved away from) a folder holding another run leaves that run's
+    `.hydra/` as it was, not this launch's config."""
+    for name, data in _hydra_files.pop(folder, {}).items():
+        (folder / ".hydra" / name).write_bytes(data)
+
+
+def _refuse(lines: list[str], multirun: bool, run_dir: str | Path = "") -> None:
     """Print the lines; exit 2, or in a sweep fail this job only (the others run on)."""
     for line in lines:
         print(line, file=sys.stderr)
+    if run_dir:
+        _restore_hydra_files(Path(run_dir))
     if multirun:
         from sae_merging.runtime.sweep import JobFailed
 
@@ -81,6 +100,7 @@ def new_folder_beside(folder: Path) -> Path:
     candidate.mkdir(parents=True)
     if (folder / ".hydra").is_dir():
         shutil.copytree(folder / ".hydra", candidate / ".hydra")
+    _restore_hydra_files(folder)
     print(f"resume=false: {folder} holds another run; this one goes to {candidate}", file=sys.stderr)
     return candidate
 
@@ -109,9 +129,9 @@ def main(
 
         results = runner.run(cfg, run_dir, plan)
     except ConfigError as error:
-        _refuse([f"config error: {line}" for line in error.problems], multirun)
+        _refuse([f"config error: {line}" for line in error.problems], multirun, run_dir)
     except (InputError, FileNotFoundError) as error:
-        _refuse([f"error: {error}"], multirun)
+        _refuse([f"error: {error}"], multirun, run_dir)
     except OSError as error:  # a full disk, a read-only folder: one line, the run resumable
         if (line := storage_problem(error)) is None:
             raise

@@ -200,10 +200,19 @@ def _finished(run_dir: Path, cfg: DictConfig) -> dict | None:
     path = run_dir / RESULTS_FILE
     if not path.is_file():
         return None
-    results = json.loads(path.read_text())
+    try:
+        results = json.loads(path.read_text())
+        results.get("config_hash")
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        raise checkpoints.CheckpointError(
+            f"{path}: cannot be read; move it away to redo the run's last step from its checkpoint"
+        ) from None
     if results.get("config_hash") != config_hash(cfg):
         raise ConfigError(
-            [f"{path} holds results of another config ({results.get('config_hash')}); use a new run folder"]
+            [
+                f"{path} holds results of another config ({results.get('config_hash')}); use a new run "
+                "folder (resume=false starts one beside it)"
+            ]
         )
     return results
 

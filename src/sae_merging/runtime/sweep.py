@@ -73,10 +73,15 @@ class CheckedSweeper(BasicSweeper):
 
         started = time.perf_counter()
         problems = []
+        self.job_dirs: list[Path | None] = []
         for number, overrides in enumerate(jobs):
+            self.job_dirs.append(None)
             try:
                 cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+                with open_dict(cfg):
+                    cfg.hydra.job.num = number
                 HydraConfig.instance().set_config(cfg)
+                self.job_dirs[-1] = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
                 with open_dict(cfg):
                     del cfg["hydra"]
                 preflight(cfg, None, overrides)
@@ -106,7 +111,10 @@ class CheckedSweeper(BasicSweeper):
         lines, failed = [], 0
         for number, overrides in enumerate(jobs):
             result = done[number] if number < len(done) else None
-            if result is not None and result.status == JobStatus.COMPLETED:
+            folder = self.job_dirs[number] if number < len(self.job_dirs) else None
+            if (result is not None and result.status == JobStatus.COMPLETED) or (
+                result is None and folder is not None and (folder / "results.json").is_file()
+            ):  # a parallel batch cut short returns no results: its finished jobs left theirs
                 state = "finished"
             elif result is not None and result.status == JobStatus.FAILED:
                 failed += 1

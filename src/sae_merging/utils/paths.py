@@ -60,20 +60,19 @@ def overlap_problems(out: str | os.PathLike, inputs: Mapping[str, str | os.PathL
             found.append(f"{key}={str(out)!r} contains the input {name} ({source}): choose another folder")
     if found or not target.is_dir():
         return found
-    identities = {}
-    for name, source in local.items():
-        for file in _files(source):
-            stat = file.stat()
-            identities[(stat.st_dev, stat.st_ino)] = (name, file)
+    held = {}  # the output's files with other links: usually none, and then no input is walked
     for file in _files(target):
         stat = file.stat()
-        if (stat.st_dev, stat.st_ino) in identities:
-            name, linked = identities[(stat.st_dev, stat.st_ino)]
-            found.append(
-                f"{key}={str(out)!r}: {file.name} is a hard link to the input {name}'s {linked}; "
-                "writing there would change it: choose another folder"
-            )
-            break
+        if stat.st_nlink > 1:
+            held[(stat.st_dev, stat.st_ino)] = file
+    for name, source in local.items() if held else ():
+        for linked in _files(source):
+            stat = linked.stat()
+            if (file := held.get((stat.st_dev, stat.st_ino))) is not None:
+                return [
+                    f"{key}={str(out)!r}: {file.name} is a hard link to the input {name}'s {linked}; "
+                    "writing there would change it: choose another folder"
+                ]
     return found
 
 
