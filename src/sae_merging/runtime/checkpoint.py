@@ -2,7 +2,7 @@
 
 `checkpoint/state.json` holds, after every finished generation: the method's state, the fitness
 cache, every generation's metrics record (so `metrics.jsonl` can always be rebuilt), the
-results-affecting config and method of the run that wrote it, a sha256 per file of every
+results-affecting config and method of the run that wrote it, a checksum (XXH3-128) per file of every
 individual the state refers to, and a checksum of all of that. The generation before is kept
 as `checkpoint/previous.json` (with its individuals), so a damaged last checkpoint can fall
 back one generation.
@@ -73,7 +73,7 @@ def read(path: Path) -> dict:
 
 
 def verify_individuals(run_dir: Path, body: Mapping[str, Any]) -> None:
-    """Every file of every individual the checkpoint refers to exists with its recorded sha256."""
+    """Every file of every individual the checkpoint refers to exists with its recorded checksum."""
     root = run_dir / CHECKPOINT_DIR / INDIVIDUALS_DIR
     for ident, files in body.get("files", {}).items():
         for name, digest in files.items():

@@ -94,7 +94,7 @@ class IndividualStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.digests: dict[str, dict[str, str]] = {}  # ident -> file name -> sha256 (checkpoint)
+        self.digests: dict[str, dict[str, str]] = {}  # ident -> file name -> checksum (checkpoint)
 
     def path(self, ident: str) -> Path:
         return self.root / ident
@@ -117,7 +117,7 @@ class IndividualStore:
         self.digests[ident] = digests
 
     def digest(self, ident: str) -> dict[str, str]:
-        """sha256 of each file of an individual, as written (computed from disk if not known)."""
+        """The checksum of each file of an individual, as written (computed from disk if not known)."""
         if ident not in self.digests:
             self.digests[ident] = folder_digests(self.path(ident))
         return self.digests[ident]
