@@ -64,13 +64,13 @@ _hydra_files: dict[Path, dict[str, bytes]] = {}
 
 def _keep_hydra_files(folder: Path) -> None:
     if holds_a_run(folder) and (folder / ".hydra").is_dir():
-        _hydra_files[folder] = {p.name: p.read_bytes() for p in (folder / ".hydra").iterdir() if p.is_file()}
+        _hydra_files[folder.resolve()] = {p.name: p.read_bytes() for p in (folder / ".hydra").iterdir() if p.is_file()}
 
 
 def _restore_hydra_files(folder: Path) -> None:
     """A launch refused in (or moved away from) a folder holding another run leaves that run's
     `.hydra/` as it was, not this launch's config."""
-    for name, data in _hydra_files.pop(folder, {}).items():
+    for name, data in _hydra_files.pop(folder.resolve(), {}).items():
         (folder / ".hydra" / name).write_bytes(data)
 
 
