@@ -449,6 +449,7 @@ def test_ctrl_c_on_a_parallel_sweep_resumes_each_job_in_its_own_folder(tmp_path,
 # --- 6. leftovers of killed builds and saves --------------------------------------------------
 
 
+@pytest.mark.slow  # builds a micro lab
 def test_leftovers_of_a_killed_lab_build_are_removed_by_the_next_build(micro_lab_config, tmp_path):
     from sae_merging.lab.build import LabSpec, build_lab
 
