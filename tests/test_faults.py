@@ -155,6 +155,34 @@ def test_an_output_folder_around_an_input_file_is_refused(tmp_path):
     assert paths.overlap_problems(tmp_path / "c", {"--x": weights}, "--out") == []
 
 
+@pytest.mark.parametrize(
+    "where", ["inside the base", "the lab cache's parent", "a folder of one's own files"]
+)
+def test_run_refuses_a_run_folder_over_its_inputs(where, models, micro_lab_config, tmp_path, capsys):
+    experts = [str(p) for n, p in models.items() if n != "base"]
+    own = ["model=hf", f"model.base={models['base']}", f"model.experts=[{','.join(experts)}]", "task=lab"]
+    overrides, run_dir, expected = {
+        "inside the base": (own, models["base"] / "run", "lies inside the input model.base"),
+        "the lab cache's parent": (
+            [],
+            Path(micro_lab_config["cache_dir"]).parent,
+            "contains the input model.lab",
+        ),
+        "a folder of one's own files": (
+            [],
+            tmp_path / "mine",
+            "holds files that are not a run's (notes.txt)",
+        ),
+    }[where]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")
+    before = {name: _digest(path) for name, path in models.items()}
+    code, err, _ = _cli(overrides, run_dir, capsys)
+    assert code == 2 and "Traceback" not in err and expected in err, err
+    assert {name: _digest(path) for name, path in models.items()} == before
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "a user's file"
+
+
 # --- 2. resume checks what it resumes ---------------------------------------------------------
 
 SMOKE = ["experiment=smoke", "progress=false", "schedule.steps=3"]
