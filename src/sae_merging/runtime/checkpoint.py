@@ -139,9 +139,11 @@ def resume_from(run_dir: Path, config: Mapping[str, Any], mode: Any = True) -> d
                 body, chosen = json.loads(path.read_text()), path
                 break
             failures.append(str(error))
+    if chosen is None and not failures:
+        raise CheckpointError(f"resume=previous: {previous} does not exist (no generation before is kept)")
     if chosen is None:
         raise CheckpointError(
-            f"{failures[0]}; no earlier generation verifies: run in a new folder (or restore the file)"
+            f"{failures[0]}; no earlier generation verifies: start afresh in a new folder (resume=false) or restore the file"
         )
     if failures and chosen == previous and mode != "previous":
         raise CheckpointError(
