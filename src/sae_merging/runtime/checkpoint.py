@@ -143,7 +143,8 @@ def resume_from(run_dir: Path, config: Mapping[str, Any], mode: Any = True) -> d
         raise CheckpointError(f"resume=previous: {previous} does not exist (no generation before is kept)")
     if chosen is None:
         raise CheckpointError(
-            f"{failures[0]}; no earlier generation verifies: start afresh in a new folder (resume=false) or restore the file"
+            f"{failures[0]}; no earlier generation verifies: start afresh in a new folder "
+            "(resume=false) or restore the file"
         )
     if failures and chosen == previous and mode != "previous":
         raise CheckpointError(

@@ -64,7 +64,9 @@ _hydra_files: dict[Path, dict[str, bytes]] = {}
 
 def _keep_hydra_files(folder: Path) -> None:
     if holds_a_run(folder) and (folder / ".hydra").is_dir():
-        _hydra_files[folder.resolve()] = {p.name: p.read_bytes() for p in (folder / ".hydra").iterdir() if p.is_file()}
+        _hydra_files[folder.resolve()] = {
+            p.name: p.read_bytes() for p in (folder / ".hydra").iterdir() if p.is_file()
+        }
 
 
 def _restore_hydra_files(folder: Path) -> None:
