@@ -193,15 +193,18 @@ def _same(a: dict, b: dict) -> None:
     assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}
 
 
-def _cli(overrides: list[str], run_dir: Path, capsys) -> tuple[int | None, str, dict | None]:
-    """`python run.py OVERRIDES hydra.run.dir=RUN_DIR` in process: (exit status, stderr, results)."""
+def _cli(
+    overrides: list[str], run_dir: Path, capsys, first: list[str] = SMOKE
+) -> tuple[int | None, str, dict | None]:
+    """`python run.py FIRST OVERRIDES hydra.run.dir=RUN_DIR` in process: (exit status, stderr,
+    results)."""
     from conftest import compose_config
 
     from sae_merging.runtime import cli
 
     capsys.readouterr()
     try:
-        results = cli.main(compose_config(SMOKE + overrides), run_dir, overrides=overrides)
+        results = cli.main(compose_config(first + overrides), run_dir, overrides=overrides)
         code = 0
     except SystemExit as done:
         results, code = None, done.code
@@ -404,6 +407,41 @@ def test_a_read_only_cache_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(pools, "build_lab", read_only)
     err = _one_line(*_cli(["lab.cache_dir=/ro/cache/lab"], tmp_path / "run", capsys)[:2])
     assert "read-only file system writing /ro/cache/lab" in err
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        ("empty", "gsm8k/test.jsonl: holds no rows"),
+        ("no answer", "gsm8k/test.jsonl:2: missing field 'answer'"),
+        ("bad line", "gsm8k/test.jsonl:2: not valid JSON"),
+    ],
+)
+def test_a_bad_data_file_is_named_before_any_model_loads(
+    damage, expected, models, tmp_path, capsys, monkeypatch
+):
+    from sae_merging.runtime import runner
+
+    data = Path(shutil.copytree(ROOT / "tests" / "fixtures", tmp_path / "data"))
+    test = data / "gsm8k" / "test.jsonl"
+    rows = test.read_text().splitlines()
+    if damage == "empty":
+        test.write_text("")
+    elif damage == "no answer":
+        test.write_text("\n".join([rows[0], json.dumps({"question": "2+2?"}), *rows[2:]]) + "\n")
+    else:
+        test.write_text(rows[0] + "\n" + rows[1][:-5] + "\n")
+    monkeypatch.setattr(runner, "prepare", lambda *a: pytest.fail("a model was loaded"))
+    experts = ",".join(str(p) for n, p in models.items() if n != "base")
+    overrides = [
+        "model=hf",
+        f"model.base={models['base']}",
+        f"model.experts=[{experts}]",
+        "task=paper_local",
+        "task.opt_size={}",
+    ]
+    code, err, _ = _cli([*overrides, f"task.data_dir={data}"], tmp_path / "run", capsys, ["logger=none"])
+    assert code == 2 and "Traceback" not in err and expected in err, err
 
 
 def test_a_budget_below_one_generation_is_one_line(tmp_path, capsys):
