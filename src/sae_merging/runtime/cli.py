@@ -97,9 +97,13 @@ def new_folder_beside(folder: Path) -> Path:
     """`resume=false` in a folder holding a run: the first free `FOLDER-2`, `FOLDER-3`, ...,
     created with the composed config (`.hydra/`) of this run; the old folder is left as it was."""
     number = 2
-    while (candidate := folder.with_name(f"{folder.name}-{number}")).exists():
-        number += 1
-    candidate.mkdir(parents=True)
+    while True:  # mkdir decides: two launches at once get two folders
+        candidate = folder.with_name(f"{folder.name}-{number}")
+        try:
+            candidate.mkdir(parents=True)
+            break
+        except FileExistsError:
+            number += 1
     if (folder / ".hydra").is_dir():
         shutil.copytree(folder / ".hydra", candidate / ".hydra")
     _restore_hydra_files(folder)
