@@ -84,7 +84,7 @@ class CheckedSweeper(BasicSweeper):
                 self.job_dirs[-1] = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
                 with open_dict(cfg):
                     del cfg["hydra"]
-                preflight(cfg, None, overrides)
+                preflight(cfg, self.job_dirs[-1], overrides)  # its run folder too
             except ConfigError as error:
                 problems += [f"job {number} ({' '.join(overrides)}): {line}" for line in error.problems]
             except Exception as error:  # a config Hydra cannot compose

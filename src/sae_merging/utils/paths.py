@@ -50,7 +50,10 @@ def overlap_problems(out: str | os.PathLike, inputs: Mapping[str, str | os.PathL
     `out` is, contains or lies inside, or whose file `out` holds as a hard link."""
     target = real(out)
     found = []
-    local = {name: real(path) for name, path in inputs.items() if Path(path).expanduser().exists()}
+    local: dict[str, Path] = {}
+    for name, path in inputs.items():  # one line per input folder, however many settings name it
+        if Path(path).expanduser().exists() and real(path) not in local.values():
+            local[name] = real(path)
     for name, source in local.items():
         if target == source:
             found.append(f"{key}={str(out)!r} is the input {name} ({source}): choose another folder")
