@@ -38,4 +38,5 @@ if __name__ == "__main__":
     try:
         main()
     except SystemExit as done:  # Hydra reports its own errors (bad overrides, ...) with status 1
-        sys.exit(2 if done.code == 1 and not _job_started else done.code)
+        failed_jobs = type(done).__name__ == "SweepFailed"  # runtime.sweep: exit 1 as it is
+        sys.exit(2 if done.code == 1 and not _job_started and not failed_jobs else done.code)

@@ -3,6 +3,7 @@
     python experiments/merge_checkpoints.py --base BASE --experts E1 E2 --scale 0.7 --out merged/
     python experiments/merge_checkpoints.py --base BASE --experts E1 E2 --prune 0.6 --out merged/
     python experiments/merge_checkpoints.py ... --threads 1      # CPU threads (default auto)
+    python experiments/merge_checkpoints.py ... --out used/ --overwrite   # replace only the files written
 
 BASE and the experts are Hugging Face model folders with safetensors weights (one file or
 shards) or hub ids. The output is a model folder (`model.safetensors`, and the base's config,
@@ -65,13 +66,15 @@ def input_problems(
     weights: list[float] | None,
     prune: float | None,
     granularity: str,
+    overwrite: bool = False,
 ) -> list[str]:
     """Every bad argument, one line each, found without importing torch or reading weights: the
     numbers, the model folders (headers parse; the base has the tokenizer the output gets) and
-    the output folder."""
+    the output folder (never an input, nor a folder holding files unless `overwrite`)."""
     from sae_merging.models.files import model_problems
     from sae_merging.pruning.settings import GRANULARITIES
     from sae_merging.runtime.preflight import folder_problem
+    from sae_merging.utils import paths
     from sae_merging.utils import settings as check
 
     found = []
@@ -94,6 +97,10 @@ def input_problems(
         found.append(problem)
     if Path(out).exists() and not Path(out).is_dir():
         found.append(f"--out {out}: is a file; the output is a model folder")
+    inputs = {"--base": base, **{f"--experts[{i}]": e for i, e in enumerate(experts)}}
+    found += paths.overlap_problems(out, inputs, "--out")
+    if problem := paths.nonempty_problem(out, "--out", overwrite):
+        found.append(problem)
     return found
 
 
@@ -106,24 +113,26 @@ def merge_checkpoints(
     prune: float | None = None,
     granularity: str = "global",
     threads: int | str | None = "auto",
+    overwrite: bool = False,
 ) -> Path:
     """Write the merged (and optionally pruned) model folder `out`; returns it. Every input is
     checked first (`input_problems`), so nothing is merged that could not be saved."""
     from sae_merging.utils.settings import ConfigError
 
-    if problems := input_problems(base, experts, out, scale, weights, prune, granularity):
+    if problems := input_problems(base, experts, out, scale, weights, prune, granularity, overwrite):
         raise ConfigError(problems)
     from sae_merging.utils.threads import apply_threads
 
     threads = apply_threads(threads, workers=1)  # before torch runs anything
     from sae_merging.merging import streaming
     from sae_merging.pruning.magnitude import MagnitudePruner
-    from sae_merging.utils.files import atomic_directory
+    from sae_merging.utils.paths import output_folder, remove_leftovers
     from sae_merging.utils.tensorfiles import SAFETENSORS_FILE
 
     pruner = MagnitudePruner(granularity)
     folders = [local_folder(spec) for spec in (base, *experts)]
-    with atomic_directory(out) as tmp:
+    remove_leftovers([Path(out).parent], [Path(out).name])  # of a killed merge to the same folder
+    with output_folder(out) as tmp:
         merged = tmp / SAFETENSORS_FILE
         streaming.stream_task_arithmetic(
             folders[0], folders[1:], scale, merged, weights, prune, pruner, threads
@@ -142,6 +151,9 @@ def main() -> None:
     parser.add_argument("--prune", type=float, help="magnitude-prune the result to this rate")
     parser.add_argument("--granularity", default="global", help="pruning: global (default) | local")
     parser.add_argument("--threads", default="auto", help="CPU threads: auto (default) or N")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="--out may hold files: replace those written, keep the rest"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     try:
@@ -157,10 +169,18 @@ def main() -> None:
             args.prune,
             args.granularity,
             args.threads,
+            args.overwrite,
         )
     except (ValueError, FileNotFoundError) as error:  # bad inputs (ConfigError: one line each)
         for line in getattr(error, "problems", None) or [str(error)]:
             print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:  # a full disk, a read-only folder: the output is not written at all
+        from sae_merging.utils.paths import storage_problem
+
+        if (line := storage_problem(error)) is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     import torch  # imported by the merge already
 

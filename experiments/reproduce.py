@@ -50,7 +50,8 @@ def run_table(name: str, scale: str, overrides: list[str], aggregate_only: bool)
                 *overrides,
             ]
             print("$", " ".join(command[1:]), flush=True)
-            subprocess.run(command, cwd=ROOT, check=True)
+            if code := subprocess.run(command, cwd=ROOT).returncode:  # the sweep listed its jobs
+                raise SystemExit(f"{experiment}: exit status {code} (see the sweep's summary above)")
     seconds = time.perf_counter() - started
     sweeps = [ROOT / "outputs" / "tables" / f"{prefix}{e}" for e in experiments]
     out = ROOT / "outputs" / "tables" / f"{prefix}{name}"

@@ -32,6 +32,7 @@ from sae_merging.lab.tokenizer import build_tokenizer
 from sae_merging.lab.training import encode, train
 from sae_merging.tasks.base import SPLITS, Example, TaskData, read_jsonl, write_jsonl
 from sae_merging.utils.files import atomic_directory, atomic_write_json
+from sae_merging.utils.paths import remove_leftovers
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def build_lab(spec: LabSpec, cache_dir: str | Path, progress: bool = True) -> La
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root) + ".lock"):
         if not (root / "build.json").is_file():
+            remove_leftovers([root.parent], [root.name])  # of a killed build (no one else builds it now)
             threads = torch.get_num_threads()
             torch.set_num_threads(spec.threads)
             try:

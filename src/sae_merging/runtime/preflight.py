@@ -28,7 +28,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sae_merging.runtime.checkpoint import RESUME_MODES
+from sae_merging.runtime.outputs import METRICS_FILE, RESULTS_FILE, TEST_ITEMS_FILE
 from sae_merging.tasks.settings import SELECTIONS
+from sae_merging.utils import paths
 from sae_merging.utils import settings as check
 from sae_merging.utils.settings import ConfigError, SettingError, Settings
 from sae_merging.utils.threads import AUTO
@@ -77,6 +80,7 @@ class RunSettings(Settings):
     budget: Mapping[str, Any] = field(default_factory=lambda: {"examples": None})
     selection: str = "validation"
     tables_dir: str = "outputs/tables"  # where the table experiments' sweeps go (`scale=`)
+    resume: bool | str = True  # runtime.checkpoint.RESUME_MODES
 
     def __post_init__(self) -> None:
         check.integer("seed", self.seed, 0)
@@ -92,6 +96,8 @@ class RunSettings(Settings):
         check.integer("budget.examples", self.budget.get("examples"), 1, optional=True)
         check.choice("selection", self.selection, SELECTIONS)
         check.text("tables_dir", self.tables_dir)
+        if self.resume not in RESUME_MODES or self.resume in (0, 1) and not isinstance(self.resume, bool):
+            raise SettingError("resume", self.resume, "must be true, false, force or previous")
 
 
 @dataclass
@@ -235,6 +241,50 @@ def folder_problem(folder: Path, key: str = "hydra.run.dir") -> str | None:
     return None
 
 
+# what a run writes into its folder (runner.py); anything else there is someone else's
+RUN_ENTRIES = (
+    ".hydra",
+    ".lock",
+    "checkpoint",
+    METRICS_FILE,
+    RESULTS_FILE,
+    TEST_ITEMS_FILE,
+    "model",
+    "wandb",
+)
+
+
+def run_inputs(objects: Mapping[str, Any]) -> dict[str, str]:
+    """The local model folders and data a run reads, by their setting (lab: its cache)."""
+    found = {}
+    models, tasks = objects.get("model"), objects.get("task")
+    if isinstance(getattr(models, "base", None), str):
+        found["model.base"] = models.base
+    for index, expert in enumerate(getattr(models, "experts", None) or []):
+        if isinstance(expert, str):
+            found[f"model.experts[{index}]"] = expert
+    for name, pool in (("model", models), ("task", tasks)):
+        if isinstance(getattr(pool, "cache_dir", None), str):
+            found[f"{name}.lab.cache_dir"] = pool.cache_dir
+    if isinstance(getattr(tasks, "data_dir", None), str):
+        found["task.data_dir"] = tasks.data_dir
+    return found
+
+
+def run_folder_problems(folder: Path, inputs: Mapping[str, str], key: str = "hydra.run.dir") -> list[str]:
+    """The run folder must not be, hold or lie inside an input, nor hold files that are not a
+    run's (a run replaces its own, e.g. `model/`)."""
+    found = paths.overlap_problems(folder, inputs, key)
+    foreign = [name for name in paths.entries(folder) if name not in RUN_ENTRIES]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        found.append(
+            f"{key}={str(folder)!r}: holds files that are not a run's ({shown}); "
+            "choose an empty or new folder"
+        )
+    return found
+
+
 def task_choice_problem(cfg: DictConfig, overrides: Sequence[str]) -> str | None:
     """Models of one's own are never scored on the lab's toy tasks by default: with a model pool
     other than the lab's, the lab's task pool must be named on the command line."""
@@ -273,6 +323,8 @@ def preflight(
         warnings += method.warnings(models)
     if run_dir is not None and (problem := folder_problem(Path(run_dir))):
         problems.append(problem)
+    elif run_dir is not None:
+        problems += run_folder_problems(Path(run_dir), run_inputs(objects))
     if problems:
         raise ConfigError(problems)
     return Plan(run, objects, warnings)

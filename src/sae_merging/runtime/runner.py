@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sae_merging.models.io import load_config, load_tokenizer, save_model_folder
+from sae_merging.runtime import checkpoint as checkpoints
 from sae_merging.runtime.card import model_card
 from sae_merging.runtime.context import Outcome, RunContext
 from sae_merging.runtime.fitness import FitnessEvaluator
@@ -32,6 +33,8 @@ from sae_merging.runtime.store import IndividualStore
 from sae_merging.sparsity.measures import SparsityStats, pooled, zero_count
 from sae_merging.utils.device import resolve_device
 from sae_merging.utils.files import atomic_write_json, atomic_write_text, stable_hash
+from sae_merging.utils.locks import FolderLock
+from sae_merging.utils.paths import remove_leftovers
 from sae_merging.utils.settings import ConfigError, InputError
 from sae_merging.utils.threads import AUTO, apply_threads
 
@@ -44,8 +47,19 @@ class RunClock:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / ELAPSED_FILE
-        self.before = json.loads(self.path.read_text())["seconds"] if self.path.is_file() else 0.0
+        self.before = self._read() if self.path.is_file() else 0.0
         self.started = time.perf_counter()
+
+    def _read(self) -> float:
+        try:
+            seconds = json.loads(self.path.read_text())["seconds"]
+            if isinstance(seconds, int | float) and seconds >= 0:
+                return float(seconds)
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            pass
+        raise checkpoints.CheckpointError(
+            f"{self.path}: cannot be read; delete it to resume (the run's wall time then counts from now)"
+        )
 
     @property
     def seconds(self) -> float:
@@ -55,15 +69,20 @@ class RunClock:
         atomic_write_json(self.path, {"seconds": round(self.seconds, 3)})
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """A hash of the settings that determine the result (not where outputs go)."""
+def results_config(cfg: DictConfig) -> dict:
+    """The settings that determine the result (not where outputs go, nor how to resume)."""
     data = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("hydra", "progress", "tables_dir"):
+    for key in ("hydra", "progress", "tables_dir", "resume"):
         data.pop(key, None)
     for node in (data.get("lab"), data.get("model", {}).get("lab"), data.get("task", {}).get("lab")):
         if isinstance(node, dict):
             node.pop("cache_dir", None)
-    return stable_hash(data)
+    return data
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A hash of `results_config`: equal hashes, equal results."""
+    return stable_hash(results_config(cfg))
 
 
 def run(cfg: DictConfig, run_dir: str | Path, plan: Plan | None = None) -> dict[str, Any]:
@@ -71,23 +90,35 @@ def run(cfg: DictConfig, run_dir: str | Path, plan: Plan | None = None) -> dict[
     IncompatibleModelsError) before any model is loaded."""
     run_dir = Path(run_dir)
     plan = plan or preflight(cfg, run_dir)
+    with FolderLock(run_dir):  # one writer per run folder; refused naming the holder's PID
+        return _locked_run(cfg, run_dir, plan)
+
+
+def _locked_run(cfg: DictConfig, run_dir: Path, plan: Plan) -> dict[str, Any]:
+    folder = run_dir / checkpoints.CHECKPOINT_DIR
+    remove_leftovers([run_dir, folder, folder / checkpoints.INDIVIDUALS_DIR])  # of killed writes
     finished = _finished(run_dir, cfg)
     if finished is not None:
         return finished
+    # the checkpoint is verified (files, config, method) before any model is loaded
+    resumed = checkpoints.resume_from(run_dir, results_config(cfg), cfg.get("resume", True))
     evaluators = [plan.objects.get("evaluator"), plan.run.final_evaluator]
     if problem := device_problem(cfg.device, evaluators):
         raise ConfigError([problem])
     clock = RunClock(run_dir)
     try:
-        return _run(cfg, run_dir, clock)
+        return _run(cfg, run_dir, clock, resumed)
     except InputError:
         raise
     except BaseException:  # interrupted (or failed): keep this process's share of the wall time
-        clock.save()
+        try:
+            clock.save()
+        except OSError:  # a full disk: the run's own error says so
+            pass
         raise
 
 
-def _run(cfg: DictConfig, run_dir: Path, clock: RunClock) -> dict[str, Any]:
+def _run(cfg: DictConfig, run_dir: Path, clock: RunClock, resumed: dict | None = None) -> dict[str, Any]:
     method, ctx, tokenizer = prepare(cfg, run_dir)
     logger = instantiate(cfg.logger)
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), name=f"{method.name}-seed{cfg.seed}")
@@ -99,10 +130,13 @@ def _run(cfg: DictConfig, run_dir: Path, clock: RunClock) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     try:  # the logger is finished however the run ends (an interrupted W&B run stays resumable)
         if hasattr(method, "step"):
-            outcome = run_generations(method, ctx, method.state_type, log, budget_examples(cfg))
+            record = checkpoints.run_record(results_config(cfg))
+            outcome = run_generations(
+                method, ctx, method.state_type, log, budget_examples(cfg), resumed, record
+            )
         else:
             outcome = method.run(ctx)
-        results = finish(ctx, cfg, method.name, outcome, tokenizer, clock)
+        results = finish(ctx, cfg, method.name, outcome, tokenizer, clock, resumed)
         logger.log_outputs(run_dir / RESULTS_FILE, run_dir / "model")
         summary = {f"final/{k}": v for k, v in results["test"].items()}
     finally:
@@ -165,16 +199,31 @@ def _finished(run_dir: Path, cfg: DictConfig) -> dict | None:
     path = run_dir / RESULTS_FILE
     if not path.is_file():
         return None
-    results = json.loads(path.read_text())
+    try:
+        results = json.loads(path.read_text())
+        results.get("config_hash")
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        raise checkpoints.CheckpointError(
+            f"{path}: cannot be read; move it away to redo the run's last step from its checkpoint"
+        ) from None
     if results.get("config_hash") != config_hash(cfg):
         raise ConfigError(
-            [f"{path} holds results of another config ({results.get('config_hash')}); use a new run folder"]
+            [
+                f"{path} holds results of another config ({results.get('config_hash')}); use a new run "
+                "folder (resume=false starts one beside it)"
+            ]
         )
     return results
 
 
 def finish(
-    ctx: RunContext, cfg: DictConfig, method: str, outcome: Outcome, tokenizer, clock: RunClock
+    ctx: RunContext,
+    cfg: DictConfig,
+    method: str,
+    outcome: Outcome,
+    tokenizer,
+    clock: RunClock,
+    resumed: dict | None = None,
 ) -> dict:
     """Test the chosen individual, save it as a Hugging Face folder, write results.json."""
     tensors = ctx.store.load(outcome.member.ident)
@@ -209,6 +258,8 @@ def finish(
         "details": outcome.details,
         "threads": torch.get_num_threads(),
     }
+    if forced := (resumed or {}).get("forced_from"):  # resume=force: the result mixes configs
+        results["resumed_from_other_configs"] = forced
     reference = ctx.models.base or ctx.models.experts[0]
     card = model_card(
         method,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae_merging.utils.files import atomic_directory
+from sae_merging.utils.files import atomic_directory, folder_digests
 from sae_merging.utils.tensorfiles import LazyTensors, TensorFile, write_tensors
 
 _MASK, _VALUES = "::mask", "::values"
@@ -94,6 +94,7 @@ class IndividualStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.digests: dict[str, dict[str, str]] = {}  # ident -> file name -> checksum (checkpoint)
 
     def path(self, ident: str) -> Path:
         return self.root / ident
@@ -112,6 +113,14 @@ class IndividualStore:
             (tmp / META_FILE).write_text(
                 json.dumps({"shapes": shapes, "order": list(shapes), **(meta or {})})
             )
+            digests = folder_digests(tmp)
+        self.digests[ident] = digests
+
+    def digest(self, ident: str) -> dict[str, str]:
+        """The checksum of each file of an individual, as written (computed from disk if not known)."""
+        if ident not in self.digests:
+            self.digests[ident] = folder_digests(self.path(ident))
+        return self.digests[ident]
 
     def meta(self, ident: str) -> dict:
         return json.loads((self.path(ident) / META_FILE).read_text())
@@ -139,6 +148,7 @@ class IndividualStore:
 
     def delete(self, ident: str) -> None:
         shutil.rmtree(self.path(ident), ignore_errors=True)
+        self.digests.pop(ident, None)
 
     def idents(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if (p / META_FILE).is_file())

@@ -25,12 +25,15 @@ SELECTIONS = ("last_draw", "all_draws", "validation")
 # sum over the N instances, divided by N) or the mean of the tasks' accuracies
 AGGREGATES = ("instances", "task_mean")
 LANG_FIELD = "{lang}"
+GSM8K_FIELDS = ("question", "answer")  # what every row of a local GSM8K file needs
+MMLU_FIELDS = ("question",)  # and of MMLU-ProX (its options and answer: mmlu_prox.to_example)
 
 
-def jsonl_problem(path: Path) -> str | None:
-    """Why a JSONL file cannot be read (None when every non-empty line is a JSON object)."""
+def jsonl_problem(path: Path, required: Sequence[str] = (), allow_empty: bool = True) -> str | None:
+    """Why a JSONL file cannot be read (None when every non-empty line is a JSON object with the
+    `required` fields, and there is one unless `allow_empty`)."""
     try:
-        rows = read_jsonl(path)
+        rows = read_jsonl(path, required, allow_empty)
     except ValueError as error:  # names the file and the line
         return str(error)
     except PermissionError:
@@ -51,8 +54,9 @@ def data_dir_problem(data_dir: str) -> str | None:
     )
 
 
-def source_problems(key: str, source: str, split: str) -> list[str]:
-    """Problems of one split's local source (a folder holding `<split>.jsonl`, or a file)."""
+def source_problems(key: str, source: str, split: str, required: Sequence[str] = ()) -> list[str]:
+    """Problems of one split's local source (a folder holding `<split>.jsonl`, or a file): it
+    must hold rows, each with the `required` fields."""
     if not is_local_source(source):
         return []
     path = Path(source).expanduser()
@@ -60,7 +64,7 @@ def source_problems(key: str, source: str, split: str) -> list[str]:
     if not file.is_file():
         expected = f"a folder with {split}.jsonl or a .jsonl file"
         return [f"{key}={source!r}: no {split} data at {str(file)!r} ({expected})"]
-    problem = jsonl_problem(file)
+    problem = jsonl_problem(file, required, allow_empty=False)
     return [f"{key}: {problem}"] if problem else []
 
 
@@ -82,10 +86,11 @@ class Gsm8kSettings(Settings, target="sae_merging.tasks.gsm8k.load_gsm8k"):
         check.integer("max_new_tokens", self.max_new_tokens, 1)
 
     def problems(self, key: str = "task") -> list[str]:
-        return source_problems(f"{key}.source", self.source, "train") + source_problems(
+        return source_problems(f"{key}.source", self.source, "train", GSM8K_FIELDS) + source_problems(
             f"{key}.{'test_source' if self.test_source else 'source'}",
             self.test_source or self.source,
             "test",
+            GSM8K_FIELDS,
         )
 
 
@@ -118,10 +123,10 @@ class MmluProxSettings(Settings, target="sae_merging.tasks.mmlu_prox.load_mmlu_p
         found = []
         for language in self.languages:
             found += source_problems(
-                f"{key}.test_source", self.test_source.replace(LANG_FIELD, language), "test"
+                f"{key}.test_source", self.test_source.replace(LANG_FIELD, language), "test", MMLU_FIELDS
             )
             found += source_problems(
-                f"{key}.opt_source", self.opt_source.replace(LANG_FIELD, language), "validation"
+                f"{key}.opt_source", self.opt_source.replace(LANG_FIELD, language), "validation", MMLU_FIELDS
             )
         return found
 
