@@ -215,7 +215,7 @@ def test_benchmark_child_is_method_sae_child(parents, tmp_path, stream):
     store.save("b", b)
     ctx = SimpleNamespace(store=store, timer=Timer())
     members = [Member(ident=i, origin="test") for i in "ab"]
-    expected, _ = sae._make_child(ctx, *members, 0.5, 0.4, benchmark.RATE, None)
+    expected = sae._make_child(ctx, *members, 0.5, 0.4, benchmark.RATE, None).tensors
     _assert_same(got, expected)
     _assert_same(IndividualStore(tmp_path / "out").load("child"), expected)
 
@@ -237,9 +237,9 @@ def test_sae_child_reads_parents_tensor_by_tensor(parents, tmp_path, monkeypatch
     monkeypatch.setattr(IndividualStore, "load", whole)
     ctx = SimpleNamespace(store=store, timer=Timer())
     members = [Member(ident=i, origin="test") for i in "ab"]
-    child, ratios = sae._make_child(ctx, *members, 0.55, 0.4, 0.6, None)
-    _assert_same(child, expected.tensors)
-    assert ratios == list(expected.weights.values())
+    made = sae._make_child(ctx, *members, 0.55, 0.4, 0.6, None)
+    _assert_same(made.tensors, expected.tensors)
+    assert made.weights == expected.weights
     assert set(ctx.timer.totals) == {"prune", "merge"}
 
 

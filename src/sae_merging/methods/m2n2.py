@@ -40,7 +40,7 @@ from functools import partial
 import torch
 
 from sae_merging.merging import functions as merge_fns
-from sae_merging.merging.child import ChildRecipe
+from sae_merging.merging.child import ChildRecipe, Pruned
 from sae_merging.methods.settings import M2N2Settings
 from sae_merging.methods.sharing import attraction, shared_matrix, weakest, weighted_index
 from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext, Sample
@@ -94,7 +94,8 @@ def crossover_shares(split: int, ratio: float, kind: str, split_at: str):
     `split` over the tensor list or over the flat entries), with the whole models' angle when
     `kind` is slerp_flat (one more pass over both parents)."""
 
-    def shares(parent_a, parent_b) -> dict[str, Share]:
+    def shares(pruned_a: Pruned, pruned_b: Pruned) -> dict[str, Share]:
+        parent_a, parent_b = pruned_a.tensors, pruned_b.tensors
         names = list(parent_a)
         cos = merge_fns.cosine((parent_a[n], parent_b[n]) for n in names) if kind == "slerp_flat" else None
         out, offset = {}, 0

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from sae_merging.pruning.settings import MagnitudePrunerSettings
-from sae_merging.utils.tensorfiles import LazyTensors
+from sae_merging.utils.tensorfiles import LazyTensors, peek, release
 
 CHUNK = 1 << 20  # entries per step of every pass (buffers of a few MB: cache-sized, few calls)
 SAMPLE = 1 << 20  # magnitudes sampled to bracket the threshold (all of them in smaller models)
@@ -478,6 +478,87 @@ def plan_cuts(tensors: TensorPasses, k: int, sizes: Sequence[int]) -> tuple[Tens
     return select(tensors, k, total).cuts(k)
 
 
+class RidingSearch:
+    """A global threshold search whose first counting pass rides along another pass that
+    produces the values (a merge): started from a sample of them (exact, or `estimated`), it
+    counts each produced chunk by its tensor's name (from any thread), and `finish` gives the
+    exact selection, with more counting passes over the finished values when the sample's
+    bracket missed."""
+
+    def __init__(
+        self,
+        sample: torch.Tensor,
+        names: Sequence[str],
+        dtypes: Sequence[torch.dtype],
+        sizes: Sequence[int],
+        k: int,
+        estimated: bool = False,
+    ) -> None:
+        import threading
+
+        self.search = ThresholdSearch(sample, dtypes, sizes, k, estimated)
+        self.request = self.search.request()
+        self.index = {name: i for i, name in enumerate(names)}
+        self.counts = [[0] * len(self.request.thresholds) for _ in names]
+        self.candidates: list[list[torch.Tensor]] = [[] for _ in names]
+        self.collected: int | None = 0  # None once past MAX_CANDIDATES
+        self.lock = threading.Lock()
+
+    def count(self, name: str, values: torch.Tensor, scratch: Scratch) -> None:
+        """Count one chunk of the named tensor (chunks of a tensor may come in any order)."""
+        part, inside = self.request.count(values, scratch)
+        i = self.index[name]
+        with self.lock:
+            self.counts[i] = [x + y for x, y in zip(self.counts[i], part, strict=True)]
+            if inside is not None and self.collected is not None:
+                self.collected += inside.numel()
+                self.candidates[i].append(inside)
+                if self.collected > MAX_CANDIDATES:  # too many to keep: counts still help
+                    self.candidates, self.collected = [[] for _ in self.candidates], None
+
+    def finish(self, passes: TensorPasses | None = None) -> Selection | None:
+        """The selection from the counted pass; when that was not enough, None, or (given
+        `passes` over the finished values, in the names' order) the exact one after more passes."""
+        candidates = None
+        if self.request.collect is not None and self.collected is not None:
+            candidates = [torch.cat(c) if c else torch.empty(0, dtype=torch.int32) for c in self.candidates]
+        selection = self.search.update(self.request, self.counts, candidates)
+        scratch = Scratch()
+        while selection is None and passes is not None:
+            request = self.search.request()
+            selection = self.search.update(request, *_count_pass(passes, request, scratch))
+        return selection
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """How a model is pruned, as a value: each prunable tensor's cut by name, in the model's
+    order (None: left as is), and the zero counts the pruned model has (name -> (entries,
+    zeros), exact, ties and earlier zeros included; none under target=task_vector, whose zeros
+    are the task vector's, not the model's), so measuring them reads no tensor."""
+
+    cuts: dict[str, TensorCut | None]
+    zero_counts: dict[str, tuple[int, int]]
+
+    @classmethod
+    def of(cls, names: Sequence[str], sizes: Sequence[int], plan: PrunePlan, counts_zeros: bool) -> ModelPlan:
+        cuts = dict(zip(names, plan.cuts, strict=True))
+        zeros = {}
+        if counts_zeros:
+            zeros = {
+                n: (size, cut.zeros) for n, size, cut in zip(names, sizes, plan.cuts, strict=True) if cut
+            }
+        return cls(cuts, zeros)
+
+
+def _read_pass(tensors: Mapping[str, torch.Tensor], names: Sequence[str], read) -> Iterator[torch.Tensor]:
+    """`read(name, tensor)` of each named tensor, read without a copy where the model is a
+    mapped file, each one's pages released once the consumer moves past it."""
+    for name in names:
+        yield read(name, peek(tensors, name))
+        release(tensors, name)
+
+
 @dataclass(frozen=True)
 class MagnitudePruner(MagnitudePrunerSettings):
     """Magnitude pruning; `MagnitudePrunerSettings` checks the arguments. Under
@@ -532,58 +613,42 @@ class MagnitudePruner(MagnitudePrunerSettings):
             return tensors.map(target)
         return {name: target(name, t) for name, t in tensors.items()}
 
-    def _apply(
-        self, plan: PrunePlan, index: int, name: str, tensor: torch.Tensor, in_place: bool = False
-    ) -> torch.Tensor:
-        if not self.needs_base:
-            return plan.apply(index, tensor, in_place)
-        if plan.cuts[index] is None:
+    def apply(self, plan: ModelPlan, name: str, tensor: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """One tensor pruned by a model's plan (itself when the plan leaves it; in place when
+        asked and possible, under target=weights)."""
+        cut = plan.cuts.get(name)
+        if cut is None:
             return tensor
-        kept = plan.apply(index, self.ranked(name, tensor))
+        if not self.needs_base:
+            return cut.prune(tensor, in_place)
+        kept = cut.prune(self.ranked(name, tensor))
         return torch.where(kept == 0, self.base[name].to(tensor.dtype), tensor)
 
-    def _model_plan(
-        self, tensors: Mapping[str, torch.Tensor], rate: float
-    ) -> tuple[PrunePlan, dict[str, int], list[int]]:
-        """The plan for a model's prunable tensors, each one's index in it, and their sizes."""
+    def model_plan(self, tensors: Mapping[str, torch.Tensor], rate: float) -> ModelPlan:
+        """The plan for a model's prunable tensors (read pass by pass, without copies where the
+        model is a mapped file)."""
         names = [name for name in tensors if self.prunable(name)]
-        sizes = [tensors[name].numel() for name in names]
-        plan = self.plan(lambda: (self.ranked(name, tensors[name]) for name in names), rate, sizes)
-        return plan, {name: i for i, name in enumerate(names)}, sizes
+        sizes = list(_read_pass(tensors, names, lambda _, t: t.numel()))
+        plan = self.plan(lambda: _read_pass(tensors, names, self.ranked), rate, sizes)
+        return ModelPlan.of(names, sizes, plan, counts_zeros=not self.needs_base)
 
     def prune(self, tensors: Mapping[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
         """A pruned copy of a model's tensors (the input is left untouched)."""
-        plan, index, _ = self._model_plan(tensors, rate)
-        return {
-            name: self._apply(plan, index[name], name, t) if name in index else t
-            for name, t in tensors.items()
-        }
+        plan = self.model_plan(tensors, rate)
+        return {name: self.apply(plan, name, t) for name, t in tensors.items()}
 
-    def pruned(self, tensors: LazyTensors, rate: float) -> LazyTensors:
-        """A lazy pruned view of lazily read tensors: the plan is made now (streaming over
-        them), each tensor is read and pruned when accessed, so nothing whole is held. The
-        view carries the plan's zero counts (`zero_counts`), so counting them reads nothing."""
-        plan, index, sizes = self._model_plan(tensors, rate)
-        view = tensors.map(lambda name, t: self._apply(plan, index[name], name, t) if name in index else t)
-        view.zero_counts = self._zero_counts(plan, index, sizes)
-        return view
+    def pruned(self, tensors: LazyTensors, rate: float) -> tuple[LazyTensors, ModelPlan]:
+        """A lazy pruned view of lazily read tensors, and its plan: the plan is made now
+        (streaming over them), each tensor is read and pruned when accessed, so nothing whole
+        is held."""
+        plan = self.model_plan(tensors, rate)
+        return tensors.map(lambda name, t: self.apply(plan, name, t)), plan
 
-    def _zero_counts(self, plan: PrunePlan, index: Mapping[str, int], sizes: Sequence[int]):
-        """name -> (entries, zeros) of each tensor the plan prunes (its cut's exact count of
-        the pruned tensor's zeros), under target=weights (a task vector's zeros are not the
-        model's)."""
-        if self.needs_base:
-            return {}
-        return {name: (sizes[i], plan.cuts[i].zeros) for name, i in index.items() if plan.cuts[i] is not None}
-
-    def prune_(self, tensors: dict[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
+    def prune_(self, tensors: dict[str, torch.Tensor], rate: float) -> ModelPlan:
         """Prune a model the caller gives up, where it lies: its tensors are overwritten (under
         target=task_vector replaced one at a time), so no second model is allocated; returns
-        the dict (a dict subclass carries the plan's zero counts, `zero_counts`, as `pruned`'s
-        view does)."""
-        plan, index, sizes = self._model_plan(tensors, rate)
-        for name, i in index.items():
-            tensors[name] = self._apply(plan, i, name, tensors[name], in_place=True)
-        if hasattr(tensors, "__dict__"):
-            tensors.zero_counts = self._zero_counts(plan, index, sizes)
-        return tensors
+        the plan (its zero counts are the pruned model's)."""
+        plan = self.model_plan(tensors, rate)
+        for name in plan.cuts:
+            tensors[name] = self.apply(plan, name, tensors[name], in_place=True)
+        return plan
