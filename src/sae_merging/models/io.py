@@ -28,7 +28,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from sae_merging.models.files import looks_like_path
+from sae_merging.models.files import hub_folder
 from sae_merging.utils.files import atomic_directory
 from sae_merging.utils.tensorfiles import (
     SAFETENSORS_FILE,
@@ -41,8 +41,6 @@ from sae_merging.utils.tensorfiles import (
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
-EXPECTED = "expected a local model folder, a .gguf file, or a hub id like 'owner/name'"
 # Files of a base folder that a merged model keeps as they are: generation defaults (sampling
 # settings, every end token), the tokenizer and its chat template.
 CARRIED_FILES = (
@@ -99,18 +97,7 @@ class ModelRef:
         first use; offline, only what is already cached)."""
         if self.is_local:
             return Path(self.path)
-        if looks_like_path(self.path):
-            raise FileNotFoundError(f"model path {self.path!r} does not exist ({EXPECTED})")
-        from huggingface_hub import snapshot_download
-
-        try:
-            folder = snapshot_download(self.path, allow_patterns=HUB_PATTERNS)
-        except Exception as error:  # offline, unknown repo, gated repo: say which and why
-            raise FileNotFoundError(
-                f"model {self.path!r} is not a local folder and could not be fetched from the "
-                f"hub ({type(error).__name__}: {error}); {EXPECTED}"
-            ) from error
-        return Path(folder)
+        return hub_folder(self.path)
 
     def load_kwargs(self) -> dict:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}

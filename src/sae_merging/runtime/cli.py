@@ -17,7 +17,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sae_merging.runtime.preflight import folder_problem, preflight
+from sae_merging.runtime.preflight import preflight
+from sae_merging.utils.files import folder_problem
 from sae_merging.utils.settings import ConfigError, InputError
 
 INPUT_ERROR = 2
