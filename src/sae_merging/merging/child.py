@@ -46,6 +46,7 @@ from sae_merging.utils.settings import bare
 from sae_merging.utils.tensorfiles import LazyTensors, peek, release
 from sae_merging.utils.timing import Timer
 
+RELEASE_ENTRIES = 1 << 22  # entries between page releases of a mapped parent within a tensor
 Tensors = Mapping[str, torch.Tensor]
 Merger = Callable[..., torch.Tensor]
 ZeroCounts = Mapping[str, tuple[int, int]]
@@ -258,13 +259,19 @@ class _Merge:
         counting = self.search is not None and name in self.search.index
         parts_a = _pruned_chunks(self.plan_a, name, tensor_a, self.scratch[0])
         parts_b = _pruned_chunks(self.plan_b, name, tensor_b, self.scratch[1])
+        released = 0
         for (start, part_a), (_, part_b) in zip(parts_a, parts_b, strict=True):
-            part = flat[start : start + part_a.numel()]
+            stop = start + part_a.numel()
+            part = flat[start:stop]
             self.merger(part_a, part_b, self.weight[name], out=part)
             if dense is not None:
-                functions.fill_zeros(part, part_a, part_b, dense[start : start + part.numel()], out=part)
+                functions.fill_zeros(part, part_a, part_b, dense[start:stop], out=part)
             if counting:
                 self.search.count(name, part, self.scratch[2])
+            if stop - released >= RELEASE_ENTRIES:  # mapped pages read leave as the pass goes
+                for parent in (self.a, self.b):
+                    release(parent, name, released, stop)
+                released = stop
         if self.dense is not None:
             release(self.dense, name)
         return out

@@ -406,7 +406,7 @@ class LazyTensors(Mapping[str, torch.Tensor]):
         names: Iterable[str],
         load: Callable[[str], torch.Tensor],
         view: Callable[[str], torch.Tensor] | None = None,
-        release: Callable[[str], None] | None = None,
+        release: Callable[..., None] | None = None,
     ) -> None:
         self._names = list(names)
         self._known = set(self._names)
@@ -428,10 +428,11 @@ class LazyTensors(Mapping[str, torch.Tensor]):
             raise KeyError(name)
         return self._view(name)
 
-    def release(self, name: str) -> None:
-        """The pages `peek(name)` mapped leave the process (a no-op without a mapped file)."""
+    def release(self, name: str, start: int = 0, stop: int | None = None) -> None:
+        """The pages `peek(name)` mapped (of its flat entries [start, stop), or all) leave the
+        process (a no-op without a mapped file)."""
         if self._release is not None:
-            self._release(name)
+            self._release(name, start, stop)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._known:
@@ -454,7 +455,8 @@ def peek(tensors: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
     return tensors.peek(name) if isinstance(tensors, LazyTensors) else tensors[name]
 
 
-def release(tensors: Mapping[str, torch.Tensor], name: str) -> None:
-    """Done reading `peek(tensors, name)`: its mapped pages leave the process."""
+def release(tensors: Mapping[str, torch.Tensor], name: str, start: int = 0, stop: int | None = None) -> None:
+    """Done reading `peek(tensors, name)` (its flat entries [start, stop), or all): its mapped
+    pages leave the process."""
     if isinstance(tensors, LazyTensors):
-        tensors.release(name)
+        tensors.release(name, start, stop)
