@@ -140,7 +140,7 @@ class M2N2(M2N2Settings):
         names = ctx.models.expert_names
         state = M2N2State(generation=0)
         for index, name in enumerate(names):
-            state.members.append(self._store(ctx, state, ctx.load_expert(index), f"expert:{name}", 0))
+            state.members.append(self._store(ctx, state, ctx.expert_tensors(index), f"expert:{name}", 0))
         sample = ctx.sample(0)
         state.metrics = self._summary(state, self._scores(ctx, state, sample), accepted=0, ratios=[])
         return state

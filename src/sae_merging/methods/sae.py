@@ -58,12 +58,13 @@ class SAE(SAESettings):
             [s_min + (s_max - s_min) * i / (n - 1) for i in range(n)] if n > 1 else [(s_min + s_max) / 2] * n
         )
         for index, name in enumerate(ctx.models.expert_names):
-            dense = ctx.load_expert(index)
+            # streamed from the expert's file: each tensor read (and pruned) as it is stored
+            dense = ctx.expert_tensors(index)
             self._add(ctx, state, dense, origin=f"expert:{name}", rate=0.0)
             for rate in rates:
                 with ctx.timer.section("prune"):
-                    variant = self.pruner.prune(dense, rate)
-                self._add(ctx, state, variant, origin=f"variant:{name}", rate=rate)
+                    variant, plan = self.pruner.pruned(dense, rate)
+                self._add(ctx, state, variant, f"variant:{name}", rate, zero_counts=plan.zero_counts)
         state.metrics = self._summary(ctx, state, ctx.sample(0), rate=None, pairs=[])
         return state
 
