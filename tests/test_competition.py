@@ -22,7 +22,7 @@ class Ctx(SimpleNamespace):
     """The parts of RunContext competition uses: `retire` records who left."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(retired=[], timer=Timer(), **kwargs)
+        super().__init__(retired=[], timer=Timer(), device=torch.device("cpu"), **kwargs)
 
     def retire(self, ident: str) -> None:
         self.retired.append(ident)

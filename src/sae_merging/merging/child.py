@@ -33,6 +33,7 @@ and their order, so every regime gives the same child bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -93,11 +94,19 @@ class ChildRecipe:
     merger: Merger = functions.linear
     pruner: MagnitudePruner | None = None
     stream_above_gb: float = 2.0
+    # where the child is made: the parents' chunks are moved there, mixed and pruned there, and
+    # the child's tensors lie there (the archive writes them back); the CPU runs the same code
+    device: torch.device = torch.device("cpu")
 
     def __post_init__(self) -> None:
         if self.stream_above_gb < 0:
             raise ValueError(f"stream_parents_above_gb={self.stream_above_gb}: must be >= 0")
         object.__setattr__(self, "merger", bare(self.merger))
+        object.__setattr__(self, "device", torch.device(self.device))
+
+    def on(self, device: torch.device | str) -> ChildRecipe:
+        """The same recipe making its children on `device`."""
+        return dataclasses.replace(self, device=torch.device(device))
 
     @property
     def elementwise(self) -> bool:
@@ -195,6 +204,8 @@ class _Merge:
         self.in_place = (
             self.child is parent_a and dense is None and recipe.elementwise and _unshared(parent_a)
         )
+        self.device = recipe.device
+        self.in_place = self.in_place and self.device.type == "cpu"  # (a loaded parent lies on the CPU)
         pruner = recipe.pruner
         pruning = recipe._pruning(rate)
         # chunk by chunk: an elementwise merger, and pruning (if any) of the weights themselves
@@ -253,19 +264,19 @@ class _Merge:
         if self.in_place and tensor_a.is_contiguous():
             out = tensor_a
         else:
-            out = torch.empty(tensor_a.shape, dtype=tensor_a.dtype)
+            out = torch.empty(tensor_a.shape, dtype=tensor_a.dtype, device=self.device)
         flat = out.view(-1)
         dense = peek(self.dense, name).reshape(-1) if self.dense is not None else None
         counting = self.search is not None and name in self.search.index
-        parts_a = _pruned_chunks(self.plan_a, name, tensor_a, self.scratch[0])
-        parts_b = _pruned_chunks(self.plan_b, name, tensor_b, self.scratch[1])
+        parts_a = _pruned_chunks(self.plan_a, name, tensor_a, self.scratch[0], self.device)
+        parts_b = _pruned_chunks(self.plan_b, name, tensor_b, self.scratch[1], self.device)
         released = 0
         for (start, part_a), (_, part_b) in zip(parts_a, parts_b, strict=True):
             stop = start + part_a.numel()
             part = flat[start:stop]
             self.merger(part_a, part_b, self.weight[name], out=part)
             if dense is not None:
-                functions.fill_zeros(part, part_a, part_b, dense[start:stop], out=part)
+                functions.fill_zeros(part, part_a, part_b, dense[start:stop].to(self.device), out=part)
             if counting:
                 self.search.count(name, part, self.scratch[2])
             if stop - released >= RELEASE_ENTRIES:  # mapped pages read leave as the pass goes
@@ -279,7 +290,8 @@ class _Merge:
     def _whole(self, name: str, tensor_a: torch.Tensor, tensor_b: torch.Tensor) -> torch.Tensor:
         """One tensor of the child from whole pruned tensors (a merger that needs them whole)."""
         pruner = self.recipe.pruner
-        loaded = isinstance(self.a, _Loaded)
+        loaded = isinstance(self.a, _Loaded) and self.device.type == "cpu"
+        tensor_a, tensor_b = tensor_a.to(self.device), tensor_b.to(self.device)
         if self.plan_a is not None:
             tensor_a = pruner.apply(self.plan_a, name, tensor_a, in_place=loaded)
             tensor_b = pruner.apply(self.plan_b, name, tensor_b, in_place=self.given_up is not None)
@@ -288,12 +300,14 @@ class _Merge:
         else:
             merged = self.merger(tensor_a, tensor_b, self.weight[name])
         if self.dense is not None:
-            merged = functions.fill_zeros(merged, tensor_a, tensor_b, self.dense[name])
+            merged = functions.fill_zeros(merged, tensor_a, tensor_b, self.dense[name].to(self.device))
         return merged
 
 
-def _pruned_chunks(plan: ModelPlan | None, name: str, tensor: torch.Tensor, scratch: Scratch):
-    """(start, chunk) pairs of a tensor pruned by its cut (into a scratch buffer), or of the
-    tensor as is (flat slices, no copy)."""
+def _pruned_chunks(plan: ModelPlan | None, name: str, tensor: torch.Tensor, scratch: Scratch, device):
+    """(start, chunk) pairs of a tensor on `device`, pruned by its cut (into a scratch buffer),
+    or as is (flat slices: no copy where the tensor lies on `device`)."""
     cut = plan.cuts.get(name) if plan is not None else None
-    return cut.chunks(tensor, scratch) if cut is not None else magnitude.chunks(tensor)
+    if cut is not None:
+        return cut.chunks(tensor, scratch, device=device)
+    return magnitude.chunks(tensor, device)

@@ -30,7 +30,7 @@ def _elementwise(
     temporaries of one part instead of several float32 copies of the tensor. `out` (contiguous,
     of `dtype`) may be one of the inputs: each part is read whole before it is overwritten."""
     if out is None:
-        out = torch.empty(tensors[0].shape, dtype=dtype)
+        out = torch.empty(tensors[0].shape, dtype=dtype, device=tensors[0].device)
     elif out.dtype != dtype or out.shape != tensors[0].shape or not out.is_contiguous():
         raise ValueError(
             f"out: {out.dtype} {tuple(out.shape)} is not a contiguous {dtype} of the inputs' shape"
@@ -68,14 +68,14 @@ def linear(a: torch.Tensor, b: torch.Tensor, ratio: float, out: torch.Tensor | N
     float32 steps of SUB_CHUNK entries through two reused buffers: the ops and roundings of
     `ratio * A32 + (1 - ratio) * B32`, bit for bit, without a float32 temporary per op."""
     if out is None:
-        out = torch.empty(a.shape, dtype=a.dtype)
+        out = torch.empty(a.shape, dtype=a.dtype, device=a.device)
     elif out.dtype != a.dtype or out.shape != a.shape or not out.is_contiguous():
         raise ValueError(
             f"out: {out.dtype} {tuple(out.shape)} is not a contiguous {a.dtype} of the inputs' shape"
         )
     flat, flat_a, flat_b = out.view(-1), a.reshape(-1), b.reshape(-1)
     size = flat.numel()
-    a32 = torch.empty(min(SUB_CHUNK, size), dtype=torch.float32)
+    a32 = torch.empty(min(SUB_CHUNK, size), dtype=torch.float32, device=out.device)
     b32 = torch.empty_like(a32)
     for start in range(0, size, SUB_CHUNK):
         stop = min(start + SUB_CHUNK, size)

@@ -208,8 +208,8 @@ class M2N2(M2N2Settings):
             ctx.store.open(a.ident), ctx.store.nbytes(a.ident), ctx.store.open(b.ident)
         )
         rule = crossover_shares(split, ratio, self.interpolation, self.split_at)
-        with ctx.timer.section("merge"):
-            return self.recipe.make(*parents, rule).tensors
+        with ctx.timer.section("merge"):  # on the run's device
+            return self.recipe.on(ctx.device).make(*parents, rule).tensors
 
     def _compete(self, ctx: RunContext, state: M2N2State, child: Member, scores: dict[str, Scores]) -> int:
         """1 if the child entered the archive, 0 if it left."""

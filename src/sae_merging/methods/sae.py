@@ -232,7 +232,9 @@ class SAE(SAESettings):
         sparsity = None
         if self.omega_from == "archive":
             sparsity = (self._archive_sparsity(parent_a, a), self._archive_sparsity(parent_b, b))
-        child = self.child(parent_a, parent_b, p_a, p_b, rate, dense, ctx.timer, sparsity, span, record)
+        recipe = self.recipe.on(ctx.device)  # the child is made on the run's device
+        rule = self.mixing_ratios(p_a, p_b, sparsity, span, record)
+        child = recipe.make(parent_a, parent_b, rule, rate, dense, ctx.timer)
         if record is not None:
             record["ratios"] = list(child.weights.values())
         return child

@@ -54,6 +54,7 @@ SPREAD = 3.0  # bracket half-width, in standard errors of the sampled rank
 MAX_KEYS = 8  # a bracket this narrow (in keys) is counted key by key
 MAX_CANDIDATES = 1 << 22  # a bracket holding at most this many entries is collected and sorted
 
+_CPU = torch.device("cpu")
 # one pass over the tensors to prune, callable again for every further pass
 TensorPasses = Callable[[], Iterable[torch.Tensor]]
 
@@ -101,44 +102,50 @@ class KeySpace:
 
 
 class Scratch:
-    """Chunk-sized buffers, allocated once and reused across chunks and tensors."""
+    """Chunk-sized buffers, allocated once and reused across chunks and tensors (one set per
+    device: the kernels run where their chunk lies)."""
 
     def __init__(self) -> None:
-        self._buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+        self._buffers: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
 
-    def get(self, slot: str, dtype: torch.dtype, n: int) -> torch.Tensor:
-        """The first `n` entries of the slot's buffer (grown to the largest `n` asked, at most
-        a chunk as passes ask, so small tensors get small buffers)."""
-        buffer = self._buffers.get((slot, dtype))
+    def get(self, slot: str, dtype: torch.dtype, n: int, device: torch.device = _CPU) -> torch.Tensor:
+        """The first `n` entries of the slot's buffer on `device` (grown to the largest `n`
+        asked, at most a chunk as passes ask, so small tensors get small buffers)."""
+        key = (slot, dtype, device)
+        buffer = self._buffers.get(key)
         if buffer is None or buffer.numel() < n:
-            buffer = self._buffers[(slot, dtype)] = torch.empty(n, dtype=dtype)
+            buffer = self._buffers[key] = torch.empty(n, dtype=dtype, device=device)
         return buffer[:n]
 
 
-def chunks(tensor: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-    """(start, flat slice) pairs covering the tensor, CHUNK entries each."""
+def chunks(tensor: torch.Tensor, device: torch.device | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, flat slice) pairs covering the tensor, CHUNK entries each (copied to `device`
+    when given and elsewhere; else views)."""
     flat = tensor.detach().reshape(-1)
     size = CHUNK
     for start in range(0, flat.numel(), size):
-        yield start, flat[start : start + size]
+        part = flat[start : start + size]
+        yield start, part if device is None else part.to(device)
 
 
 def _keys(chunk: torch.Tensor, space: KeySpace, scratch: Scratch) -> torch.Tensor:
     n = chunk.numel()
     if chunk.dtype != space.dtype:
-        chunk = scratch.get("convert", space.dtype, n).copy_(chunk)
-    keys = scratch.get("keys", space.int_dtype, n)
+        chunk = scratch.get("convert", space.dtype, n, chunk.device).copy_(chunk)
+    keys = scratch.get("keys", space.int_dtype, n, chunk.device)
     return torch.bitwise_and(chunk.view(space.int_dtype), space.limit - 1, out=keys)
 
 
 def _count_below(keys: torch.Tensor, key: int, space: KeySpace, scratch: Scratch) -> int:
-    """How many of `keys` are below `key` (NumPy: one comparison into a reused bool buffer,
-    then count_nonzero; torch has no fused compare-and-count on CPU)."""
+    """How many of `keys` are below `key` (on the CPU by NumPy: one comparison into a reused
+    bool buffer, then count_nonzero; torch has no fused compare-and-count on CPU)."""
     n = keys.numel()
     if key <= 0:
         return 0
     if key >= space.limit:
         return n
+    if keys.device.type != "cpu":
+        return int(torch.count_nonzero(keys < key))
     below = scratch.get("below", torch.bool, n).numpy()
     return int(np.count_nonzero(np.less(keys.numpy(), key, out=below)))
 
@@ -163,7 +170,7 @@ def _mask_into(chunk: torch.Tensor, cut: int, space: KeySpace, scratch: Scratch,
         torch.ops.aten.hardshrink.out(chunk, below, out=out)
         return
     keys = _keys(chunk, space, scratch)
-    pruned = torch.sub(keys, cut, out=scratch.get("work", space.int_dtype, keys.numel()))
+    pruned = torch.sub(keys, cut, out=scratch.get("work", space.int_dtype, keys.numel(), keys.device))
     pruned.bitwise_right_shift_(space.bits - 1)  # -1 (all bits) where pruned, 0 where kept
     if chunk.dtype == space.dtype:
         torch.bitwise_and(chunk.view(space.int_dtype), pruned.bitwise_not_(), out=out.view(space.int_dtype))
@@ -185,14 +192,21 @@ class TensorCut:
     zeros: int = 0
 
     def chunks(
-        self, tensor: torch.Tensor, scratch: Scratch, out: torch.Tensor | None = None
+        self,
+        tensor: torch.Tensor,
+        scratch: Scratch,
+        out: torch.Tensor | None = None,
+        device: torch.device | None = None,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """(start, pruned chunk) pairs, written into the flat `out` or else into a scratch
-        buffer that the next chunk overwrites."""
+        buffer that the next chunk overwrites; each chunk moved to `device` first (when given)."""
         remaining = self.quota
-        for start, chunk in chunks(tensor):
+        for start, chunk in chunks(tensor, device):
             n = chunk.numel()
-            target = out[start : start + n] if out is not None else scratch.get("pruned", chunk.dtype, n)
+            if out is None:
+                target = scratch.get("pruned", chunk.dtype, n, chunk.device)
+            else:
+                target = out[start : start + n]
             if self.threshold >= self.space.limit:
                 target.zero_()
                 yield start, target
@@ -219,7 +233,7 @@ class TensorCut:
         if in_place and tensor.is_contiguous():
             out = tensor.view(-1)
         else:
-            out = torch.empty(tensor.numel(), dtype=tensor.dtype)
+            out = torch.empty(tensor.numel(), dtype=tensor.dtype, device=tensor.device)
         for _ in self.chunks(tensor, Scratch(), out):
             pass
         return out.view(tensor.shape)
@@ -344,7 +358,7 @@ class CountRequest:
         inside = keys >= self.collect[0]
         if self.collect[1] < self.space.limit:  # (the limit itself overflows 16-bit keys)
             inside &= keys < self.collect[1]
-        return counts, keys[inside].to(torch.int32)
+        return counts, keys[inside].to(torch.int32).cpu()  # (few: kept on the CPU)
 
 
 class ThresholdSearch:

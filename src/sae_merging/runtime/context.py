@@ -112,6 +112,11 @@ class RunContext:
         return torch.Generator().manual_seed(int(stable_hash([self.seed, *purpose]), 16) % 2**63)
 
     @property
+    def device(self) -> torch.device:
+        """The run's device (`device=`): where individuals are scored and children are made."""
+        return self.fitness.device
+
+    @property
     def dtype(self) -> torch.dtype:
         return parse_dtype(self.models.dtype)
 
