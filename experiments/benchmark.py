@@ -3,7 +3,8 @@ merge command side by side with mergekit-yaml and cp, the fitness evaluators, an
 generation at lab scale. Prints a Markdown table.
 
     python experiments/benchmark.py [--workdir /tmp/sae-benchmark] [--only 1,2,3,4,5,6,evaluator]
-        [--params 1e9] [--skip-build] [--threads auto|N] [--repeat 2] [--examples 64]
+        [--params 1e9] [--command-params 0.22e9] [--device cpu|cuda] [--skip-build]
+        [--threads auto|N] [--repeat 2] [--examples 64]
         [--mergekit PATH/TO/mergekit-yaml]
         [--data DIR] [--mc-examples 100] [--gen-examples 50] [--max-new-tokens 256]
         [--lm-eval-batch-size 64] [--lm-eval-mc-batch-size 1] [--builtin-batch-size N]
@@ -11,22 +12,20 @@ generation at lab scale. Prints a Markdown table.
 Every figure is a ratio to a reference measured in the same run on the same machine, so a slow
 or busy machine moves both sides alike:
 
-1. Merge throughput, in GB of parameters read per second, of the streaming task arithmetic
-   that experiments/merge_checkpoints.py runs (base + 2 experts read; alone and with its
-   global pruning to 50% in the same call) and of SAE's child (2 parents read; both pruned to
-   60%, merged by eq. 4/5, the child pruned and stored: the code `method=sae` runs, `SAE.child`
-   through `merging.child`, parents streamed as above `stream_parents_above_gb`), against a
-   plain in-memory `copy_` of a 1 GiB bf16 buffer (GB read per second: the physical limit), per
-   second of wall time and per second of CPU time (all threads: on a loaded machine a merge of
-   seconds waits for a core where a copy_ of a fraction of a second rarely does). The merge
-   alone and with pruning run interleaved in one subprocess (which goes first alternates, at
-   least 2 rounds), the SAE child in its own.
+1. The merge passes against a file copy of one model (read 1 + write 1): the streaming task
+   arithmetic that the merge command runs (base + 2 experts: read 3 + write 1, twice the
+   file copy's bytes, so 2x its time is the physical limit), alone and with its global pruning
+   to 50% in the same call, and SAE's child (2 parents read, both pruned to 60%, merged by
+   eq. 4/5, the child pruned and stored in the archive: the code `method=sae` runs, `SAE.child`
+   through `merging.child`), against that task-arithmetic pass (floor 1.5). The merge alone
+   and with pruning run interleaved in one subprocess (which goes first alternates, at least 2
+   rounds), the SAE child in its own.
    Each merge runs in a fresh subprocess that reports its peak RSS above the RSS it had just
    before the run (after imports), against one model's size: the kernel's high-water mark
    (VmHWM, what ru_maxrss reports), reset before each run; ru_maxrss itself where /proc is
    missing. The output goes to a new file, as in a real run, so page-cache allocation is
    included (a virtual machine may make that slow when its memory was idle: the first run's
-   time is shown too).
+   time is shown too). `--device cuda` makes the SAE child on the GPU (`ChildRecipe.on`).
 2. Global magnitude pruning of the base to 60% (the exact threshold, then every prunable tensor
    zeroed, chunk by chunk: the plan SAE prunes its parents by) against one pass over its
    prunable weights: `torch.count_nonzero` of each mapped tensor (the reference of the floor).
@@ -47,10 +46,11 @@ evaluator. The built-in evaluator against lm-eval's HF backend on a real model,
 4. One SAE generation at lab scale (`run.py schedule.steps=1 logger=none`): the merge / prune /
    evaluate seconds of generation 1 from metrics.jsonl, against the generation's wall time.
 5. Whole commands, each its own process (wall and CPU seconds, peak RSS through wait4), on
-   model folders around the synthetic weights: `cp -r` of the base folder, our merge command
-   (task arithmetic, lambda 0.5) with and without `--prune 0.5`, and `mergekit-yaml` on the
-   same merge (mergekit 0.1.5 in its own environment, given by --mergekit or found on PATH;
-   skipped with a note when absent), at 1 thread, at every core, and at each one's default
+   model folders around the synthetic weights, at --params and at each of --command-params
+   (default 0.22e9: the small-model case, where start-up weighs most): `cp -r` of the base
+   folder, our merge command (task arithmetic, lambda 0.5) with and without `--prune 0.5`, and
+   `mergekit-yaml` on the same merge (mergekit 0.1.5 in its own environment, given by
+   --mergekit or found on PATH; skipped with a note when absent), at 1 thread, at every core, and at each one's default
    (ours: threads=auto; mergekit: torch's). The runs are interleaved (cp, ours, mergekit, ...,
    then again) and the fastest of --repeat is kept, so a change of load hits all sides alike.
 6. The thread policy's measurement: seconds per step of the lab's training loop
@@ -176,7 +176,7 @@ def _measure_memory() -> bool:
         return False
 
 
-def worker(kind: str, files: list[Path], out: Path, repeat: int) -> dict:
+def worker(kind: str, files: list[Path], out: Path, repeat: int, device: str = "cpu") -> dict:
     """One streaming job, in a fresh subprocess, run `repeat` times (the first warms caches up;
     its output file is deleted before the next, as a run deletes retired individuals): the wall
     and CPU seconds of every run and the peak RSS above the RSS just before it. `pair`: the
@@ -185,12 +185,12 @@ def worker(kind: str, files: list[Path], out: Path, repeat: int) -> dict:
     at least 2 rounds (so neither side is only ever the cold first run)."""
     if kind == "pair":
         names = ["task_arithmetic", "task_arithmetic_pruned"]
-        jobs = {name: Job(name, files, out) for name in names}
+        jobs = {name: Job(name, files, out, device) for name in names}
         for round_ in range(max(repeat, 2)):
             for name in names if round_ % 2 == 0 else names[::-1]:
                 jobs[name].run()
         return {name: job.result() for name, job in jobs.items()}
-    job = Job(kind, files, out)
+    job = Job(kind, files, out, device)
     for _ in range(repeat):
         job.run()
     return job.result()
@@ -199,10 +199,10 @@ def worker(kind: str, files: list[Path], out: Path, repeat: int) -> dict:
 class Job:
     """Timed runs of one streaming job (see `worker`)."""
 
-    def __init__(self, kind: str, files: list[Path], out: Path) -> None:
+    def __init__(self, kind: str, files: list[Path], out: Path, device: str = "cpu") -> None:
         from sae_merging.pruning.magnitude import MagnitudePruner
 
-        self.kind, self.files, self.out = kind, files, out
+        self.kind, self.files, self.out, self.device = kind, files, out, device
         self.pruner = MagnitudePruner("global")
         self.sae = sae_method() if kind == "sae" else None
         self.seconds: list[float] = []
@@ -223,7 +223,7 @@ class Job:
         elif self.kind == "task_arithmetic_pruned":  # merge_checkpoints.py --prune 0.5
             streaming.stream_task_arithmetic(files[0], files[1:], 0.5, out, None, COMMAND_RATE, self.pruner)
         else:
-            sae_child(self.sae, files[1], files[2], out)
+            sae_child(self.sae, files[1], files[2], out, device=self.device)
         self.seconds.append(time.perf_counter() - started)
         self.cpu.append(time.process_time() - cpu)
         peak = _memory("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -254,14 +254,17 @@ def sae_method():
     return instantiate(lab_config(SAE_OVERRIDES).method)
 
 
-def sae_child(sae, parent_a: Path, parent_b: Path, out: Path, p_a: float = 0.5, p_b: float = 0.4):
-    """SAE's child of two checkpoint files, as a run makes it (`SAE.child`) and stores it
-    (`IndividualStore.save`) in the folder `out`; returns the child's tensors."""
+def sae_child(
+    sae, parent_a: Path, parent_b: Path, out: Path, p_a: float = 0.5, p_b: float = 0.4, device: str = "cpu"
+):
+    """SAE's child of two checkpoint files, as a run makes it (`SAE._make_child`: eq. 5's rule,
+    the recipe on the run's device) and stores it (`IndividualStore.save`) in the folder `out`;
+    returns the child's tensors."""
     from sae_merging.runtime.store import IndividualStore
     from sae_merging.utils.tensorfiles import lazy_tensors
 
     parents = sae.recipe.parents(lazy_tensors(parent_a), parent_a.stat().st_size, lazy_tensors(parent_b))
-    child = sae.child(*parents, p_a, p_b, RATE)
+    child = sae.recipe.on(device).make(*parents, sae.mixing_ratios(p_a, p_b), RATE)
     IndividualStore(out).save("child", child.tensors)
     return child.tensors
 
@@ -277,7 +280,7 @@ def in_subprocess(kind: str, args) -> dict:
     """`worker(kind)` in a fresh Python process (its own baseline RSS)."""
     command = [sys.executable, __file__, "--worker", kind, "--workdir", str(args.workdir)]
     command += ["--params", str(args.params), "--repeat", str(args.repeat)]
-    command += ["--threads", str(args.threads)]
+    command += ["--threads", str(args.threads), "--device", args.device]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -875,6 +878,7 @@ def main() -> None:
         default=1,
         help="lm-eval's batch size on multiple choice (evaluator)",
     )
+    parser.add_argument("--device", default="cpu", help="where section 1's SAE child is made: cpu | cuda")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.threads = apply_threads(args.threads, workers=1)
@@ -882,7 +886,7 @@ def main() -> None:
     files = [folder / f"{name}.safetensors" for name in ("base", "expert1", "expert2")]
     if args.worker:
         out = folder / f"out-{args.worker}.safetensors"
-        print(json.dumps(worker(args.worker, files, out, args.repeat)))
+        print(json.dumps(worker(args.worker, files, out, args.repeat, args.device)))
         return
     only = {int(x) if x.isdigit() else x for x in args.only.split(",")}
     info = machine()
