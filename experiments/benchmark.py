@@ -51,8 +51,9 @@ evaluator. The built-in evaluator against lm-eval's HF backend on a real model,
    folder, our merge command (task arithmetic, lambda 0.5) with and without `--prune 0.5`, and
    `mergekit-yaml` on the same merge (mergekit 0.1.5 in its own environment, given by
    --mergekit or found on PATH; skipped with a note when absent), at 1 thread, at every core,
-   and at each one's default (ours: threads=auto; mergekit: torch's). The runs are interleaved (cp, ours, mergekit, ...,
-   then again) and the fastest of --repeat is kept, so a change of load hits all sides alike.
+   and at each one's default (ours: threads=auto; mergekit: torch's). The runs are
+   interleaved (cp, ours, mergekit, ..., then again) and the fastest of --repeat is kept, so a
+   change of load hits all sides alike.
 6. The thread policy's measurement: seconds per step of the lab's training loop
    (`lab.training.train`, what the lab build runs; default lab shapes) at 1 thread and at
    every core, interleaved, with the load average before and after.
