@@ -159,6 +159,7 @@ class M2N2(M2N2Settings):
             ratios.append(ratio)
             tensors = self._crossover(ctx, a, b, split, ratio)
             child = self._store(ctx, state, tensors, "child", generation, [a.ident, b.ident])
+            del tensors  # stored: the child's tensors go before it is scored and the next one is made
             child.extra = {"split": split, "ratio": ratio}
             scores[child.ident] = ctx.score(child, sample)
             accepted += self._compete(ctx, state, child, scores)

@@ -98,6 +98,7 @@ class SAE(SAESettings):
                 join=False,
                 zero_counts=made.zero_counts,
             )
+            del made  # stored: the child's tensors go before it is scored and the next one is made
             scores[child.ident] = ctx.score(child, sample)
             f_child = self.fitness(scores[child.ident], child, span)
             record["child"] = child.ident
