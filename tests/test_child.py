@@ -177,14 +177,14 @@ def test_m2n2_crossover_goes_through_the_child_path(parents, tmp_path):
     expected = {n: interpolate(a[n], b[n], t, "slerp") for n, t in zip(a, shares, strict=True)}
     for above in (0.0, 10.0):
         m2n2 = M2N2(interpolation="slerp", stream_parents_above_gb=above)
-        ctx = SimpleNamespace(store=store, timer=Timer())
+        ctx = SimpleNamespace(store=store, timer=Timer(), device=torch.device("cpu"))
         _assert_same(m2n2._crossover(ctx, *members, 2, 0.3), expected)
     # the reference's crossover (flat SLERP, split inside a tensor), streamed or not
     split = sum(t.numel() for t in list(a.values())[:2]) + 3
     expected = crossover(a, b, split, 0.3, "slerp_flat", "entry")
     for above in (0.0, 10.0):
         m2n2 = M2N2(interpolation="slerp_flat", split_at="entry", stream_parents_above_gb=above)
-        ctx = SimpleNamespace(store=store, timer=Timer())
+        ctx = SimpleNamespace(store=store, timer=Timer(), device=torch.device("cpu"))
         _assert_same(m2n2._crossover(ctx, *members, split, 0.3), expected)
 
 
@@ -213,9 +213,9 @@ def test_benchmark_child_is_method_sae_child(parents, tmp_path, stream):
     store = IndividualStore(tmp_path / "archive")
     store.save("a", a)
     store.save("b", b)
-    ctx = SimpleNamespace(store=store, timer=Timer())
+    ctx = SimpleNamespace(store=store, timer=Timer(), device=torch.device("cpu"))
     members = [Member(ident=i, origin="test") for i in "ab"]
-    expected, _ = sae._make_child(ctx, *members, 0.5, 0.4, benchmark.RATE, None)
+    expected = sae._make_child(ctx, *members, 0.5, 0.4, benchmark.RATE, None).tensors
     _assert_same(got, expected)
     _assert_same(IndividualStore(tmp_path / "out").load("child"), expected)
 
@@ -235,11 +235,11 @@ def test_sae_child_reads_parents_tensor_by_tensor(parents, tmp_path, monkeypatch
         raise AssertionError(f"parent {ident} loaded whole")
 
     monkeypatch.setattr(IndividualStore, "load", whole)
-    ctx = SimpleNamespace(store=store, timer=Timer())
+    ctx = SimpleNamespace(store=store, timer=Timer(), device=torch.device("cpu"))
     members = [Member(ident=i, origin="test") for i in "ab"]
-    child, ratios = sae._make_child(ctx, *members, 0.55, 0.4, 0.6, None)
-    _assert_same(child, expected.tensors)
-    assert ratios == list(expected.weights.values())
+    made = sae._make_child(ctx, *members, 0.55, 0.4, 0.6, None)
+    _assert_same(made.tensors, expected.tensors)
+    assert made.weights == expected.weights
     assert set(ctx.timer.totals) == {"prune", "merge"}
 
 
@@ -255,3 +255,53 @@ def test_elementwise_mergers_write_the_child_into_the_loaded_parent(parents, mer
     child = sae.child(loaded, streamed, 0.55, 0.4, 0.6)
     _assert_same(child.tensors, expected.tensors)
     assert {name: t.untyped_storage().data_ptr() for name, t in child.tensors.items()} == storage
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("merger,redense,granularity,scoring", OPTIONS[::3])
+def test_child_made_on_the_runs_device_is_the_same_child(
+    parents, device, merger, redense, granularity, scoring
+):
+    """`ChildRecipe.on(device)` moves the parents' chunks to the device, mixes and prunes them
+    there and hands back the child there: on the CPU the same code path, bit for bit the child
+    of the default recipe; on a GPU (when there is one) the same bits too (elementwise float32
+    ops, exact zeroing and counting)."""
+    a, b = parents
+    sae = _sae(merger, redense, granularity, scoring, scorer=hoyer if scoring == "local" else zero_count)
+    dense = {n: functions.weighted_average([a[n], b[n]]) for n in a} if redense == "original_dense" else None
+    expected = sae.child(a, b, 0.55, 0.4, 0.6, dense)
+    recipe = sae.recipe.on(device)
+    assert recipe.device == torch.device(device) and sae.recipe.device == torch.device("cpu")
+    rule = sae.mixing_ratios(0.55, 0.4)
+    for parent_a, parent_b in ((a, b), (_lazy(a), _lazy(b))):
+        child = recipe.make(parent_a, parent_b, rule, 0.6, dense)
+        assert {t.device.type for t in child.tensors.values()} == {torch.device(device).type}
+        _assert_same({n: t.cpu() for n, t in child.tensors.items()}, expected.tensors)
+        assert child.weights == expected.weights and child.zero_counts == expected.zero_counts
+
+
+def test_run_context_children_follow_the_runs_device(parents, tmp_path):
+    """SAE's `_make_child` makes the child on `ctx.device` (the run's `device=`)."""
+    a, b = parents
+    store = IndividualStore(tmp_path)
+    store.save("a", a)
+    store.save("b", b)
+    sae = _sae()
+    made = []
+    real = type(sae.recipe).make
+
+    def spy(recipe, *args, **kwargs):
+        made.append(recipe.device)
+        return real(recipe, *args, **kwargs)
+
+    members = [Member(ident=i, origin="test") for i in "ab"]
+    ctx = SimpleNamespace(store=store, timer=Timer(), device=torch.device("cpu"))
+    import unittest.mock
+
+    with unittest.mock.patch.object(type(sae.recipe), "make", spy):
+        child = sae._make_child(ctx, *members, 0.55, 0.4, 0.6, None)
+    assert made == [torch.device("cpu")]
+    _assert_same(child.tensors, sae.child(a, b, 0.55, 0.4, 0.6).tensors)

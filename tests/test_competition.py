@@ -22,7 +22,7 @@ class Ctx(SimpleNamespace):
     """The parts of RunContext competition uses: `retire` records who left."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(retired=[], timer=Timer(), **kwargs)
+        super().__init__(retired=[], timer=Timer(), device=torch.device("cpu"), **kwargs)
 
     def retire(self, ident: str) -> None:
         self.retired.append(ident)
@@ -124,6 +124,7 @@ def test_sae_initialize_holds_the_experts_and_their_pruned_variants(tmp_path):
     """Two experts, two variants each at rates evenly spaced over the schedule's range (0.1 and
     0.6): six members in order, each variant pruned to exactly its rate (zero-count sparsity)."""
     from sae_merging.runtime.store import IndividualStore
+    from sae_merging.utils.tensorfiles import LazyTensors
 
     g = torch.Generator().manual_seed(0)
     experts = [{"w.weight": torch.randn(10, 10, generator=g) + 3.0} for _ in range(2)]  # no zeros
@@ -131,7 +132,7 @@ def test_sae_initialize_holds_the_experts_and_their_pruned_variants(tmp_path):
     store = IndividualStore(tmp_path)
     ctx = Ctx(
         models=SimpleNamespace(expert_names=["math", "lang"]),
-        load_expert=lambda i: dict(experts[i]),
+        expert_tensors=lambda i: LazyTensors(list(experts[i]), experts[i].__getitem__),
         store=store,
         sample=lambda draw: {},
         score=lambda member, sample: Scores({"t": [True]}),

@@ -211,8 +211,9 @@ def test_task_vector_target_keeps_base_and_unpruned_deltas_exactly(granularity, 
         assert zero_after == max(zero_before, round(rate * sum(model[n].numel() for n in names)))
         assert changed == zero_after - zero_before > 0
     # lazy view and in-place pruning give the same tensors
-    lazy = pruner.pruned(LazyTensors(list(model), model.__getitem__), rate)
-    in_place = pruner.prune_(dict(model), rate)
+    lazy, _ = pruner.pruned(LazyTensors(list(model), model.__getitem__), rate)
+    in_place = {name: t.clone() for name, t in model.items()}
+    pruner.prune_(in_place, rate)
     for name in model:
         assert torch.equal(lazy[name], pruned[name]) and torch.equal(in_place[name], pruned[name])
 
@@ -265,10 +266,10 @@ def test_counting_and_zeroing_kernels_are_exact_on_every_value(dtype):
 
 
 @pytest.mark.parametrize("granularity", ["global", "local"])
-def test_pruned_models_carry_their_exact_zero_counts(granularity, monkeypatch):
-    """`pruned` (lazy) and `prune_` (in place, on a dict subclass) leave the plan's zero counts
-    on the model; they equal the pruned tensors' own counts, ties and existing zeros included,
-    and zero-count scoring then reads no tensor."""
+def test_pruning_plans_return_their_exact_zero_counts(granularity, monkeypatch):
+    """`pruned` (lazy) and `prune_` (in place) return their plan; its zero counts equal the
+    pruned tensors' own counts, ties and existing zeros included, and zero-count scoring given
+    them reads no tensor."""
     from sae_merging.sparsity.measures import SparsityStats, zero_count
     from sae_merging.sparsity.scoring import SparsityScoring
 
@@ -288,21 +289,24 @@ def test_pruned_models_carry_their_exact_zero_counts(granularity, monkeypatch):
         reads.append(name)
         return model[name].clone()
 
-    class Owned(dict):
-        pass
-
-    for pruned in (pruner.pruned(LazyTensors(list(model), read), 0.55), pruner.prune_(Owned(model), 0.55)):
-        expected = pruner.prune(model, 0.55)
-        assert set(pruned.zero_counts) == {n for n in model if pruner.prunable(n)}
-        for name, (count, zeros) in pruned.zero_counts.items():
+    expected = pruner.prune(model, 0.55)
+    in_place = {name: t.clone() for name, t in model.items()}
+    for pruned, plan in (
+        pruner.pruned(LazyTensors(list(model), read), 0.55),
+        (in_place, pruner.prune_(in_place, 0.55)),
+    ):
+        assert set(plan.zero_counts) == {n for n in model if pruner.prunable(n)}
+        for name, (count, zeros) in plan.zero_counts.items():
             assert (count, zeros) == (expected[name].numel(), int((expected[name] == 0).sum())), name
+            assert torch.equal(pruned[name], expected[name])
         reads.clear()
         scoring = SparsityScoring(zero_count, granularity)
-        value = scoring.of_model(pruned, pruner)
+        value = scoring.of_model(pruned, pruner, plan.zero_counts)
         # (local scoring measures every tensor: the skipped ones are read)
         assert reads == (
             [] if granularity == "global" else ["embed_tokens.weight"] * isinstance(pruned, LazyTensors)
         )
         assert value == scoring.of_model(expected, pruner)
-    assert not hasattr(pruner.prune_(dict(model), 0.55), "zero_counts")  # a plain dict: counted on use
+    by_task_vector = MagnitudePruner(granularity, target="task_vector").with_base(model)
+    assert by_task_vector.prune_(dict(model), 0.5).zero_counts == {}  # the task vector's zeros
     assert SparsityStats.counts(expected["layers.0.weight"]).zeros > 0

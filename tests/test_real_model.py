@@ -167,3 +167,23 @@ def test_saved_folder_scores_its_test_items_again(merged_run):
         assert len(mine) == TEST_SIZE[name]
         scores = BuiltinEvaluator().evaluate(model, tokenizer, task, [by_uid[row["uid"]] for row in mine])
         assert scores.correct == [row["correct"] for row in mine]
+
+
+def test_gguf_is_dequantized_once_into_a_mapped_file(smollm2):
+    """A GGUF model is dequantized once (in a subprocess) into a cached safetensors file that
+    every Checkpoint of it maps: the same tensors, bit for bit and in the loaded model's order,
+    and no copy of them held by the Checkpoint."""
+    from sae_merging.models.io import Checkpoint, ModelRef, dequantized_folder
+
+    model = smollm2[0]
+    aliases = tied_aliases(model.config)
+    expected = {k: v for k, v in model.state_dict().items() if k not in aliases}
+    first, second = Checkpoint(GGUF), Checkpoint(GGUF)
+    folder = dequantized_folder(ModelRef.parse(GGUF))
+    modified = (folder / "model.safetensors").stat().st_mtime_ns
+    assert first._tensors is None and second._tensors is None  # mapped, not held
+    assert first.names() == list(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(second.get(name), tensor), name
+    Checkpoint(GGUF)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == modified  # converted once

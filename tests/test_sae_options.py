@@ -111,7 +111,7 @@ def _ctx(tmp_path, tensors: dict[str, dict]):
     store = IndividualStore(tmp_path)
     for ident, model in tensors.items():
         store.save(ident, model)
-    return SimpleNamespace(store=store, timer=Timer())
+    return SimpleNamespace(store=store, timer=Timer(), device=torch.device("cpu"))
 
 
 @pytest.mark.parametrize("omega_from", ["pruned", "archive"])

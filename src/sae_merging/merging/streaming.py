@@ -34,11 +34,10 @@ import torch
 from sae_merging.pruning import magnitude
 from sae_merging.pruning.magnitude import (
     MagnitudePruner,
+    RidingSearch,
     SamplePositions,
     Scratch,
-    Selection,
     TensorCut,
-    ThresholdSearch,
 )
 from sae_merging.utils.tensorfiles import (
     ShardedTensorFile,
@@ -191,49 +190,24 @@ def _single_threaded() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-class _MergeCounts:
+def _merge_search(files, prunable, weights, scale, dtypes, k: int) -> RidingSearch:
     """A global threshold search started before the merge pass, from the merged model's exact
     values at the sample positions (task arithmetic is elementwise: the sample is computed from
-    the inputs at those positions alone); the pass counts the first request's keys."""
-
-    def __init__(self, files, prunable, weights, scale, dtypes, k: int) -> None:
-        positions = SamplePositions(sum(files[0].numel(n) for n in prunable))
-        parts, scratch = [], Scratch()
-        with _single_threaded():  # small gathers: on a busy machine 2 threads took 60x the CPU of 1
-            for name in prunable:
-                where = positions(files[0].numel(name))
-                values = [sample_of_raw(file.view(name), where) for file in files]
-                merged = _task_arithmetic_into(
-                    torch.empty(values[0].numel(), dtype=dtypes[name]), values, weights, scale, scratch
-                )
-                parts.append(merged.float().abs())
-                for file in files:
-                    file.release(name)
-        sizes = [files[0].numel(n) for n in prunable]
-        self.search = ThresholdSearch(torch.cat(parts), [dtypes[n] for n in prunable], sizes, k)
-        self.request = self.search.request()
-        self.index = {name: i for i, name in enumerate(prunable)}
-        self.counts = [[0] * len(self.request.thresholds) for _ in prunable]
-        self.candidates: list[list[torch.Tensor]] = [[] for _ in prunable]
-        self.collected: int | None = 0  # None once past MAX_CANDIDATES
-        self.lock = threading.Lock()
-
-    def count(self, name: str, values: torch.Tensor, scratch: Scratch) -> None:
-        part, inside = self.request.count(values, scratch)
-        i = self.index[name]
-        with self.lock:
-            self.counts[i] = [x + y for x, y in zip(self.counts[i], part, strict=True)]
-            if inside is not None and self.collected is not None:
-                self.collected += inside.numel()
-                self.candidates[i].append(inside)
-                if self.collected > magnitude.MAX_CANDIDATES:  # too many to keep: counts still help
-                    self.candidates, self.collected = [[] for _ in self.candidates], None
-
-    def finish(self) -> Selection | None:
-        candidates = None
-        if self.request.collect is not None and self.collected is not None:
-            candidates = [torch.cat(c) if c else torch.empty(0, dtype=torch.int32) for c in self.candidates]
-        return self.search.update(self.request, self.counts, candidates)
+    the inputs at those positions alone); the merge pass counts the first request's keys."""
+    positions = SamplePositions(sum(files[0].numel(n) for n in prunable))
+    parts, scratch = [], Scratch()
+    with _single_threaded():  # small gathers: on a busy machine 2 threads took 60x the CPU of 1
+        for name in prunable:
+            where = positions(files[0].numel(name))
+            values = [sample_of_raw(file.view(name), where) for file in files]
+            merged = _task_arithmetic_into(
+                torch.empty(values[0].numel(), dtype=dtypes[name]), values, weights, scale, scratch
+            )
+            parts.append(merged.float().abs())
+            for file in files:
+                file.release(name)
+    sizes = [files[0].numel(n) for n in prunable]
+    return RidingSearch(torch.cat(parts), prunable, [dtypes[n] for n in prunable], sizes, k)
 
 
 def sample_of_raw(view: torch.Tensor, where: torch.Tensor | None) -> torch.Tensor:
@@ -273,7 +247,7 @@ def stream_task_arithmetic(
         k = round(rate * total) if pruner is not None else 0
         counts = None
         if pruner is not None and pruner.granularity == "global" and 0 < k < total:
-            counts = _MergeCounts(files, prunable, weights, scale, dtypes, k)
+            counts = _merge_search(files, prunable, weights, scale, dtypes, k)
         writer = TensorFileWriter(out_path, METADATA, layout)
         try:
 

@@ -12,7 +12,7 @@ from sae_merging.runtime.selection import choice_sample, select
 def _stored_expert(ctx: RunContext, index: int) -> Member:
     names = ctx.models.expert_names
     member = Member(ident=f"expert-{index}", origin=f"expert:{names[index]}")
-    ctx.store.save(member.ident, ctx.load_expert(index))
+    ctx.store.save(member.ident, ctx.expert_tensors(index))  # streamed: never held whole
     return member
 
 

@@ -40,7 +40,7 @@ from functools import partial
 import torch
 
 from sae_merging.merging import functions as merge_fns
-from sae_merging.merging.child import ChildRecipe
+from sae_merging.merging.child import ChildRecipe, Pruned
 from sae_merging.methods.settings import M2N2Settings
 from sae_merging.methods.sharing import attraction, shared_matrix, weakest, weighted_index
 from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext, Sample
@@ -94,7 +94,8 @@ def crossover_shares(split: int, ratio: float, kind: str, split_at: str):
     `split` over the tensor list or over the flat entries), with the whole models' angle when
     `kind` is slerp_flat (one more pass over both parents)."""
 
-    def shares(parent_a, parent_b) -> dict[str, Share]:
+    def shares(pruned_a: Pruned, pruned_b: Pruned) -> dict[str, Share]:
+        parent_a, parent_b = pruned_a.tensors, pruned_b.tensors
         names = list(parent_a)
         cos = merge_fns.cosine((parent_a[n], parent_b[n]) for n in names) if kind == "slerp_flat" else None
         out, offset = {}, 0
@@ -139,7 +140,7 @@ class M2N2(M2N2Settings):
         names = ctx.models.expert_names
         state = M2N2State(generation=0)
         for index, name in enumerate(names):
-            state.members.append(self._store(ctx, state, ctx.load_expert(index), f"expert:{name}", 0))
+            state.members.append(self._store(ctx, state, ctx.expert_tensors(index), f"expert:{name}", 0))
         sample = ctx.sample(0)
         state.metrics = self._summary(state, self._scores(ctx, state, sample), accepted=0, ratios=[])
         return state
@@ -158,6 +159,7 @@ class M2N2(M2N2Settings):
             ratios.append(ratio)
             tensors = self._crossover(ctx, a, b, split, ratio)
             child = self._store(ctx, state, tensors, "child", generation, [a.ident, b.ident])
+            del tensors  # stored: the child's tensors go before it is scored and the next one is made
             child.extra = {"split": split, "ratio": ratio}
             scores[child.ident] = ctx.score(child, sample)
             accepted += self._compete(ctx, state, child, scores)
@@ -207,8 +209,8 @@ class M2N2(M2N2Settings):
             ctx.store.open(a.ident), ctx.store.nbytes(a.ident), ctx.store.open(b.ident)
         )
         rule = crossover_shares(split, ratio, self.interpolation, self.split_at)
-        with ctx.timer.section("merge"):
-            return self.recipe.make(*parents, rule).tensors
+        with ctx.timer.section("merge"):  # on the run's device
+            return self.recipe.on(ctx.device).make(*parents, rule).tensors
 
     def _compete(self, ctx: RunContext, state: M2N2State, child: Member, scores: dict[str, Scores]) -> int:
         """1 if the child entered the archive, 0 if it left."""

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from sae_merging.merging import functions as merge_fns
-from sae_merging.merging.child import Child, ChildRecipe
+from sae_merging.merging.child import Child, ChildRecipe, Pruned
 from sae_merging.methods.settings import SAESettings
 from sae_merging.methods.sharing import shared_scores
 from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext, Sample
@@ -58,12 +58,13 @@ class SAE(SAESettings):
             [s_min + (s_max - s_min) * i / (n - 1) for i in range(n)] if n > 1 else [(s_min + s_max) / 2] * n
         )
         for index, name in enumerate(ctx.models.expert_names):
-            dense = ctx.load_expert(index)
+            # streamed from the expert's file: each tensor read (and pruned) as it is stored
+            dense = ctx.expert_tensors(index)
             self._add(ctx, state, dense, origin=f"expert:{name}", rate=0.0)
             for rate in rates:
                 with ctx.timer.section("prune"):
-                    variant = self.pruner.prune(dense, rate)
-                self._add(ctx, state, variant, origin=f"variant:{name}", rate=rate)
+                    variant, plan = self.pruner.pruned(dense, rate)
+                self._add(ctx, state, variant, f"variant:{name}", rate, zero_counts=plan.zero_counts)
         state.metrics = self._summary(ctx, state, ctx.sample(0), rate=None, pairs=[])
         return state
 
@@ -85,10 +86,19 @@ class SAE(SAESettings):
         for a, b in pairs:
             p_a, p_b = self.task_score(scores[a.ident]), self.task_score(scores[b.ident])
             record: dict[str, Any] = {"parents": [a.ident, b.ident], "p": [p_a, p_b]}
-            tensors, _ = self._make_child(ctx, a, b, p_a, p_b, rate, dense_reference, span, record)
+            made = self._make_child(ctx, a, b, p_a, p_b, rate, dense_reference, span, record)
             child = self._add(
-                ctx, state, tensors, "child", rate, generation, parents=[a.ident, b.ident], join=False
+                ctx,
+                state,
+                made.tensors,
+                "child",
+                rate,
+                generation,
+                parents=[a.ident, b.ident],
+                join=False,
+                zero_counts=made.zero_counts,
             )
+            del made  # stored: the child's tensors go before it is scored and the next one is made
             scores[child.ident] = ctx.score(child, sample)
             f_child = self.fitness(scores[child.ident], child, span)
             record["child"] = child.ident
@@ -175,14 +185,16 @@ class SAE(SAESettings):
         generation: int = 0,
         parents=None,
         join: bool = True,
+        zero_counts=None,
     ) -> Member:
-        """Store an individual; generation-0 members join the archive, children compete first."""
+        """Store an individual; generation-0 members join the archive, children compete first
+        (`zero_counts`: its pruning plan's, so S is measured without reading the tensors)."""
         member = Member(
             ident=f"g{generation:03d}-{state.next_id:04d}",
             origin=origin,
             generation=generation,
             rate=rate,
-            sparsity=self.scoring.of_model(self.pruner.targets(tensors), self.pruner),
+            sparsity=self.scoring.of_model(self.pruner.targets(tensors), self.pruner, zero_counts),
             parents=list(parents or []),
         )
         state.next_id += 1
@@ -212,7 +224,7 @@ class SAE(SAESettings):
         span=None,
         record=None,
     ):
-        """The child of two archive members (see `child`); parents larger than
+        """The child of two archive members (see `child`, a `Child`); parents larger than
         `stream_parents_above_gb` are streamed from the archive; smaller ones: the first loaded
         (the child is built in its place), the second streamed (`ChildRecipe.parents`)."""
         parent_a, parent_b = self.recipe.parents(
@@ -221,11 +233,12 @@ class SAE(SAESettings):
         sparsity = None
         if self.omega_from == "archive":
             sparsity = (self._archive_sparsity(parent_a, a), self._archive_sparsity(parent_b, b))
-        child = self.child(parent_a, parent_b, p_a, p_b, rate, dense, ctx.timer, sparsity, span, record)
-        ratios = list(child.weights.values())
+        recipe = self.recipe.on(ctx.device)  # the child is made on the run's device
+        rule = self.mixing_ratios(p_a, p_b, sparsity, span, record)
+        child = recipe.make(parent_a, parent_b, rule, rate, dense, ctx.timer)
         if record is not None:
-            record["ratios"] = ratios
-        return child.tensors, ratios
+            record["ratios"] = list(child.weights.values())
+        return child
 
     def _archive_sparsity(self, parent, member: Member) -> dict[str, float]:
         """S of a parent as it stands in the archive, per tensor (the stored model value under
@@ -262,10 +275,12 @@ class SAE(SAESettings):
         into `record["omega"]`."""
         alpha = self.sparsity_weight
 
-        def ratios(parent_a, parent_b) -> dict[str, float]:
+        def ratios(parent_a: Pruned, parent_b: Pruned) -> dict[str, float]:
             if sparsity is None:
-                s_a = self.scoring.per_tensor(self.pruner.targets(parent_a), self.pruner)
-                s_b = self.scoring.per_tensor(self.pruner.targets(parent_b), self.pruner)
+                s_a, s_b = (
+                    self.scoring.per_tensor(self.pruner.targets(p.tensors), self.pruner, p.zero_counts)
+                    for p in (parent_a, parent_b)
+                )
             else:
                 s_a, s_b = sparsity
             w_a = {n: alpha * self.scaled(v, span) for n, v in s_a.items()}

@@ -47,6 +47,7 @@ class SAESettings(Settings, target="sae_merging.methods.sae.SAE"):
     keep_experts: bool = False
 
     def __post_init__(self) -> None:
+        self.merger = check.bare(self.merger)
         check.text("name", self.name)
         check.choice("aggregate", self.aggregate, AGGREGATES)
         check.choice("omega_from", self.omega_from, OMEGA_FROM)

@@ -19,11 +19,30 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
 GGUF_VERSIONS = (1, 2, 3)
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+EXPECTED = "expected a local model folder, a .gguf file, or a hub id like 'owner/name'"
 
 
 def looks_like_path(spec: str) -> bool:
     """A spec that cannot be a hub id (`owner/name`) names a local path."""
     return spec.startswith((".", "/", "~")) or spec.count("/") != 1
+
+
+def hub_folder(spec: str) -> Path:
+    """The local folder of a hub id's snapshot (downloaded on first use; offline, only what is
+    already cached), through huggingface_hub alone (no transformers)."""
+    if looks_like_path(spec):
+        raise FileNotFoundError(f"model path {spec!r} does not exist ({EXPECTED})")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(spec, allow_patterns=HUB_PATTERNS)
+    except Exception as error:  # offline, unknown repo, gated repo: say which and why
+        raise FileNotFoundError(
+            f"model {spec!r} is not a local folder and could not be fetched from the "
+            f"hub ({type(error).__name__}: {error}); {EXPECTED}"
+        ) from error
+    return Path(folder)
 
 
 def safetensors_problem(path: Path) -> str | None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,7 +30,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from sae_merging.models.files import looks_like_path
+from sae_merging.models.files import hub_folder
 from sae_merging.utils.files import atomic_directory
 from sae_merging.utils.tensorfiles import (
     SAFETENSORS_FILE,
@@ -38,11 +40,10 @@ from sae_merging.utils.tensorfiles import (
     TensorSource,
     has_tensor_files,
     open_tensor_file,
+    write_tensors,
 )
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
-EXPECTED = "expected a local model folder, a .gguf file, or a hub id like 'owner/name'"
 # Files of a base folder that a merged model keeps as they are: generation defaults (sampling
 # settings, every end token), the tokenizer and its chat template.
 CARRIED_FILES = (
@@ -99,18 +100,7 @@ class ModelRef:
         first use; offline, only what is already cached)."""
         if self.is_local:
             return Path(self.path)
-        if looks_like_path(self.path):
-            raise FileNotFoundError(f"model path {self.path!r} does not exist ({EXPECTED})")
-        from huggingface_hub import snapshot_download
-
-        try:
-            folder = snapshot_download(self.path, allow_patterns=HUB_PATTERNS)
-        except Exception as error:  # offline, unknown repo, gated repo: say which and why
-            raise FileNotFoundError(
-                f"model {self.path!r} is not a local folder and could not be fetched from the "
-                f"hub ({type(error).__name__}: {error}); {EXPECTED}"
-            ) from error
-        return Path(folder)
+        return hub_folder(self.path)
 
     def load_kwargs(self) -> dict:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
@@ -165,19 +155,61 @@ def tied_aliases(config: PretrainedConfig) -> dict[str, str]:
     return {"lm_head.weight": "model.embed_tokens.weight"} if tied else {}
 
 
+GGUF_CACHE = "gguf"  # under $SAE_MERGING_CACHE (default outputs/cache), as the lab's cache
+
+
+def dequantize_gguf(gguf: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Write a GGUF file's weights, dequantized to float32 by transformers, as `folder`/
+    model.safetensors (in the loaded model's tensor order, tied aliases left out; atomic)."""
+    model = load_model(str(gguf))
+    aliases = tied_aliases(model.config)
+    tensors = [(k, v.detach()) for k, v in model.state_dict().items() if k not in aliases]
+    layout = [(name, t.dtype, tuple(t.shape)) for name, t in tensors]
+    with atomic_directory(folder) as tmp:
+        write_tensors(tmp / SAFETENSORS_FILE, tensors, {"format": "pt"}, layout)
+    return Path(folder)
+
+
+def dequantized_folder(ref: ModelRef) -> Path:
+    """A GGUF model's weights as a memory-mapped safetensors folder: dequantized once, in a
+    subprocess (so this process never holds the dequantized copy, nor the memory its allocator
+    keeps after transformers' GGUF loading: 0.6 GB for a 0.54 GB model), cached under
+    $SAE_MERGING_CACHE/gguf by the file's name, size and modification time."""
+    gguf = Path(ref.path) / ref.gguf_file
+    stat = gguf.stat()
+    root = Path(os.environ.get("SAE_MERGING_CACHE", "outputs/cache")).expanduser()
+    folder = root / GGUF_CACHE / f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    if not (folder / SAFETENSORS_FILE).is_file():
+        package = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (package, os.environ.get("PYTHONPATH")) if p)
+        script = "import sys; from sae_merging.models.io import dequantize_gguf as d; d(*sys.argv[1:])"
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(gguf), str(folder)],
+            env={**os.environ, "PYTHONPATH": path},
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"dequantizing {gguf} failed:\n{done.stderr[-3000:]}")
+    return folder
+
+
 class Checkpoint:
     """Read-only, lazy access to a model's tensors by name.
 
     Safetensors files (one or a sharded folder) are opened memory-mapped and a tensor is read
-    only when asked for; other formats (GGUF, PyTorch .bin) are loaded once through
-    transformers. Tied aliases are left out of `names()`.
+    only when asked for; a GGUF file is dequantized once into such a file (`dequantized_folder`)
+    and read the same way; other formats (PyTorch .bin) are loaded once through transformers.
+    Tied aliases are left out of `names()`.
     """
 
     def __init__(self, ref: str | ModelRef) -> None:
         self.ref = ModelRef.parse(ref)
         self._tensors: dict[str, torch.Tensor] | None = None
         self._folder: Path | None = None
-        if not self.ref.gguf_file and has_tensor_files(self.ref.local_dir()):
+        if self.ref.gguf_file:
+            self._folder = dequantized_folder(self.ref)
+        elif has_tensor_files(self.ref.local_dir()):
             self._folder = self.ref.local_dir()
         else:
             model = load_model(self.ref)
@@ -194,12 +226,12 @@ class Checkpoint:
         return open_tensor_file(self._folder)
 
     def names(self) -> list[str]:
-        """In the loaded model's order, a sharded index's order, or a single file's sorted
-        order (the order safetensors lists its keys in, whoever wrote the file)."""
+        """In the loaded model's order (a GGUF file's too), a sharded index's order, or a single
+        file's sorted order (the order safetensors lists its keys in, whoever wrote the file)."""
         aliases = tied_aliases(self.config)
         if self._tensors is not None:
             names = list(self._tensors)
-        elif isinstance(self.files, TensorFile):
+        elif isinstance(self.files, TensorFile) and not self.ref.gguf_file:
             names = sorted(self.files.names())
         else:
             names = self.files.names()

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from sae_merging.pruning.settings import MagnitudePrunerSettings
-from sae_merging.utils.tensorfiles import LazyTensors
+from sae_merging.utils.tensorfiles import LazyTensors, peek, release
 
 CHUNK = 1 << 20  # entries per step of every pass (buffers of a few MB: cache-sized, few calls)
 SAMPLE = 1 << 20  # magnitudes sampled to bracket the threshold (all of them in smaller models)
@@ -54,6 +54,7 @@ SPREAD = 3.0  # bracket half-width, in standard errors of the sampled rank
 MAX_KEYS = 8  # a bracket this narrow (in keys) is counted key by key
 MAX_CANDIDATES = 1 << 22  # a bracket holding at most this many entries is collected and sorted
 
+_CPU = torch.device("cpu")
 # one pass over the tensors to prune, callable again for every further pass
 TensorPasses = Callable[[], Iterable[torch.Tensor]]
 
@@ -101,44 +102,50 @@ class KeySpace:
 
 
 class Scratch:
-    """Chunk-sized buffers, allocated once and reused across chunks and tensors."""
+    """Chunk-sized buffers, allocated once and reused across chunks and tensors (one set per
+    device: the kernels run where their chunk lies)."""
 
     def __init__(self) -> None:
-        self._buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+        self._buffers: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
 
-    def get(self, slot: str, dtype: torch.dtype, n: int) -> torch.Tensor:
-        """The first `n` entries of the slot's buffer (grown to the largest `n` asked, at most
-        a chunk as passes ask, so small tensors get small buffers)."""
-        buffer = self._buffers.get((slot, dtype))
+    def get(self, slot: str, dtype: torch.dtype, n: int, device: torch.device = _CPU) -> torch.Tensor:
+        """The first `n` entries of the slot's buffer on `device` (grown to the largest `n`
+        asked, at most a chunk as passes ask, so small tensors get small buffers)."""
+        key = (slot, dtype, device)
+        buffer = self._buffers.get(key)
         if buffer is None or buffer.numel() < n:
-            buffer = self._buffers[(slot, dtype)] = torch.empty(n, dtype=dtype)
+            buffer = self._buffers[key] = torch.empty(n, dtype=dtype, device=device)
         return buffer[:n]
 
 
-def chunks(tensor: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-    """(start, flat slice) pairs covering the tensor, CHUNK entries each."""
+def chunks(tensor: torch.Tensor, device: torch.device | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, flat slice) pairs covering the tensor, CHUNK entries each (copied to `device`
+    when given and elsewhere; else views)."""
     flat = tensor.detach().reshape(-1)
     size = CHUNK
     for start in range(0, flat.numel(), size):
-        yield start, flat[start : start + size]
+        part = flat[start : start + size]
+        yield start, part if device is None else part.to(device)
 
 
 def _keys(chunk: torch.Tensor, space: KeySpace, scratch: Scratch) -> torch.Tensor:
     n = chunk.numel()
     if chunk.dtype != space.dtype:
-        chunk = scratch.get("convert", space.dtype, n).copy_(chunk)
-    keys = scratch.get("keys", space.int_dtype, n)
+        chunk = scratch.get("convert", space.dtype, n, chunk.device).copy_(chunk)
+    keys = scratch.get("keys", space.int_dtype, n, chunk.device)
     return torch.bitwise_and(chunk.view(space.int_dtype), space.limit - 1, out=keys)
 
 
 def _count_below(keys: torch.Tensor, key: int, space: KeySpace, scratch: Scratch) -> int:
-    """How many of `keys` are below `key` (NumPy: one comparison into a reused bool buffer,
-    then count_nonzero; torch has no fused compare-and-count on CPU)."""
+    """How many of `keys` are below `key` (on the CPU by NumPy: one comparison into a reused
+    bool buffer, then count_nonzero; torch has no fused compare-and-count on CPU)."""
     n = keys.numel()
     if key <= 0:
         return 0
     if key >= space.limit:
         return n
+    if keys.device.type != "cpu":
+        return int(torch.count_nonzero(keys < key))
     below = scratch.get("below", torch.bool, n).numpy()
     return int(np.count_nonzero(np.less(keys.numpy(), key, out=below)))
 
@@ -163,7 +170,7 @@ def _mask_into(chunk: torch.Tensor, cut: int, space: KeySpace, scratch: Scratch,
         torch.ops.aten.hardshrink.out(chunk, below, out=out)
         return
     keys = _keys(chunk, space, scratch)
-    pruned = torch.sub(keys, cut, out=scratch.get("work", space.int_dtype, keys.numel()))
+    pruned = torch.sub(keys, cut, out=scratch.get("work", space.int_dtype, keys.numel(), keys.device))
     pruned.bitwise_right_shift_(space.bits - 1)  # -1 (all bits) where pruned, 0 where kept
     if chunk.dtype == space.dtype:
         torch.bitwise_and(chunk.view(space.int_dtype), pruned.bitwise_not_(), out=out.view(space.int_dtype))
@@ -185,14 +192,21 @@ class TensorCut:
     zeros: int = 0
 
     def chunks(
-        self, tensor: torch.Tensor, scratch: Scratch, out: torch.Tensor | None = None
+        self,
+        tensor: torch.Tensor,
+        scratch: Scratch,
+        out: torch.Tensor | None = None,
+        device: torch.device | None = None,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """(start, pruned chunk) pairs, written into the flat `out` or else into a scratch
-        buffer that the next chunk overwrites."""
+        buffer that the next chunk overwrites; each chunk moved to `device` first (when given)."""
         remaining = self.quota
-        for start, chunk in chunks(tensor):
+        for start, chunk in chunks(tensor, device):
             n = chunk.numel()
-            target = out[start : start + n] if out is not None else scratch.get("pruned", chunk.dtype, n)
+            if out is None:
+                target = scratch.get("pruned", chunk.dtype, n, chunk.device)
+            else:
+                target = out[start : start + n]
             if self.threshold >= self.space.limit:
                 target.zero_()
                 yield start, target
@@ -219,7 +233,7 @@ class TensorCut:
         if in_place and tensor.is_contiguous():
             out = tensor.view(-1)
         else:
-            out = torch.empty(tensor.numel(), dtype=tensor.dtype)
+            out = torch.empty(tensor.numel(), dtype=tensor.dtype, device=tensor.device)
         for _ in self.chunks(tensor, Scratch(), out):
             pass
         return out.view(tensor.shape)
@@ -344,7 +358,7 @@ class CountRequest:
         inside = keys >= self.collect[0]
         if self.collect[1] < self.space.limit:  # (the limit itself overflows 16-bit keys)
             inside &= keys < self.collect[1]
-        return counts, keys[inside].to(torch.int32)
+        return counts, keys[inside].to(torch.int32).cpu()  # (few: kept on the CPU)
 
 
 class ThresholdSearch:
@@ -478,6 +492,87 @@ def plan_cuts(tensors: TensorPasses, k: int, sizes: Sequence[int]) -> tuple[Tens
     return select(tensors, k, total).cuts(k)
 
 
+class RidingSearch:
+    """A global threshold search whose first counting pass rides along another pass that
+    produces the values (a merge): started from a sample of them (exact, or `estimated`), it
+    counts each produced chunk by its tensor's name (from any thread), and `finish` gives the
+    exact selection, with more counting passes over the finished values when the sample's
+    bracket missed."""
+
+    def __init__(
+        self,
+        sample: torch.Tensor,
+        names: Sequence[str],
+        dtypes: Sequence[torch.dtype],
+        sizes: Sequence[int],
+        k: int,
+        estimated: bool = False,
+    ) -> None:
+        import threading
+
+        self.search = ThresholdSearch(sample, dtypes, sizes, k, estimated)
+        self.request = self.search.request()
+        self.index = {name: i for i, name in enumerate(names)}
+        self.counts = [[0] * len(self.request.thresholds) for _ in names]
+        self.candidates: list[list[torch.Tensor]] = [[] for _ in names]
+        self.collected: int | None = 0  # None once past MAX_CANDIDATES
+        self.lock = threading.Lock()
+
+    def count(self, name: str, values: torch.Tensor, scratch: Scratch) -> None:
+        """Count one chunk of the named tensor (chunks of a tensor may come in any order)."""
+        part, inside = self.request.count(values, scratch)
+        i = self.index[name]
+        with self.lock:
+            self.counts[i] = [x + y for x, y in zip(self.counts[i], part, strict=True)]
+            if inside is not None and self.collected is not None:
+                self.collected += inside.numel()
+                self.candidates[i].append(inside)
+                if self.collected > MAX_CANDIDATES:  # too many to keep: counts still help
+                    self.candidates, self.collected = [[] for _ in self.candidates], None
+
+    def finish(self, passes: TensorPasses | None = None) -> Selection | None:
+        """The selection from the counted pass; when that was not enough, None, or (given
+        `passes` over the finished values, in the names' order) the exact one after more passes."""
+        candidates = None
+        if self.request.collect is not None and self.collected is not None:
+            candidates = [torch.cat(c) if c else torch.empty(0, dtype=torch.int32) for c in self.candidates]
+        selection = self.search.update(self.request, self.counts, candidates)
+        scratch = Scratch()
+        while selection is None and passes is not None:
+            request = self.search.request()
+            selection = self.search.update(request, *_count_pass(passes, request, scratch))
+        return selection
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """How a model is pruned, as a value: each prunable tensor's cut by name, in the model's
+    order (None: left as is), and the zero counts the pruned model has (name -> (entries,
+    zeros), exact, ties and earlier zeros included; none under target=task_vector, whose zeros
+    are the task vector's, not the model's), so measuring them reads no tensor."""
+
+    cuts: dict[str, TensorCut | None]
+    zero_counts: dict[str, tuple[int, int]]
+
+    @classmethod
+    def of(cls, names: Sequence[str], sizes: Sequence[int], plan: PrunePlan, counts_zeros: bool) -> ModelPlan:
+        cuts = dict(zip(names, plan.cuts, strict=True))
+        zeros = {}
+        if counts_zeros:
+            zeros = {
+                n: (size, cut.zeros) for n, size, cut in zip(names, sizes, plan.cuts, strict=True) if cut
+            }
+        return cls(cuts, zeros)
+
+
+def _read_pass(tensors: Mapping[str, torch.Tensor], names: Sequence[str], read) -> Iterator[torch.Tensor]:
+    """`read(name, tensor)` of each named tensor, read without a copy where the model is a
+    mapped file, each one's pages released once the consumer moves past it."""
+    for name in names:
+        yield read(name, peek(tensors, name))
+        release(tensors, name)
+
+
 @dataclass(frozen=True)
 class MagnitudePruner(MagnitudePrunerSettings):
     """Magnitude pruning; `MagnitudePrunerSettings` checks the arguments. Under
@@ -532,58 +627,42 @@ class MagnitudePruner(MagnitudePrunerSettings):
             return tensors.map(target)
         return {name: target(name, t) for name, t in tensors.items()}
 
-    def _apply(
-        self, plan: PrunePlan, index: int, name: str, tensor: torch.Tensor, in_place: bool = False
-    ) -> torch.Tensor:
-        if not self.needs_base:
-            return plan.apply(index, tensor, in_place)
-        if plan.cuts[index] is None:
+    def apply(self, plan: ModelPlan, name: str, tensor: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """One tensor pruned by a model's plan (itself when the plan leaves it; in place when
+        asked and possible, under target=weights)."""
+        cut = plan.cuts.get(name)
+        if cut is None:
             return tensor
-        kept = plan.apply(index, self.ranked(name, tensor))
+        if not self.needs_base:
+            return cut.prune(tensor, in_place)
+        kept = cut.prune(self.ranked(name, tensor))
         return torch.where(kept == 0, self.base[name].to(tensor.dtype), tensor)
 
-    def _model_plan(
-        self, tensors: Mapping[str, torch.Tensor], rate: float
-    ) -> tuple[PrunePlan, dict[str, int], list[int]]:
-        """The plan for a model's prunable tensors, each one's index in it, and their sizes."""
+    def model_plan(self, tensors: Mapping[str, torch.Tensor], rate: float) -> ModelPlan:
+        """The plan for a model's prunable tensors (read pass by pass, without copies where the
+        model is a mapped file)."""
         names = [name for name in tensors if self.prunable(name)]
-        sizes = [tensors[name].numel() for name in names]
-        plan = self.plan(lambda: (self.ranked(name, tensors[name]) for name in names), rate, sizes)
-        return plan, {name: i for i, name in enumerate(names)}, sizes
+        sizes = list(_read_pass(tensors, names, lambda _, t: t.numel()))
+        plan = self.plan(lambda: _read_pass(tensors, names, self.ranked), rate, sizes)
+        return ModelPlan.of(names, sizes, plan, counts_zeros=not self.needs_base)
 
     def prune(self, tensors: Mapping[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
         """A pruned copy of a model's tensors (the input is left untouched)."""
-        plan, index, _ = self._model_plan(tensors, rate)
-        return {
-            name: self._apply(plan, index[name], name, t) if name in index else t
-            for name, t in tensors.items()
-        }
+        plan = self.model_plan(tensors, rate)
+        return {name: self.apply(plan, name, t) for name, t in tensors.items()}
 
-    def pruned(self, tensors: LazyTensors, rate: float) -> LazyTensors:
-        """A lazy pruned view of lazily read tensors: the plan is made now (streaming over
-        them), each tensor is read and pruned when accessed, so nothing whole is held. The
-        view carries the plan's zero counts (`zero_counts`), so counting them reads nothing."""
-        plan, index, sizes = self._model_plan(tensors, rate)
-        view = tensors.map(lambda name, t: self._apply(plan, index[name], name, t) if name in index else t)
-        view.zero_counts = self._zero_counts(plan, index, sizes)
-        return view
+    def pruned(self, tensors: LazyTensors, rate: float) -> tuple[LazyTensors, ModelPlan]:
+        """A lazy pruned view of lazily read tensors, and its plan: the plan is made now
+        (streaming over them), each tensor is read and pruned when accessed, so nothing whole
+        is held."""
+        plan = self.model_plan(tensors, rate)
+        return tensors.map(lambda name, t: self.apply(plan, name, t)), plan
 
-    def _zero_counts(self, plan: PrunePlan, index: Mapping[str, int], sizes: Sequence[int]):
-        """name -> (entries, zeros) of each tensor the plan prunes (its cut's exact count of
-        the pruned tensor's zeros), under target=weights (a task vector's zeros are not the
-        model's)."""
-        if self.needs_base:
-            return {}
-        return {name: (sizes[i], plan.cuts[i].zeros) for name, i in index.items() if plan.cuts[i] is not None}
-
-    def prune_(self, tensors: dict[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
+    def prune_(self, tensors: dict[str, torch.Tensor], rate: float) -> ModelPlan:
         """Prune a model the caller gives up, where it lies: its tensors are overwritten (under
         target=task_vector replaced one at a time), so no second model is allocated; returns
-        the dict (a dict subclass carries the plan's zero counts, `zero_counts`, as `pruned`'s
-        view does)."""
-        plan, index, sizes = self._model_plan(tensors, rate)
-        for name, i in index.items():
-            tensors[name] = self._apply(plan, i, name, tensors[name], in_place=True)
-        if hasattr(tensors, "__dict__"):
-            tensors.zero_counts = self._zero_counts(plan, index, sizes)
-        return tensors
+        the plan (its zero counts are the pruned model's)."""
+        plan = self.model_plan(tensors, rate)
+        for name in plan.cuts:
+            tensors[name] = self.apply(plan, name, tensors[name], in_place=True)
+        return plan

@@ -20,7 +20,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sae_merging.runtime.outputs import RESULTS_FILE
-from sae_merging.runtime.preflight import folder_problem, preflight
+from sae_merging.runtime.preflight import preflight
+from sae_merging.utils.files import folder_problem
 from sae_merging.utils.paths import storage_problem
 from sae_merging.utils.settings import ConfigError, InputError
 

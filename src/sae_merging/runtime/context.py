@@ -112,6 +112,11 @@ class RunContext:
         return torch.Generator().manual_seed(int(stable_hash([self.seed, *purpose]), 16) % 2**63)
 
     @property
+    def device(self) -> torch.device:
+        """The run's device (`device=`): where individuals are scored and children are made."""
+        return self.fitness.device
+
+    @property
     def dtype(self) -> torch.dtype:
         return parse_dtype(self.models.dtype)
 
@@ -158,12 +163,12 @@ class RunContext:
 
         return LazyTensors(self.merge_names(), read)
 
-    def complete_vocab(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def complete_vocab(self, tensors: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
         """Merged tensors at the reference model's full shape: under vocab_policy=common_rows the
         rows beyond the shared vocabulary come from the reference (the base, else expert 0)."""
         rows = self.models.compatibility.common_rows
         if not rows:
-            return dict(tensors)
+            return tensors
         key = "base" if self.models.base is not None else f"expert:{self.models.expert_names[0]}"
         full = dict(tensors)
         for name, count in rows.items():
@@ -183,4 +188,4 @@ class RunContext:
 
     def score(self, member: Member, sample: Sample) -> Scores:
         with self.timer.section("evaluate"):
-            return self.fitness.score(member.ident, lambda: self.store.load(member.ident), sample)
+            return self.fitness.score(member.ident, lambda: self.store.open(member.ident), sample)

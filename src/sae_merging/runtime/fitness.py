@@ -101,16 +101,24 @@ class FitnessEvaluator:
         self._loaded: str | None = None
 
     def load_weights(self, ident: str, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Copy an individual's tensors into the model (in place, keeping tied weights tied)."""
+        """Copy an individual's tensors into the model, one at a time (a lazy mapping is read
+        tensor by tensor, never held whole), in place, keeping tied weights tied: what
+        `load_state_dict(strict=False)` does, without a dict of the whole model beside it."""
         if self._loaded == ident:
             return
-        result = self.model.load_state_dict(dict(tensors), strict=False)
-        missing = set(result.missing_keys) - self.aliases
-        if missing or result.unexpected_keys:
+        params = self.model.state_dict()  # the model's own tensors (no copy)
+        names = list(tensors)
+        missing = set(params) - set(names) - self.aliases
+        unexpected = [name for name in names if name not in params]
+        if missing or unexpected:
             raise ValueError(
                 f"individual {ident!r} does not fit the model: missing {sorted(missing)[:3]}, "
-                f"unexpected {sorted(result.unexpected_keys)[:3]}"
+                f"unexpected {sorted(unexpected)[:3]}"
             )
+        self._loaded = None  # (a failed copy leaves no individual loaded)
+        with torch.no_grad():
+            for name in names:
+                params[name].copy_(tensors[name])
         self._loaded = ident
 
     def score(

@@ -18,7 +18,6 @@ import importlib
 import importlib.util
 import inspect
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from sae_merging.runtime.outputs import METRICS_FILE, RESULTS_FILE, TEST_ITEMS_F
 from sae_merging.tasks.settings import SELECTIONS
 from sae_merging.utils import paths
 from sae_merging.utils import settings as check
+from sae_merging.utils.files import folder_problem
 from sae_merging.utils.settings import ConfigError, SettingError, Settings
 from sae_merging.utils.threads import AUTO
 
@@ -225,20 +225,6 @@ def build(cfg: DictConfig) -> tuple[dict[str, Any], RunSettings | None, list[str
     except SettingError as error:
         builder.problem(error.line())
     return objects, run, builder.problems
-
-
-def folder_problem(folder: Path, key: str = "hydra.run.dir") -> str | None:
-    """Why outputs cannot be written to `folder` (None when they can)."""
-    if folder.exists() and not folder.is_dir():
-        return f"{key}={str(folder)!r}: is a file, not a folder; choose another folder"
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{key}={str(folder)!r}: {str(existing)!r} is a file, not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{key}={str(folder)!r}: {str(existing)!r} is not writable; choose another folder"
-    return None
 
 
 # what a run writes into its folder (runner.py); anything else there is someone else's

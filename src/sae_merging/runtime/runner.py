@@ -226,7 +226,7 @@ def finish(
     resumed: dict | None = None,
 ) -> dict:
     """Test the chosen individual, save it as a Hugging Face folder, write results.json."""
-    tensors = ctx.store.load(outcome.member.ident)
+    tensors = ctx.store.open(outcome.member.ident)  # read tensor by tensor: never held whole
     refuse_non_finite(tensors, outcome.member.ident)
     final_evaluator = (
         instantiate(cfg.final_evaluator) if cfg.get("final_evaluator") else ctx.fitness.evaluator

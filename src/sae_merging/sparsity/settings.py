@@ -17,4 +17,5 @@ class SparsityScoringSettings(Settings, target="sae_merging.sparsity.scoring.Spa
     granularity: str = "global"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "scorer", check.bare(self.scorer))  # (frozen)
         check.choice("granularity", self.granularity, SCORINGS)

@@ -94,3 +94,17 @@ def stable_hash(data: Any, length: int = 12) -> str:
     """A short hash of JSON-serialisable data that does not depend on key order."""
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def folder_problem(folder: Path, key: str = "hydra.run.dir") -> str | None:
+    """Why outputs cannot be written to `folder` (None when they can)."""
+    if folder.exists() and not folder.is_dir():
+        return f"{key}={str(folder)!r}: is a file, not a folder; choose another folder"
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{key}={str(folder)!r}: {str(existing)!r} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{key}={str(folder)!r}: {str(existing)!r} is not writable; choose another folder"
+    return None

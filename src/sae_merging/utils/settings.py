@@ -15,8 +15,9 @@ A bad value raises `SettingError`: one line naming the setting, the value and wh
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 _MISSING = object()
@@ -63,6 +64,15 @@ class Settings:
 
     def __post_init__(self) -> None:
         pass
+
+
+def bare(function: Callable | None) -> Callable | None:
+    """A function as a config hands it over (Hydra's `_partial_: true` wraps it in a partial
+    with no arguments): the function itself, so its identity and declared properties (a
+    merger's `elementwise`) are the function's."""
+    while isinstance(function, functools.partial) and not function.args and not function.keywords:
+        function = function.func
+    return function
 
 
 # --- checks: each raises SettingError naming `key` -------------------------------------------

@@ -391,16 +391,48 @@ def lazy_tensors(path: str | os.PathLike) -> LazyTensors:
     """A file's (or sharded folder's) tensors in file order, each read (as an owned copy) when
     accessed; the mapping keeps the file open."""
     source = open_tensor_file(path)
-    return LazyTensors(source.names(), source.get)
+    return LazyTensors(source.names(), source.get, source.view, source.release)
 
 
 class LazyTensors(Mapping[str, torch.Tensor]):
-    """name -> tensor, computed by `load(name)` each time it is read (nothing is kept)."""
+    """name -> tensor, computed by `load(name)` each time it is read (nothing is kept).
 
-    def __init__(self, names: Iterable[str], load: Callable[[str], torch.Tensor]) -> None:
+    A mapping over a file also takes `view` (the tensor as a read-only view of the mapped file,
+    no copy) and `release` (its pages leave the process): `peek` then reads without copying, so
+    a pass that only reads (a count, a merge into another tensor) costs no copy of the model."""
+
+    def __init__(
+        self,
+        names: Iterable[str],
+        load: Callable[[str], torch.Tensor],
+        view: Callable[[str], torch.Tensor] | None = None,
+        release: Callable[..., None] | None = None,
+    ) -> None:
         self._names = list(names)
         self._known = set(self._names)
         self._load = load
+        self._view = view
+        self._release = release
+
+    @property
+    def mapped(self) -> bool:
+        """Whether reads are zero-copy views of a mapped file (a pass costs no copy)."""
+        return self._view is not None
+
+    def peek(self, name: str) -> torch.Tensor:
+        """The tensor to read, never to write: a mapped view when there is one (call
+        `release(name)` once done with it), else `self[name]`."""
+        if self._view is None:
+            return self[name]
+        if name not in self._known:
+            raise KeyError(name)
+        return self._view(name)
+
+    def release(self, name: str, start: int = 0, stop: int | None = None) -> None:
+        """The pages `peek(name)` mapped (of its flat entries [start, stop), or all) leave the
+        process (a no-op without a mapped file)."""
+        if self._release is not None:
+            self._release(name, start, stop)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._known:
@@ -416,3 +448,15 @@ class LazyTensors(Mapping[str, torch.Tensor]):
     def map(self, transform: Callable[[str, torch.Tensor], torch.Tensor]) -> LazyTensors:
         """A lazy view with `transform(name, tensor)` applied on access."""
         return LazyTensors(self._names, lambda name: transform(name, self._load(name)))
+
+
+def peek(tensors: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
+    """A tensor of any model mapping, to read only (`LazyTensors.peek`: no copy where mapped)."""
+    return tensors.peek(name) if isinstance(tensors, LazyTensors) else tensors[name]
+
+
+def release(tensors: Mapping[str, torch.Tensor], name: str, start: int = 0, stop: int | None = None) -> None:
+    """Done reading `peek(tensors, name)` (its flat entries [start, stop), or all): its mapped
+    pages leave the process."""
+    if isinstance(tensors, LazyTensors):
+        tensors.release(name, start, stop)

@@ -1,0 +1,95 @@
+"""Where SAE's child spends its time, stage by stage: the benchmark's SAE job (section 1:
+`method=sae`'s child of two synthetic bf16 checkpoints, stored in the archive) under cProfile,
+one torch thread, after two warm-up children. Prints a Markdown table of cumulative seconds.
+
+    python experiments/profile_child.py [--params 0.22e9] [--workdir /tmp/sae-benchmark]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import importlib.util
+import inspect
+import os
+import pstats
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# (stage, module path part, function): cumulative seconds of that function
+STAGES = [
+    ("parents' thresholds (sample + one counting pass each)", "pruning/magnitude.py", "model_plan"),
+    ("eq. 5's measures (from the plans' zero counts)", "methods/sae.py", "ratios"),
+    (
+        "child's threshold search started (merged values at the sample positions)",
+        "merging/child.py",
+        "_search",
+    ),
+    ("merge pass: parents' chunks pruned, mixed, child counted", "merging/child.py", "run"),
+    ("  of which mixing (eq. 4)", "merging/functions.py", "linear"),
+    ("  of which the parents' zeroing", "pruning/magnitude.py", "_mask_into"),
+    ("  of which the child's counting", "pruning/magnitude.py", "RidingSearch.count"),
+    ("child's zeroing (exact cuts, in place)", "merging/child.py", "_prune_child"),
+    ("writing (archive: pack + write)", "runtime/store.py", "save"),
+]
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "experiments" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchmark"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cumulative(stats: dict, path: str, function: str) -> float:
+    line = None
+    if "." in function:  # a method: told apart from same-named ones by its line
+        from sae_merging.pruning import magnitude
+
+        owner, function = function.split(".")
+        line = inspect.getsourcelines(getattr(getattr(magnitude, owner), function))[1]
+    return sum(
+        v[3]
+        for (f, lineno, name), v in stats.items()
+        if path in f and name == function and (line is None or lineno == line)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=float, default=0.22e9)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/sae-benchmark"))
+    args = parser.parse_args()
+    benchmark = _benchmark()
+    import torch
+
+    torch.set_num_threads(1)
+    files = benchmark.build_checkpoints(args.workdir / f"llama-{args.params / 1e6:.0f}M", args.params)
+    sae = benchmark.sae_method()
+    out = args.workdir / f"profile-child-{os.getpid()}"
+    for _ in range(2):
+        benchmark._remove(out)
+        benchmark.sae_child(sae, files[1], files[2], out)
+    benchmark._remove(out)
+    profile = cProfile.Profile()
+    started = time.perf_counter()
+    profile.enable()
+    benchmark.sae_child(sae, files[1], files[2], out)
+    profile.disable()
+    total = time.perf_counter() - started
+    benchmark._remove(out)
+    stats = pstats.Stats(profile).stats
+    print(
+        f"SAE child of 2 x {files[1].stat().st_size / 1e9:.2f} GB bf16: {total:.2f} s under cProfile, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    print("| stage | seconds |\n|---|---:|")
+    for label, path, function in STAGES:
+        print(f"| {label} | {_cumulative(stats, path, function):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
