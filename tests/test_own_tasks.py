@@ -1,0 +1,246 @@
+"""Tasks of one's own: JSONL tasks and lm-eval tasks, with chat templates and few-shot.
+
+- Parity: the built-in evaluator on an lm-eval task YAML (`generate_until`, `multiple_choice`),
+  with and without the chat template, equals lm-eval's HF backend run on the same YAML by
+  `lm_eval.simple_evaluate(..., apply_chat_template=..., num_fewshot=...)` item by item: the
+  same prompts, the same generations / chosen options, the same per-item metric. A JSONL task
+  equals the lm-eval YAML it describes the same way.
+- What the built-in evaluator cannot score (a `loglikelihood` task) lm-eval scores itself, and
+  says so once.
+- Bad files: each error names the file and the line.
+- A sweep over two JSONL tasks on the micro lab's models.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+import lm_eval
+import pytest
+import yaml
+from conftest import FIXTURES
+from lm_eval.tasks import TaskManager
+
+from sae_merging.evaluation.builtin import BuiltinEvaluator
+from sae_merging.evaluation.lm_eval_backend import LmEvalEvaluator
+from sae_merging.models.io import load_model, load_tokenizer
+from sae_merging.tasks.base import render_prompts
+from sae_merging.tasks.jsonl import load_jsonl_task
+from sae_merging.tasks.lm_eval_task import load_lm_eval_task
+from sae_merging.utils.settings import InputError
+
+OWN = FIXTURES / "own_tasks"
+# ChatML, as SmolLM2-Instruct's template lays turns out (its default system prompt left out)
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_jsonl(path: Path, items: list[dict]) -> str:
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return str(path)
+
+
+def split_files(tmp_path: Path, name: str) -> tuple[str, str]:
+    """The fixture's first 8 rows as the opt file, the rest as the test file. The micro lab's
+    expert answers every sum with a run of 1s: every other test sum's answer is set to 1, so
+    both right and wrong answers are scored."""
+    items = rows(OWN / f"{name}.jsonl")
+    if name == "sums":
+        items[8::2] = [{**item, "answer": "1"} for item in items[8::2]]
+    return write_jsonl(tmp_path / f"{name}_opt.jsonl", items[:8]), write_jsonl(tmp_path / f"{name}_test.jsonl", items[8:])
+
+
+def yaml_task(tmp_path: Path, name: str, kind: str) -> Path:
+    """An lm-eval task YAML over the fixture's rows (opt file: training split), as a user writes it."""
+    opt, test = split_files(tmp_path, "sums" if kind == "generate_until" else "opposites")
+    config = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"train": opt, "test": test}},
+        "training_split": "train",
+        "test_split": "test",
+        "output_type": kind,
+        "doc_to_text": "{{prompt}}",
+        "metadata": {"version": 1},
+    }
+    if kind == "generate_until":
+        config.update(
+            doc_to_target="{{answer}}",
+            fewshot_config={"sampler": "default", "doc_to_target": "{{target}}"},  # shots show the working
+            generation_kwargs={"until": ["\n"], "max_gen_toks": 24, "do_sample": False},
+            filter_list=[
+                {
+                    "name": "number",
+                    "filter": [{"function": "regex", "regex_pattern": r"(\d+)"}, {"function": "take_first"}],
+                }
+            ],
+            metric_list=[{"metric": "exact_match", "ignore_case": True}],
+        )
+    elif kind == "multiple_choice":
+        config.update(
+            doc_to_choice="{{choices}}",
+            doc_to_target="{{gold}}",
+            metric_list=[{"metric": "acc"}, {"metric": "acc_norm"}],
+        )
+    else:  # loglikelihood: is the gold choice the greedy continuation
+        config.update(doc_to_target="{{' ' + choices[gold]}}", metric_list=[{"metric": "acc"}])
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def lm_eval_samples(model, tokenizer, path: Path, name: str, shots: int, chat: bool) -> list[dict]:
+    """lm-eval's logged samples of the task YAML, by document, run as `lm_eval --tasks NAME
+    --num_fewshot SHOTS [--apply_chat_template]` runs it (few-shot as turns under the template)."""
+    from lm_eval.models.huggingface import HFLM
+
+    results = lm_eval.simple_evaluate(
+        model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8),
+        tasks=[name],
+        task_manager=TaskManager(include_path=str(path.parent), include_defaults=False),
+        num_fewshot=shots,
+        apply_chat_template=chat,
+        fewshot_as_multiturn=chat,
+        log_samples=True,
+        bootstrap_iters=0,
+    )
+    return sorted(results["samples"][name], key=lambda s: (s["doc_id"], s["filter"]))
+
+
+@pytest.fixture(scope="module")
+def tiny(micro_lab):
+    """The micro lab's math expert, its tokenizer given a ChatML chat template."""
+    path = micro_lab.experts["math"]
+    tokenizer = copy.deepcopy(load_tokenizer(path))
+    tokenizer.chat_template = CHATML
+    return load_model(path), tokenizer
+
+
+def check_parity(model, tokenizer, task, samples, metric: str, filter_name: str) -> None:
+    """Item by item: prompts, outputs and the per-item metric of the built-in evaluator equal lm-eval's."""
+    examples = task.split("test")
+    kept = [s for s in samples if s["filter"] == filter_name]
+    assert [s["doc_id"] for s in kept] == list(range(len(examples)))
+    prompts = render_prompts(task, examples, tokenizer)
+    assert prompts == [s["arguments"][0][0] for s in kept]
+    scores = BuiltinEvaluator(batch_size=4).evaluate(model, tokenizer, task, examples)
+    assert scores.correct == [s[metric] == 1 for s in kept]
+    assert any(scores.correct) and not all(scores.correct)  # both kinds of item compared
+    if task.kind == "generate":
+        assert scores.outputs == [s["resps"][0][0] for s in kept]
+    else:
+        lls = [[float(r[0][0]) for r in s["resps"]] for s in kept]
+        assert scores.outputs == [str(max(range(len(x)), key=lambda i, x=x: (x[i], -i))) for x in lls]
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+@pytest.mark.parametrize("kind", ["generate_until", "multiple_choice"])
+def test_builtin_evaluator_equals_lm_eval_on_a_task_yaml(tiny, tmp_path, kind, chat):
+    model, tokenizer = tiny
+    path = yaml_task(tmp_path, f"own_{kind}", kind)
+    samples = lm_eval_samples(model, tokenizer, path, f"own_{kind}", 2, chat)
+    task = load_lm_eval_task(str(path), num_fewshot=2, chat_template=chat)
+    assert task.scorer.unsupported is None
+    if chat:
+        assert all(e.messages[0][0] == "user" and len(e.messages) == 5 for e in task.split("test"))
+    metric, filter_name = ("exact_match", "number") if kind == "generate_until" else ("acc", "none")
+    check_parity(model, tokenizer, task, samples, metric, filter_name)
+    if kind == "multiple_choice":  # the task's second metric, length-normalised
+        task = load_lm_eval_task(str(path), num_fewshot=2, chat_template=chat, metric="acc_norm")
+        check_parity(model, tokenizer, task, samples, "acc_norm", "none")
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+@pytest.mark.parametrize("kind", ["generate", "multiple_choice"])
+def test_a_jsonl_task_equals_its_lm_eval_yaml(tiny, tmp_path, kind, chat):
+    """A JSONL task's prompts and scores are what lm-eval gives for the YAML it stands for."""
+    model, tokenizer = tiny
+    lm_kind = "generate_until" if kind == "generate" else "multiple_choice"
+    path = yaml_task(tmp_path, f"own_{kind}", lm_kind)
+    samples = lm_eval_samples(model, tokenizer, path, f"own_{kind}", 3, chat)
+    files = yaml.safe_load(path.read_text())["dataset_kwargs"]["data_files"]
+    settings = {"stop": ["\n"], "max_new_tokens": 24, "extract": r"(\d+)"} if kind == "generate" else {}
+    task = load_jsonl_task(
+        f"own_{kind}", kind, opt_source=files["train"], test_source=files["test"], num_fewshot=3,
+        chat_template=chat, **settings,
+    )  # fmt: skip
+    metric, filter_name = ("exact_match", "number") if kind == "generate" else ("acc", "none")
+    check_parity(model, tokenizer, task, samples, metric, filter_name)
+
+
+def test_the_lm_eval_backend_runs_the_tasks_own_requests(tiny, tmp_path):
+    model, tokenizer = tiny
+    path = yaml_task(tmp_path, "own_mc", "multiple_choice")
+    task = load_lm_eval_task(str(path), num_fewshot=1, chat_template=True)
+    examples = task.split("test")
+    builtin = BuiltinEvaluator().evaluate(model, tokenizer, task, examples)
+    harness = LmEvalEvaluator(batch_size=4).evaluate(model, tokenizer, task, examples)
+    assert harness.correct == builtin.correct
+    assert harness.uids == builtin.uids == [e.uid for e in examples]
+
+
+def test_other_request_types_fall_back_to_lm_eval(tiny, tmp_path, caplog):
+    model, tokenizer = tiny
+    path = yaml_task(tmp_path, "own_ll", "loglikelihood")
+    task = load_lm_eval_task(str(path), num_fewshot=1)
+    assert task.scorer.unsupported == "its requests are loglikelihood"
+    samples = lm_eval_samples(model, tokenizer, path, "own_ll", 1, False)
+    with caplog.at_level(logging.WARNING):
+        scores = BuiltinEvaluator().evaluate(model, tokenizer, task, task.split("test"))
+        BuiltinEvaluator().evaluate(model, tokenizer, task, task.split("test"))
+    notes = [r.message for r in caplog.records if "slower" in r.message]
+    assert notes == ["task own_ll: its requests are loglikelihood, so lm-eval itself scores it (slower than the built-in evaluator)"]
+    assert scores.correct == [s["acc"] == 1 for s in samples]
+
+
+def test_opt_prompts_never_show_their_own_answer(tmp_path):
+    """The optimization split is the few-shot source: a prompt's shots never include itself."""
+    path = yaml_task(tmp_path, "own_gen", "generate_until")
+    task = load_lm_eval_task(str(path), num_fewshot=7)  # all other 7 of the 8 opt rows
+    for example in task.split("opt"):
+        own = example.prompt.rsplit("\n\n", 1)[-1]
+        assert example.prompt.count(own) == 1
+    jsonl = load_jsonl_task("sums", source=str(OWN / "sums.jsonl"), test_fraction=0.25, num_fewshot=8)
+    for example in jsonl.split("opt"):
+        own = example.prompt.rsplit("\n\n", 1)[-1]
+        assert example.prompt.count(own) == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"prompt": "2+2="}', "missing field 'answer'"),
+        ('{"prompt": 4, "answer": "4"}', "'prompt' must be text"),
+        ("not json", "not valid JSON"),
+    ],
+)
+def test_a_bad_generate_line_is_named_with_file_and_line(tmp_path, line, message):
+    good = json.dumps({"prompt": "1+1=", "answer": "2"})
+    path = tmp_path / "bad.jsonl"
+    path.write_text(f"{good}\n\n{good}\n{line}\n")
+    with pytest.raises(InputError, match=rf"^{path}:4: {message}"):
+        load_jsonl_task("bad", source=str(path))
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"prompt": "p", "choices": ["a", "b"]}, "missing field 'gold'"),
+        ({"prompt": "p", "choices": ["a", "b"], "gold": 2}, "'gold' must be the right choice's index, 0 to 1, got 2"),
+        ({"prompt": "p", "choices": "ab", "gold": 0}, "'choices' must be a list of at least two texts"),
+    ],
+)
+def test_a_bad_multiple_choice_line_is_named_with_file_and_line(tmp_path, row, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "choices": ["a", "b"], "gold": 1}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(InputError, match=rf"^{path}:2: {message}"):
+        load_jsonl_task("bad", "multiple_choice", opt_source=str(OWN / "opposites.jsonl"), test_source=str(path))
