@@ -56,7 +56,9 @@ def split_files(tmp_path: Path, name: str) -> tuple[str, str]:
     items = rows(OWN / f"{name}.jsonl")
     if name == "sums":
         items[8::2] = [{**item, "answer": "1"} for item in items[8::2]]
-    return write_jsonl(tmp_path / f"{name}_opt.jsonl", items[:8]), write_jsonl(tmp_path / f"{name}_test.jsonl", items[8:])
+    return write_jsonl(tmp_path / f"{name}_opt.jsonl", items[:8]), write_jsonl(
+        tmp_path / f"{name}_test.jsonl", items[8:]
+    )
 
 
 def yaml_task(tmp_path: Path, name: str, kind: str) -> Path:
@@ -198,7 +200,9 @@ def test_other_request_types_fall_back_to_lm_eval(tiny, tmp_path, caplog):
         scores = BuiltinEvaluator().evaluate(model, tokenizer, task, task.split("test"))
         BuiltinEvaluator().evaluate(model, tokenizer, task, task.split("test"))
     notes = [r.message for r in caplog.records if "slower" in r.message]
-    assert notes == ["task own_ll: its requests are loglikelihood, so lm-eval itself scores it (slower than the built-in evaluator)"]
+    assert notes == [
+        "task own_ll: its requests are loglikelihood, so lm-eval itself scores it (slower than the built-in evaluator)"
+    ]
     assert scores.correct == [s["acc"] == 1 for s in samples]
 
 
@@ -235,12 +239,83 @@ def test_a_bad_generate_line_is_named_with_file_and_line(tmp_path, line, message
     ("row", "message"),
     [
         ({"prompt": "p", "choices": ["a", "b"]}, "missing field 'gold'"),
-        ({"prompt": "p", "choices": ["a", "b"], "gold": 2}, "'gold' must be the right choice's index, 0 to 1, got 2"),
+        (
+            {"prompt": "p", "choices": ["a", "b"], "gold": 2},
+            "'gold' must be the right choice's index, 0 to 1, got 2",
+        ),
         ({"prompt": "p", "choices": "ab", "gold": 0}, "'choices' must be a list of at least two texts"),
     ],
 )
 def test_a_bad_multiple_choice_line_is_named_with_file_and_line(tmp_path, row, message):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"prompt": "p", "choices": ["a", "b"], "gold": 1}) + "\n" + json.dumps(row) + "\n")
+    path.write_text(
+        json.dumps({"prompt": "p", "choices": ["a", "b"], "gold": 1}) + "\n" + json.dumps(row) + "\n"
+    )
     with pytest.raises(InputError, match=rf"^{path}:2: {message}"):
-        load_jsonl_task("bad", "multiple_choice", opt_source=str(OWN / "opposites.jsonl"), test_source=str(path))
+        load_jsonl_task(
+            "bad", "multiple_choice", opt_source=str(OWN / "opposites.jsonl"), test_source=str(path)
+        )
+
+
+def jsonl_run_config(overrides: list[str] = ()):
+    """The smoke experiment (SAE on the micro lab's models) optimizing two JSONL tasks: the
+    sums by generation (their working as few-shot text) and the opposites by choice."""
+    from conftest import compose_config
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = compose_config(["experiment=smoke", "progress=false", "schedule.steps=2", "task=jsonl", *overrides])
+    with open_dict(cfg):
+        cfg.task.opt_size = {}
+        cfg.task.tasks = [
+            {**OmegaConf.to_container(cfg.task.tasks[0]), "name": "sums", "source": str(OWN / "sums.jsonl"),
+             "num_fewshot": 1, "stop": ["\n"], "max_new_tokens": 24, "extract": "#### (\\d+)"},
+            {**OmegaConf.to_container(cfg.task.tasks[0]), "name": "opposites", "kind": "multiple_choice",
+             "source": str(OWN / "opposites.jsonl"), "metric": "acc_norm"},
+        ]  # fmt: skip
+    return cfg
+
+
+def test_sae_searches_over_two_jsonl_tasks(micro_lab, tmp_path):
+    from sae_merging.runtime import runner
+    from sae_merging.runtime.preflight import preflight
+
+    cfg = jsonl_run_config()
+    preflight(cfg, tmp_path / "run")
+    results = runner.run(cfg, tmp_path / "run")
+    assert set(results["test"]) == {"sums", "opposites", "mean"}
+    items = [json.loads(line) for line in (tmp_path / "run" / "test_items.jsonl").read_text().splitlines()]
+    by_task = {name: [i["correct"] for i in items if i["task"] == name] for name in ("sums", "opposites")}
+    assert {name: len(c) for name, c in by_task.items()} == {"sums": 6, "opposites": 6}  # test_fraction 0.5
+    for name, correct in by_task.items():
+        assert results["test"][name] == pytest.approx(sum(correct) / len(correct))
+
+
+def run_py(*arguments: str) -> list[str]:
+    """stderr lines of `python run.py ARGUMENTS` that must exit 2 before torch is imported."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-X", "importtime", "run.py", "experiment=smoke", "~task.opt_size", *arguments]
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
+    assert not {"torch", "transformers", "lm_eval", "datasets"} & imported
+    return [line for line in done.stderr.splitlines() if not line.startswith("import time:")]
+
+
+def test_a_bad_jsonl_file_stops_the_run_before_any_model_loads(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "answer": "1"}\n{"prompt": "y"}\n')
+    lines = run_py("task=jsonl", f"task.tasks.0.source={bad}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert lines == [
+        f"config error: task.tasks[0].source: {bad}:2: missing field 'answer' (each line needs ['prompt', 'answer'])"
+    ]
+
+
+def test_a_task_yamls_missing_data_file_stops_the_run(tmp_path):
+    path = yaml_task(tmp_path, "own_gen", "generate_until")
+    (tmp_path / "sums_test.jsonl").unlink()
+    lines = run_py("task=lm_eval", f"task.tasks.0.task={path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert lines == [
+        f"config error: task.tasks[0].task: {path}: data_files.test={str(tmp_path / 'sums_test.jsonl')!r}: no such file"
+    ]
