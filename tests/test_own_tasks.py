@@ -36,7 +36,8 @@ OWN = FIXTURES / "own_tasks"
 # ChatML, as SmolLM2-Instruct's template lays turns out (its default system prompt left out)
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "'<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
 
@@ -201,7 +202,8 @@ def test_other_request_types_fall_back_to_lm_eval(tiny, tmp_path, caplog):
         BuiltinEvaluator().evaluate(model, tokenizer, task, task.split("test"))
     notes = [r.message for r in caplog.records if "slower" in r.message]
     assert notes == [
-        "task own_ll: its requests are loglikelihood, so lm-eval itself scores it (slower than the built-in evaluator)"
+        "task own_ll: its requests are loglikelihood, so lm-eval itself scores it "
+        "(slower than the built-in evaluator)"
     ]
     assert scores.correct == [s["acc"] == 1 for s in samples]
 
@@ -308,7 +310,8 @@ def test_a_bad_jsonl_file_stops_the_run_before_any_model_loads(tmp_path):
     bad.write_text('{"prompt": "x", "answer": "1"}\n{"prompt": "y"}\n')
     lines = run_py("task=jsonl", f"task.tasks.0.source={bad}", f"hydra.run.dir={tmp_path / 'run'}")
     assert lines == [
-        f"config error: task.tasks[0].source: {bad}:2: missing field 'answer' (each line needs ['prompt', 'answer'])"
+        f"config error: task.tasks[0].source: {bad}:2: missing field 'answer' "
+        "(each line needs ['prompt', 'answer'])"
     ]
 
 
@@ -317,5 +320,6 @@ def test_a_task_yamls_missing_data_file_stops_the_run(tmp_path):
     (tmp_path / "sums_test.jsonl").unlink()
     lines = run_py("task=lm_eval", f"task.tasks.0.task={path}", f"hydra.run.dir={tmp_path / 'run'}")
     assert lines == [
-        f"config error: task.tasks[0].task: {path}: data_files.test={str(tmp_path / 'sums_test.jsonl')!r}: no such file"
+        f"config error: task.tasks[0].task: {path}: "
+        f"data_files.test={str(tmp_path / 'sums_test.jsonl')!r}: no such file"
     ]
