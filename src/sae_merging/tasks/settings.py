@@ -72,6 +72,7 @@ class Gsm8kSettings(Settings, target="sae_merging.tasks.gsm8k.load_gsm8k"):
     fewshot_seed: int = 1234
     name: str = "gsm8k"
     max_new_tokens: int = 256
+    chat_template: bool = False
 
     def __post_init__(self) -> None:
         self.source = str(self.source)
@@ -80,6 +81,7 @@ class Gsm8kSettings(Settings, target="sae_merging.tasks.gsm8k.load_gsm8k"):
         check.integer("fewshot_seed", self.fewshot_seed)
         check.text("name", self.name)
         check.integer("max_new_tokens", self.max_new_tokens, 1)
+        check.flag("chat_template", self.chat_template)
 
     def problems(self, key: str = "task") -> list[str]:
         return source_problems(f"{key}.source", self.source, "train") + source_problems(
@@ -96,8 +98,14 @@ class MmluProxSettings(Settings, target="sae_merging.tasks.mmlu_prox.load_mmlu_p
     languages: Sequence[str] = ("en",)
     name: str = "mmlu_prox"
     max_options: int = 10
+    num_fewshot: int = 0
+    fewshot_seed: int = 1234
+    chat_template: bool = False
 
     def __post_init__(self) -> None:
+        check.integer("num_fewshot", self.num_fewshot, 0)
+        check.integer("fewshot_seed", self.fewshot_seed)
+        check.flag("chat_template", self.chat_template)
         self.languages = (self.languages,) if isinstance(self.languages, str) else tuple(self.languages)
         self.test_source = str(self.test_source)
         self.opt_source = str(self.opt_source or self.test_source)
