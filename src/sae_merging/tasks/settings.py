@@ -319,23 +319,33 @@ def check_sizes(known: Sequence[str] | None, opt_size, test_size, stratify, vali
     """A pool's per-task sample sizes, stratified tasks and validation sizes, checked against the
     task names (`known`; None where a task of your own is named only once it is loaded)."""
     opt_size, test_size, stratify = dict(opt_size or {}), dict(test_size or {}), set(stratify or ())
-    validation_size = dict(validation_size or {})
+    one_size = isinstance(validation_size, int | float) and not isinstance(validation_size, bool)
+    validation_size = validation_size if one_size else dict(validation_size or {})
     for key, sizes in (
         ("opt_size", opt_size),
         ("test_size", test_size),
-        ("validation_size", validation_size),
+        ("validation_size", {"*": validation_size} if one_size else validation_size),
     ):
         for name, size in sizes.items():
-            if known is not None and name not in known:
+            if known is not None and name not in known and name != "*":
                 raise check.SettingError(key, name, f"names an unknown task; tasks: {', '.join(known)}")
+            label = key if name == "*" else f"{key}.{name}"
             if key == "validation_size" and isinstance(size, float):
-                check.number(f"{key}.{name}", size, 0, 1, low_open=True, high_open=True)
+                check.number(label, size, 0, 1, low_open=True, high_open=True)
             else:
-                check.integer(f"{key}.{name}", size, 1, optional=True)
+                check.integer(label, size, 1, optional=True)
     for name in sorted(stratify):
         if known is not None and name not in known:
             raise check.SettingError("stratify", name, f"names an unknown task; tasks: {', '.join(known)}")
     return opt_size, test_size, stratify, validation_size
+
+
+def per_task(size, names: Sequence[str] | None):
+    """A size given once for every task, as {task: size} (unchanged where the tasks' names are
+    not known yet: `TaskPool` spreads it over the loaded tasks)."""
+    if isinstance(size, int | float) and not isinstance(size, bool) and names is not None:
+        return dict.fromkeys(names, size)
+    return size
 
 
 @dataclass(eq=False)
@@ -354,15 +364,7 @@ class TaskPoolSettings(Settings, target="sae_merging.tasks.pool.TaskPool"):
     def __post_init__(self) -> None:
         self.tasks = list(self.tasks)
         self.data_dir = None if self.data_dir is None else str(self.data_dir)
-        if isinstance(self.validation_size, int | float) and not isinstance(self.validation_size, bool):
-            names = self.declared_names()
-            if names is None:
-                raise check.SettingError(
-                    "validation_size",
-                    self.validation_size,
-                    "one size for every task needs named tasks; give {TASK: size}",
-                )
-            self.validation_size = dict.fromkeys(names, self.validation_size)  # one size for every task
+        self.validation_size = per_task(self.validation_size, self.declared_names())
         self.opt_size, self.test_size, self.stratify, self.validation_size = check_sizes(
             self.declared_names(), self.opt_size, self.test_size, self.stratify, self.validation_size
         )
@@ -370,6 +372,8 @@ class TaskPoolSettings(Settings, target="sae_merging.tasks.pool.TaskPool"):
     @property
     def has_validation(self) -> bool:
         """Whether a validation set is held out (`selection=validation` needs one)."""
+        if not isinstance(self.validation_size, Mapping):
+            return True  # one size for every task
         return any(size is not None for size in self.validation_size.values())
 
     def declared_names(self) -> list[str] | None:
