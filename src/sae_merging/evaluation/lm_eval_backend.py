@@ -86,6 +86,18 @@ def _hflm(progress: bool, **kwargs):
     return QuietHFLM(**kwargs)
 
 
+def harness_model(evaluator: Evaluator, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+    """lm-eval's HF backend on the loaded model, with the evaluator's batch size and length limit."""
+    return _hflm(
+        evaluator.progress,
+        pretrained=model,
+        tokenizer=tokenizer,
+        backend="causal",
+        batch_size=evaluator.batch_size,
+        max_length=evaluator.max_length,
+    )
+
+
 def task_config(task: TaskData, data_file: Path, cache_dir: Path, task_name: str) -> dict:
     """The lm-eval task config for our rendered examples of `task` (written to `data_file`):
     the GSM8K filters and metric, or the task's own extraction (`RegexScorer`) and
@@ -127,9 +139,8 @@ def task_config(task: TaskData, data_file: Path, cache_dir: Path, task_name: str
             config["metric_list"][0].update(
                 ignore_case=scorer.ignore_case, regexes_to_ignore=list(scorer.regexes_to_ignore)
             )
-            regex = {"function": "regex", "regex_pattern": scorer.pattern}
-            regex.update(group_select=scorer.group_select, fallback=scorer.fallback)
-            config["filter_list"] = [{"name": "extract", "filter": [regex, {"function": "take_first"}]}]
+            extract = _regex_filter("extract", scorer.pattern, scorer.group_select, scorer.fallback)
+            config["filter_list"] = [extract]
     else:
         metric = task.scorer.metric if isinstance(task.scorer, ChoiceScorer) else "acc"
         config.update(
@@ -142,10 +153,14 @@ def task_config(task: TaskData, data_file: Path, cache_dir: Path, task_name: str
     return config
 
 
-def _regex_filter(name: str, pattern: str, group_select: int | None = None) -> dict:
+def _regex_filter(
+    name: str, pattern: str, group_select: int | None = None, fallback: str | None = None
+) -> dict:
     regex = {"function": "regex", "regex_pattern": pattern}
     if group_select is not None:
         regex["group_select"] = group_select
+    if fallback is not None:
+        regex["fallback"] = fallback
     return {"name": name, "filter": [regex, {"function": "take_first"}]}
 
 
@@ -211,14 +226,7 @@ class LmEvalEvaluator(Evaluator):
         if isinstance(task.scorer, LmEvalScorer):  # lm-eval's own task: its requests, its metric
             return evaluate_with_lm_eval(self, model, tokenizer, task, examples)
         with _quiet(self.progress), tempfile.TemporaryDirectory(prefix="sae-merging-lm-eval-") as tmp:
-            lm = _hflm(
-                self.progress,
-                pretrained=model,
-                tokenizer=tokenizer,
-                backend="causal",
-                batch_size=self.batch_size,
-                max_length=self.max_length,
-            )
+            lm = harness_model(self, model, tokenizer)
             if task.name in self.registered:
                 return self._registered(lm, task.name, self.registered[task.name])
             task_name = write_task(Path(tmp), task, examples, tokenizer)
@@ -298,14 +306,7 @@ def evaluate_with_lm_eval(evaluator: Evaluator, model, tokenizer, task: TaskData
     task_obj = scorer.task
     by_example = []
     with _quiet(evaluator.progress):
-        lm = _hflm(
-            evaluator.progress,
-            pretrained=model,
-            tokenizer=tokenizer,
-            backend="causal",
-            batch_size=evaluator.batch_size,
-            max_length=evaluator.max_length,
-        )
+        lm = harness_model(evaluator, model, tokenizer)
         for example in examples:
             doc_id, doc = scorer.docs[example.uid]
             context = lm_eval_context(scorer.contexts[example.uid], tokenizer, scorer.chat_template)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -288,24 +288,32 @@ def fewshot_turns(
 
 
 def draw_shots(
-    rows: Sequence[dict], pool: Sequence[dict], n: int, seed: int, same_split: bool
+    rows: Sequence[dict],
+    pool: Sequence[dict],
+    n: int,
+    seed: int,
+    same_split: bool,
+    key: Callable[[dict], object] | None = None,
 ) -> list[list[dict]]:
     """Few-shot rows for each row, drawn as lm-eval's default sampler draws them: one
     `random.Random(seed)` advanced over the rows in order; where the rows come from the pool
     itself (`same_split`), n + 1 are drawn and the row dropped, and should that leave too few
-    (duplicates of the row), n are drawn again from the pool without it."""
+    (duplicates of the row), n are drawn again from the pool without it. `key`: what makes a
+    shot the row itself (default: equal rows); given, such shots are dropped from every draw."""
     rng = random.Random(seed)
+    same = key or (lambda row: row)
     draws = []
     for row in rows:
         if n == 0:
             draws.append([])
             continue
-        if not same_split:
-            draws.append(rng.sample(list(pool), n))
+        drawn = rng.sample(list(pool), n + same_split)
+        if not same_split and key is None:
+            draws.append(drawn)
             continue
-        others = [shot for shot in rng.sample(list(pool), n + 1) if shot != row][:n]
+        others = [shot for shot in drawn if same(shot) != same(row)][:n]
         if len(others) < n:
-            others = rng.sample([shot for shot in pool if shot != row], n)
+            others = rng.sample([shot for shot in pool if same(shot) != same(row)], n)
         draws.append(others)
     return draws
 

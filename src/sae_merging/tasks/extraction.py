@@ -16,22 +16,12 @@ INVALID = "[invalid]"
 EXTRACTIONS = ("strict", "flexible")
 
 
-def _select(pattern: re.Pattern, text: str, index: int) -> str:
-    matches = pattern.findall(text)
-    if not matches:
-        return INVALID
-    match = matches[index]
-    if isinstance(match, tuple):
-        match = next((group for group in match if group), INVALID)
-    return match.strip()
-
-
 def extract(text: str, how: str = "strict") -> str:
     """The answer string in a generation (`[invalid]` when there is none)."""
     if how == "strict":
-        return _select(STRICT_PATTERN, text, 0)
+        return regex_extract(text, STRICT_PATTERN, 0)
     if how == "flexible":
-        return _select(FLEXIBLE_PATTERN, text, -1)
+        return regex_extract(text, FLEXIBLE_PATTERN, -1)
     raise ValueError(f"unknown answer extraction {how!r}; valid: {', '.join(EXTRACTIONS)}")
 
 
@@ -47,7 +37,9 @@ def is_correct(generation: str, reference: str, how: str = "strict") -> bool:
     return normalize(extract(generation, how)) == normalize(reference)
 
 
-def regex_extract(text: str, pattern: str, group_select: int = 0, fallback: str = INVALID) -> str:
+def regex_extract(
+    text: str, pattern: str | re.Pattern, group_select: int = 0, fallback: str = INVALID
+) -> str:
     """lm-eval's `regex` filter: the `group_select`-th match of `pattern` (its first non-empty
     group where it has groups), stripped; `fallback` where nothing matches."""
     matches = re.findall(pattern, text)

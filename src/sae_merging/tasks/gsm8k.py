@@ -9,10 +9,9 @@ the one `lm_eval --num_fewshot n` builds for the same question (its default seed
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
-from sae_merging.tasks.base import Example, TaskData, fewshot_turns, load_rows
+from sae_merging.tasks.base import Example, TaskData, draw_shots, fewshot_turns, load_rows
 from sae_merging.tasks.extraction import normalize
 from sae_merging.tasks.settings import Gsm8kSettings
 
@@ -39,18 +38,7 @@ def draw_fewshot(
     """Shots for each row, as lm-eval's sampler draws them (`same_split`: the rows come from the
     pool, so one extra is drawn and the row itself dropped). A shot never repeats the row's
     question; should a draw contain it anyway, that row's shots are redrawn without it."""
-    rng = random.Random(seed)
-    draws = []
-    for row in rows:
-        if n == 0:
-            draws.append([])
-            continue
-        question = row["question"]
-        others = [shot for shot in rng.sample(list(pool), n + same_split) if shot["question"] != question]
-        if len(others) < n:
-            others = rng.sample([shot for shot in pool if shot["question"] != question], n)
-        draws.append(others[:n])
-    return draws
+    return draw_shots(rows, pool, n, seed, same_split, key=lambda row: row["question"])
 
 
 def load_gsm8k(
