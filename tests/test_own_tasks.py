@@ -198,6 +198,44 @@ def test_the_lm_eval_backend_runs_the_tasks_own_requests(tiny, tmp_path):
     assert harness.uids == builtin.uids == [e.uid for e in examples]
 
 
+@pytest.mark.parametrize("kind", ["generate", "multiple_choice"])
+def test_the_lm_eval_backend_scores_a_jsonl_task_as_the_builtin_evaluator(tiny, tmp_path, kind):
+    """`evaluator=lm_eval` runs a JSONL task through lm-eval with the task's extraction and metric."""
+    model, tokenizer = tiny
+    opt, test = split_files(tmp_path, "sums" if kind == "generate" else "opposites")
+    settings = {"stop": ["\n"], "max_new_tokens": 24, "extract": r"(\d+)"} if kind == "generate" else {}
+    task = load_jsonl_task("own", kind, opt_source=opt, test_source=test, num_fewshot=1, chat_template=True,
+                           metric="acc_norm", **settings)  # fmt: skip
+    builtin = BuiltinEvaluator().evaluate(model, tokenizer, task, task.split("test"))
+    harness = LmEvalEvaluator(batch_size=4).evaluate(model, tokenizer, task, task.split("test"))
+    assert harness.correct == builtin.correct and any(builtin.correct) and not all(builtin.correct)
+
+
+def test_the_paper_loaders_take_the_chat_template_and_shots():
+    """GSM8K and MMLU-ProX: chat turns are the plain prompt's shots and question, turn by turn;
+    MMLU-ProX's letters lose their space to the target delimiter (dropped under the template),
+    and without either option every example is what it was."""
+    from sae_merging.tasks.base import continuations
+    from sae_merging.tasks.gsm8k import load_gsm8k
+    from sae_merging.tasks.mmlu_prox import load_mmlu_prox
+
+    plain = load_gsm8k(str(FIXTURES / "gsm8k"), num_fewshot=2)
+    chat = load_gsm8k(str(FIXTURES / "gsm8k"), num_fewshot=2, chat_template=True)
+    for a, b in zip(plain.split("test"), chat.split("test"), strict=True):
+        assert a.prompt == b.prompt and not a.messages
+        (_, q1), (_, a1), (_, q2), (_, a2), (_, question) = b.messages
+        assert b.prompt == f"{q1} {a1}\n\n{q2} {a2}\n\n{question}" and q1.startswith("Question: ")
+        assert question == a.prompt.rsplit("\n\n", 1)[-1] and question.endswith("\nAnswer:")
+    sources = (str(FIXTURES / "mmlu_prox_lite_en"), str(FIXTURES / "mmlu_pro_validation"))
+    zero = load_mmlu_prox(*sources)
+    shots = load_mmlu_prox(*sources, num_fewshot=1, chat_template=True)
+    for a, b in zip(zero.split("test"), shots.split("test"), strict=True):
+        (_, shot), (_, letter), (_, question) = b.messages
+        assert question == a.prompt and b.prompt == f"{shot} {letter}\n\n{a.prompt}"
+        assert continuations(zero, a) == list(a.choices) == [f" {c}" for c in b.choices]
+        assert continuations(shots, b) == list(b.choices)
+
+
 def test_other_request_types_fall_back_to_lm_eval(tiny, tmp_path, caplog):
     model, tokenizer = tiny
     path = yaml_task(tmp_path, "own_ll", "loglikelihood")
