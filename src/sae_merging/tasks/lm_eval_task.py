@@ -96,17 +96,14 @@ def per_item(metrics: dict, metric: str, task: str) -> bool:
 
 
 def task_manager(task: str, include_path: str | None):
-    """lm-eval's TaskManager and the task's name: a .yaml path is read from its folder (lm-eval's
-    registered tasks are not indexed then, which takes seconds); otherwise `include_path` is
-    searched besides the registered tasks."""
+    """lm-eval's TaskManager and what to load with it: a .yaml path is loaded as a file, and
+    nothing is indexed (lm-eval's registered tasks take seconds; the file's folder may hold
+    other YAML); otherwise `include_path` is searched besides the registered tasks."""
     from lm_eval.tasks import TaskManager
 
     path = Path(task).expanduser()
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        import yaml
-
-        name = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("task")
-        return TaskManager(include_path=str(path.parent), include_defaults=False), name
+        return TaskManager(include_defaults=False), str(path.resolve())
     if include_path is not None:
         return TaskManager(include_path=str(Path(include_path).expanduser())), task
     return TaskManager(), task
@@ -122,10 +119,11 @@ def unsupported_reason(task_obj, metric: str) -> str | None:
         return "its documents have several inputs"
     if config.gen_prefix:
         return "it has a gen_prefix"
+    if (config.repeats or 1) > 1:
+        return f"it answers each request {config.repeats} times"
     if kind == "generate_until":
-        kwargs = dict(config.generation_kwargs or {})
-        sampling = kwargs.get("do_sample") or float(kwargs.get("temperature", 0.0) or 0.0) > 0
-        if sampling or set(kwargs) - GREEDY_KEYS:
+        kwargs = generation_kwargs(task_obj)
+        if kwargs["do_sample"] or set(kwargs) - GREEDY_KEYS:
             return f"it generates with {kwargs} (the built-in evaluator decodes greedily)"
         return None
     if callable(config.process_results):
@@ -135,6 +133,14 @@ def unsupported_reason(task_obj, metric: str) -> str | None:
     if task_obj.multiple_target:
         return "its documents have several gold choices"
     return None
+
+
+def generation_kwargs(task_obj) -> dict:
+    """The task's generation settings as lm-eval's HF backend reads them (`until` a list,
+    `max_gen_toks` from any of its aliases, `do_sample` and `temperature` made consistent)."""
+    from lm_eval.models.utils import normalize_gen_kwargs
+
+    return dict(normalize_gen_kwargs(dict(task_obj.config.generation_kwargs or {}), DEFAULT_MAX_GEN_TOKS))
 
 
 def split_docs(task_obj, split: str) -> list[dict]:
@@ -227,8 +233,9 @@ def load_lm_eval_task(
     filter: str | None = None,
 ) -> TaskData:
     """lm-eval's task `task` (a registered name, a name found under `include_path`, or a task
-    .yaml file) as a TaskData; see the module docstring. `metric` / `filter`: which of the
-    task's metrics and filters make an item correct (default: its first of each)."""
+    .yaml file, whose folder is not searched) as a TaskData; see the module docstring.
+    `metric` / `filter`: which of the task's metrics and filters make an item correct (default:
+    its first of each)."""
     settings = LmEvalTaskSettings(
         task, include_path, name, opt_split, num_fewshot, fewshot_seed, chat_template, metric, filter
     )  # checks
@@ -247,7 +254,7 @@ def load_lm_eval_task(
             datasets.enable_progress_bars()
     if len(loaded) != 1 or not hasattr(next(iter(loaded.values())), "fewshot_context"):
         raise ValueError(f"lm-eval task {task!r} is a group; name one of its tasks")
-    task_obj = next(iter(loaded.values()))
+    task_name, task_obj = next(iter(loaded.items()))
     shots = num_fewshot if num_fewshot is not None else task_obj.get_config("num_fewshot") or 0
     task_obj.set_config(key="num_fewshot", value=shots)
     metric = metric or next(iter(task_obj._metric_fn_list))
@@ -269,10 +276,8 @@ def load_lm_eval_task(
             scorer.contexts[uid] = context
             splits[split].append(to_example(task_obj, uid, doc, context, chat_template))
     kind = "multiple_choice" if task_obj.OUTPUT_TYPE == "multiple_choice" else "generate"
-    kwargs = task_obj.config.generation_kwargs or {}
-    until = kwargs.get("until", [])
-    stop = tuple([until] if isinstance(until, str) else until)
-    max_new_tokens = int(kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
+    kwargs = generation_kwargs(task_obj) if kind == "generate" else {"until": [], "max_gen_toks": 0}
+    stop, max_new_tokens = tuple(kwargs["until"]), kwargs["max_gen_toks"]
     metadata = {"lm_eval_task": task_name, "num_fewshot": shots, "metric": metric, "filter": filter}
     return TaskData(
         name,
