@@ -146,8 +146,6 @@ def check_parity(model, tokenizer, task, samples, metric: str, filter_name: str,
         assert scores.outputs == [str(max(range(len(x)), key=lambda i, x=x: (x[i], -i))) for x in lls]
 
 
-@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
-@pytest.mark.parametrize("kind", ["generate_until", "multiple_choice"])
 def yaml_parity(model, tokenizer, tmp_path: Path, kind: str, chat: bool, mixed: bool = True):
     """The task YAML of `kind`, 2-shot, by lm-eval and by the built-in evaluator, item by item."""
     path = yaml_task(tmp_path, f"own_{kind}", kind)
@@ -161,6 +159,8 @@ def yaml_parity(model, tokenizer, tmp_path: Path, kind: str, chat: bool, mixed: 
     return path, samples
 
 
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+@pytest.mark.parametrize("kind", ["generate_until", "multiple_choice"])
 def test_builtin_evaluator_equals_lm_eval_on_a_task_yaml(tiny, tmp_path, kind, chat):
     model, tokenizer = tiny
     path, samples = yaml_parity(model, tokenizer, tmp_path, kind, chat)
