@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -297,10 +298,10 @@ def evaluate_with_lm_eval(evaluator: Evaluator, model, tokenizer, task: TaskData
     scorer: LmEvalScorer = task.scorer
     if isinstance(evaluator, BuiltinEvaluator) and task.name not in SLOWER_NOTED:
         SLOWER_NOTED.add(task.name)
-        logging.getLogger(__name__).warning(
-            "task %s: %s, so lm-eval itself scores it (slower than the built-in evaluator)",
-            task.name,
-            scorer.unsupported,
+        print(
+            f"note: task {task.name}: {scorer.unsupported}, so lm-eval itself scores it "
+            "(slower than the built-in evaluator)",
+            file=sys.stderr,
         )
     model.eval()
     task_obj = scorer.task
