@@ -20,7 +20,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase,
 from transformers.cache_utils import Cache, DynamicLayer
 
 from sae_merging.evaluation.settings import BuiltinSettings, EvaluatorSettings
-from sae_merging.tasks.base import Example, TaskData
+from sae_merging.tasks.base import Example, TaskData, continuations, render_prompts
 from sae_merging.tasks.extraction import is_correct
 
 
@@ -92,14 +92,20 @@ def encode_pair(
 
 
 def choice_requests(
-    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    task: TaskData | None = None,
+    prompts: Sequence[str] | None = None,
 ) -> tuple[list[tuple[list[int], list[int]]], list[int]]:
     """(context, continuation) token ids of every option of every question, and the index of
-    the question each belongs to: all options of a batch of questions scored in one pass."""
+    the question each belongs to: all options of a batch of questions scored in one pass.
+    `prompts`: the rendered prompts (default: the examples' own); `task`: whose target
+    delimiter goes before each choice (see `continuations`)."""
     requests, owners = [], []
     for index, example in enumerate(examples):
-        for choice in example.choices:
-            requests.append(encode_pair(tokenizer, example.prompt, choice))
+        prompt = example.prompt if prompts is None else prompts[index]
+        for choice in example.choices if task is None else continuations(task, example):
+            requests.append(encode_pair(tokenizer, prompt, choice))
             owners.append(index)
     return requests, owners
 
@@ -144,13 +150,25 @@ class Evaluator:
         examples: Sequence[Example],
     ) -> TaskScores:
         model.eval()
+        if task.scorer is not None and task.scorer.unsupported:
+            from sae_merging.evaluation.lm_eval_backend import evaluate_with_lm_eval
+
+            return evaluate_with_lm_eval(self, model, tokenizer, task, examples)
+        prompts = render_prompts(task, examples, tokenizer)
         if task.kind == "generate":
-            outputs = self.generate(model, tokenizer, [e.prompt for e in examples], task)
-            correct = [is_correct(o, e.answer, self.extraction) for o, e in zip(outputs, examples)]
-        else:
-            choices = self.choose(model, tokenizer, examples)
+            outputs = self.generate(model, tokenizer, prompts, task)
+            if task.scorer is None:
+                correct = [is_correct(o, e.answer, self.extraction) for o, e in zip(outputs, examples)]
+            else:
+                correct = task.scorer.generations(examples, outputs)
+        elif task.scorer is None:
+            choices = self.choose(model, tokenizer, examples, task, prompts)
             outputs = [str(c) for c in choices]
             correct = [c == e.label for c, e in zip(choices, examples)]
+        else:
+            scores = self.choice_loglikelihoods(model, tokenizer, examples, task, prompts)
+            outputs = [str(max(range(len(s)), key=lambda i, s=s: (s[i], -i))) for s in scores]
+            correct = task.scorer.choices(examples, scores)
         return TaskScores(task.name, [e.uid for e in examples], correct, outputs)
 
     def choose(
@@ -158,11 +176,29 @@ class Evaluator:
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         examples: Sequence[Example],
+        task: TaskData | None = None,
+        prompts: Sequence[str] | None = None,
     ) -> list[int]:
         """Index of the most likely choice of each multiple-choice example."""
-        requests, owners = choice_requests(tokenizer, examples)
+        requests, owners = choice_requests(tokenizer, examples, task, prompts)
         scores = self.loglikelihoods(model, tokenizer, requests)
         return best_choices(owners, scores, len(examples))
+
+    def choice_loglikelihoods(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        examples: Sequence[Example],
+        task: TaskData,
+        prompts: Sequence[str],
+    ) -> list[list[float]]:
+        """The log-likelihood of each choice of each example, in the examples' order."""
+        requests, owners = choice_requests(tokenizer, examples, task, prompts)
+        scores = self.loglikelihoods(model, tokenizer, requests)
+        grouped: list[list[float]] = [[] for _ in examples]
+        for owner, score in zip(owners, scores, strict=True):
+            grouped[owner].append(score)
+        return grouped
 
     def generate(
         self,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,10 +27,19 @@ from pathlib import Path
 import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sae_merging.evaluation.builtin import Evaluator, TaskScores
+from sae_merging.evaluation.builtin import BuiltinEvaluator, Evaluator, TaskScores
 from sae_merging.evaluation.settings import LmEvalSettings
-from sae_merging.tasks.base import Example, TaskData
+from sae_merging.tasks.base import (
+    ChoiceScorer,
+    Example,
+    RegexScorer,
+    TaskData,
+    chat_prompt,
+    continuations,
+    render_prompts,
+)
 from sae_merging.tasks.extraction import FLEXIBLE_PATTERN, IGNORE_PATTERNS, STRICT_PATTERN
+from sae_merging.tasks.lm_eval_task import LmEvalScorer
 
 # lm-eval's gsm8k filter names for our extraction names.
 FILTERS = {"strict": "strict-match", "flexible": "flexible-extract"}
@@ -77,8 +87,22 @@ def _hflm(progress: bool, **kwargs):
     return QuietHFLM(**kwargs)
 
 
+def harness_model(evaluator: Evaluator, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+    """lm-eval's HF backend on the loaded model, with the evaluator's batch size and length limit."""
+    return _hflm(
+        evaluator.progress,
+        pretrained=model,
+        tokenizer=tokenizer,
+        backend="causal",
+        batch_size=evaluator.batch_size,
+        max_length=evaluator.max_length,
+    )
+
+
 def task_config(task: TaskData, data_file: Path, cache_dir: Path, task_name: str) -> dict:
-    """The lm-eval task config for our rendered examples of `task` (written to `data_file`)."""
+    """The lm-eval task config for our rendered examples of `task` (written to `data_file`):
+    the GSM8K filters and metric, or the task's own extraction (`RegexScorer`) and
+    multiple-choice metric (`ChoiceScorer`)."""
     config: dict = {
         "task": task_name,
         "dataset_path": "json",
@@ -111,30 +135,47 @@ def task_config(task: TaskData, data_file: Path, cache_dir: Path, task_name: str
                 _regex_filter(FILTERS["flexible"], FLEXIBLE_PATTERN.pattern, group_select=-1),
             ],
         )
+        if isinstance(task.scorer, RegexScorer):
+            scorer = task.scorer
+            config["metric_list"][0].update(
+                ignore_case=scorer.ignore_case, regexes_to_ignore=list(scorer.regexes_to_ignore)
+            )
+            extract = _regex_filter("extract", scorer.pattern, scorer.group_select, scorer.fallback)
+            config["filter_list"] = [extract]
     else:
+        metric = task.scorer.metric if isinstance(task.scorer, ChoiceScorer) else "acc"
         config.update(
             output_type="multiple_choice",
             doc_to_choice="{{choices}}",
             doc_to_target="{{label}}",
-            target_delimiter="",  # our choices carry their own leading space
-            metric_list=[{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+            target_delimiter="",  # the rendered choices carry the task's delimiter
+            metric_list=[{"metric": metric, "aggregation": "mean", "higher_is_better": True}],
         )
     return config
 
 
-def _regex_filter(name: str, pattern: str, group_select: int | None = None) -> dict:
+def _regex_filter(
+    name: str, pattern: str, group_select: int | None = None, fallback: str | None = None
+) -> dict:
     regex = {"function": "regex", "regex_pattern": pattern}
     if group_select is not None:
         regex["group_select"] = group_select
+    if fallback is not None:
+        regex["fallback"] = fallback
     return {"name": name, "filter": [regex, {"function": "take_first"}]}
 
 
-def write_task(folder: Path, task: TaskData, examples: Sequence[Example]) -> str:
-    """Write `examples` and their task config into `folder`; returns the lm-eval task name."""
+def write_task(folder: Path, task: TaskData, examples: Sequence[Example], tokenizer=None) -> str:
+    """Write `examples` (their prompts rendered as the model sees them: chat template, target
+    delimiter) and their task config into `folder`; returns the lm-eval task name."""
     task_name = "sae_merging_" + re.sub(r"\W", "_", task.name)
     data_file = folder / "examples.jsonl"
     fields = ("uid", "prompt", "answer") if task.kind == "generate" else ("uid", "prompt", "choices", "label")
-    rows = (e.to_json() for e in examples)
+    prompts = render_prompts(task, examples, tokenizer)
+    rows = (
+        {**e.to_json(), "prompt": prompt, "choices": continuations(task, e)}
+        for e, prompt in zip(examples, prompts, strict=True)
+    )
     lines = (json.dumps({f: row[f] for f in fields}, ensure_ascii=False) + "\n" for row in rows)
     data_file.write_text("".join(lines), encoding="utf-8")
     config = task_config(task, data_file, folder / "datasets-cache", task_name)
@@ -152,7 +193,8 @@ def _sample_output(sample: dict) -> str:
 
 
 def _sample_correct(sample: dict) -> bool:
-    return float(sample["acc"] if "acc" in sample else sample["exact_match"]) == 1.0
+    metric = next(m for m in ("acc", "acc_norm", "acc_bytes", "exact_match") if m in sample)
+    return float(sample[metric]) == 1.0
 
 
 class LmEvalEvaluator(Evaluator):
@@ -182,20 +224,15 @@ class LmEvalEvaluator(Evaluator):
         examples: Sequence[Example],
     ) -> TaskScores:
         model.eval()
+        if isinstance(task.scorer, LmEvalScorer):  # lm-eval's own task: its requests, its metric
+            return evaluate_with_lm_eval(self, model, tokenizer, task, examples)
         with _quiet(self.progress), tempfile.TemporaryDirectory(prefix="sae-merging-lm-eval-") as tmp:
-            lm = _hflm(
-                self.progress,
-                pretrained=model,
-                tokenizer=tokenizer,
-                backend="causal",
-                batch_size=self.batch_size,
-                max_length=self.max_length,
-            )
+            lm = harness_model(self, model, tokenizer)
             if task.name in self.registered:
                 return self._registered(lm, task.name, self.registered[task.name])
-            task_name = write_task(Path(tmp), task, examples)
+            task_name = write_task(Path(tmp), task, examples, tokenizer)
             samples = self._run(lm, task_name, include_path=tmp)
-        wanted = FILTERS[self.extraction] if task.kind == "generate" else "none"
+        wanted = "none" if task.kind != "generate" else "extract" if task.scorer else FILTERS[self.extraction]
         by_doc = {s["doc_id"]: s for s in samples[task_name] if s["filter"] == wanted}
         ordered = [by_doc[i] for i in range(len(examples))]
         return TaskScores(
@@ -239,3 +276,54 @@ class LmEvalEvaluator(Evaluator):
                     correct.append(_sample_correct(sample))
                     outputs.append(_sample_output(sample))
         return TaskScores(name, uids, correct, outputs)
+
+
+SLOWER_NOTED: set[str] = set()  # tasks whose slower path was noted once already
+
+
+def lm_eval_context(context, tokenizer, chat: bool):
+    """A prompt as lm-eval built it at load time, rendered for this tokenizer: chat turns (JSON)
+    through its chat template; one prompt per input for tasks with several."""
+    if isinstance(context, list):
+        return [lm_eval_context(c, tokenizer, chat) for c in context]
+    return chat_prompt(tokenizer, json.loads(context)) if chat else context
+
+
+def evaluate_with_lm_eval(evaluator: Evaluator, model, tokenizer, task: TaskData, examples) -> TaskScores:
+    """An lm-eval task scored by lm-eval itself: the task builds each example's requests from
+    the prompt it built at load time, lm-eval's HF backend answers them (each request type by
+    its own method, each request `repeats` times), then the task's filters and metric score
+    them. The built-in evaluator comes here for what it cannot score (noted once per task, as
+    this path is slower)."""
+    scorer: LmEvalScorer = task.scorer
+    if isinstance(evaluator, BuiltinEvaluator) and task.name not in SLOWER_NOTED:
+        SLOWER_NOTED.add(task.name)
+        print(
+            f"note: task {task.name}: {scorer.unsupported}, so lm-eval itself scores it "
+            "(slower than the built-in evaluator)",
+            file=sys.stderr,
+        )
+    model.eval()
+    task_obj = scorer.task
+    by_example = []
+    with _quiet(evaluator.progress):
+        lm = harness_model(evaluator, model, tokenizer)
+        for example in examples:
+            doc_id, doc = scorer.docs[example.uid]
+            context = lm_eval_context(scorer.contexts[example.uid], tokenizer, scorer.chat_template)
+            requests = task_obj.construct_requests(
+                doc=doc,
+                ctx=context,
+                metadata=(task_obj.config.task, doc_id, task_obj.config.repeats),
+                apply_chat_template=scorer.chat_template,
+            )
+            by_example.append(requests if isinstance(requests, list) else [requests])
+        by_type: dict[str, list] = {}
+        for instance in (i for requests in by_example for i in requests):
+            by_type.setdefault(instance.request_type, []).extend([instance] * instance.repeats)
+        for request_type, instances in by_type.items():
+            for instance, response in zip(instances, getattr(lm, request_type)(instances), strict=True):
+                instance.resps.append(response)
+        correct = scorer.correct(examples, by_example)
+    outputs = [str(requests[0].resps[0]) for requests in by_example]
+    return TaskScores(task.name, [e.uid for e in examples], correct, outputs)

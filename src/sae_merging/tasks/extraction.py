@@ -16,22 +16,12 @@ INVALID = "[invalid]"
 EXTRACTIONS = ("strict", "flexible")
 
 
-def _select(pattern: re.Pattern, text: str, index: int) -> str:
-    matches = pattern.findall(text)
-    if not matches:
-        return INVALID
-    match = matches[index]
-    if isinstance(match, tuple):
-        match = next((group for group in match if group), INVALID)
-    return match.strip()
-
-
 def extract(text: str, how: str = "strict") -> str:
     """The answer string in a generation (`[invalid]` when there is none)."""
     if how == "strict":
-        return _select(STRICT_PATTERN, text, 0)
+        return regex_extract(text, STRICT_PATTERN, 0)
     if how == "flexible":
-        return _select(FLEXIBLE_PATTERN, text, -1)
+        return regex_extract(text, FLEXIBLE_PATTERN, -1)
     raise ValueError(f"unknown answer extraction {how!r}; valid: {', '.join(EXTRACTIONS)}")
 
 
@@ -45,3 +35,29 @@ def is_correct(generation: str, reference: str, how: str = "strict") -> bool:
     """lm-eval's exact match of the extracted answer against a reference (a bare number or a
     full worked answer ending `#### N`)."""
     return normalize(extract(generation, how)) == normalize(reference)
+
+
+def regex_extract(
+    text: str, pattern: str | re.Pattern, group_select: int = 0, fallback: str = INVALID
+) -> str:
+    """lm-eval's `regex` filter: the `group_select`-th match of `pattern` (its first non-empty
+    group where it has groups), stripped; `fallback` where nothing matches."""
+    matches = re.findall(pattern, text)
+    if not matches:
+        return fallback
+    match = matches[group_select]
+    if isinstance(match, tuple):
+        match = next((group for group in match if group), fallback)
+    return match.strip()
+
+
+def exact_match(
+    prediction: str, reference: str, ignore_case: bool = False, regexes_to_ignore: tuple[str, ...] = ()
+) -> bool:
+    """lm-eval's `exact_match` metric for one item: both sides without `regexes_to_ignore`,
+    lower-cased where `ignore_case`, then compared."""
+    for pattern in regexes_to_ignore:
+        prediction, reference = re.sub(pattern, "", prediction), re.sub(pattern, "", reference)
+    if ignore_case:
+        prediction, reference = prediction.lower(), reference.lower()
+    return prediction == reference

@@ -9,10 +9,9 @@ the one `lm_eval --num_fewshot n` builds for the same question (its default seed
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
-from sae_merging.tasks.base import Example, TaskData, load_rows
+from sae_merging.tasks.base import Example, TaskData, draw_shots, fewshot_turns, load_rows
 from sae_merging.tasks.extraction import normalize
 from sae_merging.tasks.settings import Gsm8kSettings
 
@@ -20,11 +19,17 @@ PROMPT = "Question: {question}\nAnswer:"
 STOP = ("Question:", "</s>", "<|im_end|>")
 
 
+def render_turns(question: str, shots: Sequence[dict]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """lm-eval's context, plain text and chat turns: each shot is its question prompt, a space
+    and its full answer, then a blank line (as turns: a user and an assistant turn); the target
+    question's prompt comes last."""
+    pairs = [(PROMPT.format(question=shot["question"]), shot["answer"]) for shot in shots]
+    return fewshot_turns(pairs, PROMPT.format(question=question))
+
+
 def render_prompt(question: str, shots: Sequence[dict]) -> str:
-    """lm-eval's plain-text context: each shot is its question prompt, a space and its full
-    answer, then a blank line; the target question's prompt comes last."""
-    context = "".join(f"{PROMPT.format(question=shot['question'])} {shot['answer']}\n\n" for shot in shots)
-    return context + PROMPT.format(question=question)
+    """lm-eval's plain-text context (see `render_turns`)."""
+    return render_turns(question, shots)[0]
 
 
 def draw_fewshot(
@@ -33,18 +38,7 @@ def draw_fewshot(
     """Shots for each row, as lm-eval's sampler draws them (`same_split`: the rows come from the
     pool, so one extra is drawn and the row itself dropped). A shot never repeats the row's
     question; should a draw contain it anyway, that row's shots are redrawn without it."""
-    rng = random.Random(seed)
-    draws = []
-    for row in rows:
-        if n == 0:
-            draws.append([])
-            continue
-        question = row["question"]
-        others = [shot for shot in rng.sample(list(pool), n + same_split) if shot["question"] != question]
-        if len(others) < n:
-            others = rng.sample([shot for shot in pool if shot["question"] != question], n)
-        draws.append(others[:n])
-    return draws
+    return draw_shots(rows, pool, n, seed, same_split, key=lambda row: row["question"])
 
 
 def load_gsm8k(
@@ -54,24 +48,30 @@ def load_gsm8k(
     fewshot_seed: int = 1234,
     name: str = "gsm8k",
     max_new_tokens: int = 256,
+    chat_template: bool = False,
 ) -> TaskData:
     """GSM8K from `source`: a folder holding train.jsonl and test.jsonl (fields `question`,
     `answer`), or a hub id (config `main`; needs the hub). `test_source` reads the test split
-    from elsewhere (then `source` may be a single train .jsonl file)."""
-    Gsm8kSettings(source, test_source, num_fewshot, fewshot_seed, name, max_new_tokens)  # checks
+    from elsewhere (then `source` may be a single train .jsonl file). `chat_template`: prompts
+    through the model's chat template, shots as turns (`lm_eval --apply_chat_template`)."""
+    settings = (source, test_source, num_fewshot, fewshot_seed, name, max_new_tokens, chat_template)
+    Gsm8kSettings(*settings)  # checks
     rows = load_rows({"train": source, "test": test_source or source}, config_name="main")
     pool = rows["train"]
     splits: dict[str, list[Example]] = {"train": []}
     for split, docs in (("opt", pool), ("test", rows["test"])):
         shots = draw_fewshot(docs, pool, num_fewshot, fewshot_seed, same_split=docs is pool)
-        splits[split] = [
-            Example(
-                uid=f"{name}/{split}/{i}",
-                prompt=render_prompt(doc["question"], doc_shots),
-                target=" " + doc["answer"],
-                answer=normalize(doc["answer"]),
+        splits[split] = []
+        for i, (doc, doc_shots) in enumerate(zip(docs, shots)):
+            prompt, turns = render_turns(doc["question"], doc_shots)
+            splits[split].append(
+                Example(
+                    uid=f"{name}/{split}/{i}",
+                    prompt=prompt,
+                    target=" " + doc["answer"],
+                    answer=normalize(doc["answer"]),
+                    messages=turns if chat_template else (),
+                )
             )
-            for i, (doc, doc_shots) in enumerate(zip(docs, shots))
-        ]
     metadata = {"source": source, "test_source": test_source, "num_fewshot": num_fewshot}
-    return TaskData(name, "generate", splits, STOP, max_new_tokens, metadata)
+    return TaskData(name, "generate", splits, STOP, max_new_tokens, metadata, chat_template=chat_template)

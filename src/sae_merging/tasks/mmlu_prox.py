@@ -15,8 +15,9 @@ language, as the paper's 1,000-question test subset is.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
-from sae_merging.tasks.base import Example, TaskData, load_rows
+from sae_merging.tasks.base import Example, TaskData, draw_shots, fewshot_turns, load_rows
 from sae_merging.tasks.settings import LANG_FIELD, LETTERS, MmluProxSettings
 
 # The languages of lm-eval's mmlu_prox tasks (configs of li-lab/MMLU-ProX).
@@ -64,13 +65,23 @@ def load_mmlu_prox(
     languages: Sequence[str] = ("en",),
     name: str = "mmlu_prox",
     max_options: int = 10,
+    num_fewshot: int = 0,
+    fewshot_seed: int = 1234,
+    chat_template: bool = False,
 ) -> TaskData:
     """MMLU-ProX in `languages`. A source is a hub id (`li-lab/MMLU-ProX` or
     `li-lab/MMLU-ProX-Lite`, one config per language; needs the hub), a local .jsonl file, or a
     local folder holding test.jsonl / validation.jsonl; a local path holds one language unless
     it contains `{lang}`, which is replaced by each language. `opt_source` defaults to
-    `test_source` (its validation split)."""
-    settings = MmluProxSettings(test_source, opt_source, languages, name, max_options)  # checks
+    `test_source` (its validation split).
+
+    `num_fewshot` questions of the same language's optimization split, each followed by its
+    answer letter, come before a question (drawn as lm-eval's default sampler draws them,
+    seeded per language); `chat_template`: prompts through the model's chat template, shots
+    as turns, the letters scored without the leading space (as lm-eval scores choices there)."""
+    settings = MmluProxSettings(
+        test_source, opt_source, languages, name, max_options, num_fewshot, fewshot_seed, chat_template
+    )  # checks
     languages, test_source, opt_source = settings.languages, settings.test_source, settings.opt_source
     splits: dict[str, list[Example]] = {"train": [], "opt": [], "test": []}
     for language in languages:
@@ -81,10 +92,44 @@ def load_mmlu_prox(
             },
             config_name=language,
         )
-        for split, docs in (("opt", rows["validation"]), ("test", rows["test"])):
-            splits[split] += [
+        examples = {
+            split: [
                 to_example(doc, f"{name}/{split}/{language}/{i}", language, max_options)
                 for i, doc in enumerate(docs)
             ]
+            for split, docs in (("opt", rows["validation"]), ("test", rows["test"]))
+        }
+        for split in ("opt", "test"):
+            splits[split] += with_shots(
+                examples[split], examples["opt"], num_fewshot, fewshot_seed, split == "opt", chat_template
+            )
     metadata = {"test_source": test_source, "opt_source": opt_source, "languages": list(languages)}
-    return TaskData(name, "multiple_choice", splits, (), 0, metadata)
+    delimiter = " " if chat_template else ""  # the choices' own space otherwise
+    return TaskData(
+        name,
+        "multiple_choice",
+        splits,
+        (),
+        0,
+        metadata,
+        chat_template=chat_template,
+        target_delimiter=delimiter,
+    )
+
+
+def with_shots(
+    examples: Sequence[Example], pool: Sequence[Example], n: int, seed: int, same_split: bool, chat: bool
+) -> list[Example]:
+    """The examples with `n` shots from `pool` before each question (a shot: its prompt, a
+    space, its letter) and, for the chat template, as chat turns with bare letters as choices
+    (the task's target delimiter then holds the space). Unchanged without either."""
+    if n == 0 and not chat:
+        return list(examples)
+    draws = draw_shots(examples, pool, n, seed, same_split)
+    changed = []
+    for example, shots in zip(examples, draws, strict=True):
+        pairs = [(shot.prompt, LETTERS[shot.label]) for shot in shots]
+        prompt, turns = fewshot_turns(pairs, example.prompt)
+        choices = tuple(choice.lstrip(" ") for choice in example.choices) if chat else example.choices
+        changed.append(replace(example, prompt=prompt, messages=turns if chat else (), choices=choices))
+    return changed

@@ -5,7 +5,7 @@ and 200 MMLU-ProX items per generation); the test set is the task's `test` split
 seeded subset, stratified by `Example.group` where asked (MMLU-ProX by language).
 
 `validation_size` holds out a seeded part of the `opt` split as the validation set (per task a
-count, or a share in (0, 1) of the split): the
+count, or a share in (0, 1) of the split; one number: the same for every task): the
 per-generation draws never contain it, so `selection=validation` picks the final model on
 examples no candidate was optimized on (and never on test data). Null: no validation set,
 the draws use the whole `opt` split (the paper's reading).
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from sae_merging.tasks.base import Example, TaskData, sample_examples
-from sae_merging.tasks.settings import TaskPoolSettings
+from sae_merging.tasks.settings import TaskPoolSettings, per_task
 from sae_merging.utils.files import stable_hash
 
 
@@ -37,7 +37,8 @@ class TaskPool:
         )  # checks
         self._tasks = list(tasks)
         self.opt_size, self.test_size = self.settings.opt_size, self.settings.test_size
-        self.stratify, self.validation_size = self.settings.stratify, self.settings.validation_size
+        self.stratify = self.settings.stratify
+        self.validation_size = per_task(self.settings.validation_size, [t.name for t in self._tasks])
         self._held_out: dict[tuple[str, int], list[Example]] = {}
 
     @property
