@@ -40,13 +40,19 @@ VARIANTS = {
     ("task", "lab"): {f"task.{key}" for key in POOL_DATA},
     ("task", "paper"): {f"task.{key}" for key in (*POOL_DATA, "tasks")} | {"task.tasks[1].languages"},
     ("task", "paper_local"): {f"task.{key}" for key in (*POOL_DATA, "tasks")},
+    ("task", "jsonl"): {f"task.{key}" for key in (*POOL_DATA, "tasks")} | {"task.tasks[0].name"},
+    ("task", "lm_eval"): {f"task.{key}" for key in (*POOL_DATA, "tasks")},
     ("model", "mergebench"): {f"model.{k}" for k in "base experts expert_names dtype vocab_policy".split()},
     ("scoring", "local"): {"scoring.granularity"},
     ("method", "sae_dense"): {"method.name", "method.sparsity_weight", "method.schedule.rate_value"},
     ("method", "task_arithmetic_fixed"): {"method.name", "method.scaling_factor"},
 }  # fmt: skip
-# What preflight rightly refuses in an option alone: a template waiting for the user's models.
-NEEDS_INPUT = {("model", "hf"): "model.experts needs at least 2 models, got 0"}
+# What preflight rightly refuses in an option alone: a template waiting for the user's models or files.
+NEEDS_INPUT = {
+    ("model", "hf"): "model.experts needs at least 2 models, got 0",
+    ("task", "jsonl"): r"task.tasks\[0\].source=None: give either source",
+    ("task", "lm_eval"): r"task.tasks\[0\].task: Missing mandatory value",
+}
 INPUTS = {("task", "paper_local"): [f"task.data_dir={FIXTURES}"]}  # the task files, as a user gives them
 
 
@@ -88,6 +94,8 @@ def _compare(node: DictConfig, defaults: dict[str, Any], path: str) -> dict[str,
     for key in node:
         if str(key).startswith("_") or key not in defaults or OmegaConf.is_interpolation(node, key):
             continue
+        if OmegaConf.is_missing(node, key):  # `???`: the user's to give (NEEDS_INPUT)
+            continue
         if _plain(node[key]) != _plain(defaults[key]):
             found[f"{path}{key}"] = (_plain(node[key]), defaults[key])
     return found
@@ -105,7 +113,7 @@ def disagreements(cfg: DictConfig) -> dict[str, tuple]:
                     _compare(node, python_defaults(REGISTRY.get(target) or get_object(target)), path)
                 )
             for key in node:
-                if not OmegaConf.is_interpolation(node, key):
+                if not (OmegaConf.is_interpolation(node, key) or OmegaConf.is_missing(node, key)):
                     walk(node[key], f"{path}{key}.")
         elif isinstance(node, ListConfig):
             for index, item in enumerate(node):
