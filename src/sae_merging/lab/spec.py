@@ -12,7 +12,7 @@ from sae_merging.lab import math_problems, multilingual
 from sae_merging.utils import settings as check
 from sae_merging.utils.files import stable_hash
 
-LAB_FORMAT = 2  # bump when a change to this module changes what a build contains
+LAB_FORMAT = 3  # bump when a change to this module changes what a build contains (3: reference rows)
 MATH_TASK, MULTILINGUAL_TASK = "lab-math", "lab-multilingual"
 EXPERTS = ("math", "multilingual")
 
@@ -74,6 +74,23 @@ class ExpertSpec:
         check.rate("replay", self.replay)
 
 
+LAMBDA_GRID = tuple(round(0.1 * i, 1) for i in range(2, 13))  # 0.2, 0.3, ..., 1.2
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """How the build's reference rows are made: task arithmetic's lambda is the grid value with
+    the best mean accuracy on the validation split (`validation_share` of each task's opt pool,
+    held out as `task=lab`'s `validation_size` holds it out for the run seed `lab.seed`)."""
+
+    lambdas: tuple[float, ...] = LAMBDA_GRID
+    validation_share: float = 0.25
+
+    def __post_init__(self) -> None:
+        check.numbers("lambdas", self.lambdas, 0, nonempty=True)
+        check.number("validation_share", self.validation_share, 0, 1, low_open=True, high_open=True)
+
+
 @dataclass(frozen=True)
 class LabSpec:
     name: str = "default"
@@ -94,12 +111,39 @@ class LabSpec:
         """Build from a plain mapping (a Hydra `lab` node), refusing unknown keys."""
         return _from_dict(cls, dict(data))
 
+    # share of each weight's entries that both experts fine-tune; the rest is split at random
+    # between them (each expert's other entries stay at the base's values). 1: both train every
+    # weight; 0: their task vectors touch disjoint entries. The multi-task model trains all.
+    expert_overlap: float = 1.0
+    reference: ReferenceSpec = field(default_factory=ReferenceSpec)
+
     def __post_init__(self) -> None:
         check.integer("seed", self.seed, 0)
         check.integer("threads", self.threads, 1)
+        check.number("expert_overlap", self.expert_overlap, 0, 1)
 
     def key(self) -> str:
         return stable_hash({"format": LAB_FORMAT, "spec": asdict(self)})
+
+    def stage_keys(self) -> dict[str, str]:
+        """A key per trained model, hashing only what that model depends on, so builds that
+        differ in the experts' recipe share the base (and presets share what they can)."""
+        base = stable_hash(
+            {
+                "format": LAB_FORMAT,
+                **{k: asdict(self)[k] for k in ("seed", "threads", "model", "math", "multilingual")},
+                "base_data": asdict(self.base_data),
+                "base_train": asdict(self.base_train),
+            }
+        )
+        experts = {"math": asdict(self.math_expert), "multilingual": asdict(self.multilingual_expert)}
+        keys = {"base": base}
+        for name, expert in experts.items():
+            keys[name] = stable_hash(
+                {"base": base, "name": name, "expert": expert, "overlap": self.expert_overlap}
+            )
+        keys["multitask"] = stable_hash({"base": base, "name": "multitask", "experts": experts})
+        return keys
 
 
 def _from_dict(cls: type, data: dict):
