@@ -37,6 +37,11 @@ VARIANTS: dict[str, dict[str, object]] = {
         "math_expert.train.lr": 1.5e-4,
         "multilingual_expert.train.lr": 1.5e-4,
     },
+    "overlap0_lr5e-5": {
+        "expert_overlap": 0.0,
+        "math_expert.train.lr": 5e-5,
+        "multilingual_expert.train.lr": 5e-5,
+    },
     "overlap0.25": {"expert_overlap": 0.25},
     "overlap0.75": {"expert_overlap": 0.75},
 }
