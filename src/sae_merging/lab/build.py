@@ -18,7 +18,7 @@ import json
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -258,7 +258,7 @@ def _expert_data(data: LabData, name: str) -> list:
 def _train_stage(data: LabData, stage: str, models: Mapping[str, LlamaForCausalLM], bar) -> LlamaForCausalLM:
     """Train one of the lab's models: the base from scratch, an expert or the multi-task model
     from the base. The multi-task model trains every weight on both experts' data (task and
-    replay) with the math expert's recipe for as many steps as the two experts together."""
+    replay) with `LabSpec.multitask_train`."""
     spec, tokenizer = data.spec, data.tokenizer
     pad = tokenizer.pad_token_id
     if stage == "base":
@@ -270,9 +270,7 @@ def _train_stage(data: LabData, stage: str, models: Mapping[str, LlamaForCausalL
         return model
     model = copy.deepcopy(models["base"])
     if stage == "multitask":
-        recipe = replace(
-            spec.math_expert.train, steps=spec.math_expert.train.steps + spec.multilingual_expert.train.steps
-        )
+        recipe = spec.multitask_train()
         mixture = _expert_data(data, "math") + _expert_data(data, "multilingual")
         train(model, mixture, recipe, spec.seed + 3, pad, bar)
         return model
@@ -291,7 +289,7 @@ STAGES = ("base", *EXPERTS, "multitask")
 def stage_steps(spec: LabSpec, stage: str) -> int:
     steps = {"base": spec.base_train.steps, "math": spec.math_expert.train.steps}
     steps["multilingual"] = spec.multilingual_expert.train.steps
-    steps["multitask"] = steps["math"] + steps["multilingual"]
+    steps["multitask"] = spec.multitask_train().steps
     return steps[stage]
 
 

@@ -6,7 +6,7 @@ torch is imported (`LabSpec.from_dict` refuses unknown keys and checks every num
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 
 from sae_merging.lab import math_problems, multilingual
 from sae_merging.utils import settings as check
@@ -115,12 +115,22 @@ class LabSpec:
     # between them (each expert's other entries stay at the base's values). 1: both train every
     # weight; 0: their task vectors touch disjoint entries. The multi-task model trains all.
     expert_overlap: float = 1.0
+    # the multi-task model (the ceiling): every weight trained on both experts' data for as many
+    # steps as the two experts together, with the math expert's batch and warmup at this lr
+    # (its own, so that presets whose experts differ in lr share one ceiling)
+    multitask_lr: float = 5e-4
     reference: ReferenceSpec = field(default_factory=ReferenceSpec)
 
     def __post_init__(self) -> None:
         check.integer("seed", self.seed, 0)
         check.integer("threads", self.threads, 1)
         check.number("expert_overlap", self.expert_overlap, 0, 1)
+        check.number("multitask_lr", self.multitask_lr, 0, low_open=True)
+
+    def multitask_train(self) -> TrainSpec:
+        """The multi-task model's recipe (see `multitask_lr`)."""
+        steps = self.math_expert.train.steps + self.multilingual_expert.train.steps
+        return replace(self.math_expert.train, steps=steps, lr=self.multitask_lr)
 
     def key(self) -> str:
         return stable_hash({"format": LAB_FORMAT, "spec": asdict(self)})
@@ -142,7 +152,9 @@ class LabSpec:
             keys[name] = stable_hash(
                 {"base": base, "name": name, "expert": expert, "overlap": self.expert_overlap}
             )
-        keys["multitask"] = stable_hash({"base": base, "name": "multitask", "experts": experts})
+        data = {name: {k: e[k] for k in ("n_train", "replay")} for name, e in experts.items()}
+        recipe = asdict(self.multitask_train())
+        keys["multitask"] = stable_hash({"base": base, "name": "multitask", "data": data, "train": recipe})
         return keys
 
 
