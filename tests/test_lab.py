@@ -143,7 +143,6 @@ def test_expert_overlap_splits_the_weights(micro_lab_config, tmp_path):
     assert moved[0] < shared  # 75% of the entries are the expert's at overlap 0.5, against 50%
 
 
-@pytest.mark.slow
 def test_every_preset_composes_with_its_own_hash():
     """lab=low_interference, default, high_interference and micro compose into valid specs with
     distinct cache keys; the three interference presets share the base and the multi-task model
@@ -161,4 +160,5 @@ def test_every_preset_composes_with_its_own_hash():
     assert len({s.key() for s in specs.values()}) == 4
     dial = [specs[n].stage_keys() for n in ("low_interference", "default", "high_interference")]
     assert len({k["base"] for k in dial}) == 1
+    assert len({k["multitask"] for k in dial}) == 1
     assert len({(k["math"], k["multilingual"]) for k in dial}) == 3
