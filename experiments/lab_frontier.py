@@ -135,7 +135,6 @@ def main() -> None:
     lab = preset(args.lab)
     torch.set_num_threads(lab["threads"])
     path_json, path_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
-    rows = json.loads(path_json.read_text())["rows"] if path_json.is_file() else []
     data_cache: dict[str, object] = {}
     for name in args.variants:
         overrides = VARIANTS[name]
@@ -161,6 +160,8 @@ def main() -> None:
             "evaluation": round(time.perf_counter() - begin - trained, 1)
         }
         row = summary(name, overrides, result, seconds) | {"lab": args.lab, "key": spec.key()}
+        # re-read before writing: rows another run added meanwhile are kept
+        rows = json.loads(path_json.read_text())["rows"] if path_json.is_file() else []
         rows = [
             r
             for r in rows
