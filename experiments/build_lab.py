@@ -1,7 +1,10 @@
-"""Build (or reuse) the lab and print its report: test accuracy of the base, both experts and
-their 50/50 average, and the build time.
+"""Build (or reuse) the lab and print its report: test accuracy of the reference rows (the
+base, both experts, their 50/50 average, the multi-task model, task arithmetic with its lambda
+chosen on the validation split), each row's kept share of the experts' gains, and the build time.
 
-    python experiments/build_lab.py                 # the default lab
+    python experiments/build_lab.py                 # the default lab (moderate interference)
+    python experiments/build_lab.py lab=low_interference
+    python experiments/build_lab.py lab=high_interference
     python experiments/build_lab.py lab=micro       # the micro lab used by the tests
     python experiments/build_lab.py threads=1       # CPU threads (default auto: utils/threads.py)
     SAE_MERGING_CACHE=/tmp/fresh python experiments/build_lab.py   # re-measure from scratch

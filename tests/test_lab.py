@@ -62,3 +62,103 @@ def test_too_many_distinct_problems_is_a_clear_error():
     spec = math_problems.MathSpec(max_operand=2, steps=(1,))
     with pytest.raises(ValueError, match="distinct problems"):
         math_problems.generate(spec, "test", 50, 0, distinct=True)
+
+
+def test_reference_rows_of_the_micro_lab(micro_lab):
+    """Every build reports base, both experts, the 50/50 average, the multi-task model and task
+    arithmetic on the full test sets; task arithmetic's lambda is the grid value with the best
+    validation mean, its model is base + lambda * (sum of task vectors) and scores what the
+    report says; the normalized gains follow their formula."""
+    import torch
+
+    from sae_merging.evaluation.builtin import BuiltinEvaluator
+    from sae_merging.lab.build import lab_data, task_vector_merge
+    from sae_merging.lab.spec import LAMBDA_GRID
+    from sae_merging.models.io import load_model, load_tokenizer
+
+    report = micro_lab.report
+    accuracy, gains = report["test_accuracy"], report["normalized_gain"]
+    assert list(accuracy) == ["base", "math", "multilingual", "average", "multitask", "task_arithmetic"]
+    tasks = {t.name: t for t in micro_lab.tasks()}
+    assert report["test_examples"] == {name: len(t.split("test")) for name, t in tasks.items()}
+
+    ta = report["task_arithmetic"]
+    assert LAMBDA_GRID == tuple(round(0.2 + 0.1 * i, 1) for i in range(11))
+    assert ta["lambda"] in LAMBDA_GRID
+    grid = {float(s): sum(v.values()) for s, v in ta["validation_accuracy"].items()}
+    assert sorted(grid) == list(LAMBDA_GRID)
+    assert grid[ta["lambda"]] == max(grid.values())
+    spec = LabSpec.from_dict(report["spec"])
+    assert spec.key() == report["key"]
+    validation = lab_data(spec).validation(tasks["lab-math"])
+    assert (
+        ta["validation_examples"]["lab-math"]
+        == len(validation)
+        == round(0.25 * len(tasks["lab-math"].split("opt")))
+    )
+
+    models = {name: load_model(micro_lab.root / name) for name in ("base", *EXPERTS)}
+    merged = task_vector_merge(models, ta["lambda"])
+    base, experts = models["base"].state_dict(), [models[n].state_dict() for n in EXPERTS]
+    for name, tensor in merged.items():
+        expected = base[name] + ta["lambda"] * sum(e[name] - base[name] for e in experts)
+        torch.testing.assert_close(tensor, expected, atol=1e-6, rtol=0)
+    model = load_model(micro_lab.base)
+    model.load_state_dict(merged)
+    tokenizer = load_tokenizer(micro_lab.base)
+    evaluator = BuiltinEvaluator(batch_size=128)
+    for name, task in tasks.items():
+        score = evaluator.evaluate(model, tokenizer, task, task.split("test")).accuracy
+        assert score == accuracy["task_arithmetic"][name], name
+
+    expert_of = {"lab-math": "math", "lab-multilingual": "multilingual"}
+    for row, scores in accuracy.items():
+        for task, value in scores.items():
+            reach = accuracy[expert_of[task]][task] - accuracy["base"][task]
+            expected = (value - accuracy["base"][task]) / reach if reach else None
+            assert gains[row][task] == pytest.approx(expected) if reach else gains[row][task] is None
+
+
+def test_expert_overlap_splits_the_weights(micro_lab_config, tmp_path):
+    """`expert_overlap=0`: the two experts' task vectors touch disjoint entries (every other
+    entry keeps the base's value exactly); the stage cache reuses the base across recipes."""
+    from sae_merging.lab.build import lab_data, trained_models
+
+    spec = LabSpec.from_dict({**micro_lab_config, "expert_overlap": 0.0})
+    models, info = trained_models(lab_data(spec), tmp_path, ("math", "multilingual"), progress=False)
+    assert not any(i["cached"] for i in info.values())
+    base = models["base"].state_dict()
+    deltas = [{k: v - base[k] for k, v in models[n].state_dict().items()} for n in EXPERTS]
+    moved = [sum(int((d[k] != 0).sum()) for k in d) for d in deltas]
+    assert all(m > 0 for m in moved)
+    assert sum(int(((deltas[0][k] != 0) & (deltas[1][k] != 0)).sum()) for k in base) == 0
+
+    half = LabSpec.from_dict({**micro_lab_config, "expert_overlap": 0.5})
+    assert half.stage_keys()["base"] == spec.stage_keys()["base"]
+    assert half.stage_keys()["math"] != spec.stage_keys()["math"]
+    assert half.stage_keys()["multitask"] == spec.stage_keys()["multitask"]
+    again, info = trained_models(lab_data(half), tmp_path, ("math",), progress=False)
+    assert info["base"]["cached"] and not info["math"]["cached"]
+    shared = sum(int(((again["math"].state_dict()[k] - base[k]) != 0).sum()) for k in base)
+    assert moved[0] < shared  # 75% of the entries are the expert's at overlap 0.5, against 50%
+
+
+def test_every_preset_composes_with_its_own_hash():
+    """lab=low_interference, default, high_interference and micro compose into valid specs with
+    distinct cache keys; the three interference presets share the base and the multi-task model
+    (they differ only in the experts' recipe)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    specs = {}
+    for name in ("low_interference", "default", "high_interference", "micro"):
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[f"lab={name}"])
+        specs[name] = LabSpec.from_dict(OmegaConf.to_container(cfg.lab, resolve=True))
+        assert specs[name].name == name
+    assert len({s.key() for s in specs.values()}) == 4
+    dial = [specs[n].stage_keys() for n in ("low_interference", "default", "high_interference")]
+    assert len({k["base"] for k in dial}) == 1
+    assert len({k["multitask"] for k in dial}) == 1
+    assert len({(k["math"], k["multilingual"]) for k in dial}) == 3

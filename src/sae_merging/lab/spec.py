@@ -6,13 +6,13 @@ torch is imported (`LabSpec.from_dict` refuses unknown keys and checks every num
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 
 from sae_merging.lab import math_problems, multilingual
 from sae_merging.utils import settings as check
 from sae_merging.utils.files import stable_hash
 
-LAB_FORMAT = 2  # bump when a change to this module changes what a build contains
+LAB_FORMAT = 3  # bump when a change to this module changes what a build contains (3: reference rows)
 MATH_TASK, MULTILINGUAL_TASK = "lab-math", "lab-multilingual"
 EXPERTS = ("math", "multilingual")
 
@@ -60,6 +60,10 @@ class BaseDataSpec:
             check.integer(name, value, 0)
 
 
+# the experts' learning rate of lab=default, the interference dial's middle (high_interference: 5e-4)
+EXPERT_LR = 1.5e-4
+
+
 @dataclass(frozen=True)
 class ExpertSpec:
     """`n_train` task examples plus a `replay` share of the base's answered data (as instruction
@@ -67,11 +71,28 @@ class ExpertSpec:
 
     n_train: int = 20000
     replay: float = 0.3
-    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=400, lr=5e-4, warmup=20))
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=400, lr=EXPERT_LR, warmup=20))
 
     def __post_init__(self) -> None:
         check.integer("n_train", self.n_train, 1)
         check.rate("replay", self.replay)
+
+
+LAMBDA_GRID = tuple(round(0.1 * i, 1) for i in range(2, 13))  # 0.2, 0.3, ..., 1.2
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """How the build's reference rows are made: task arithmetic's lambda is the grid value with
+    the best mean accuracy on the validation split (`validation_share` of each task's opt pool,
+    held out as `task=lab`'s `validation_size` holds it out for the run seed `lab.seed`)."""
+
+    lambdas: tuple[float, ...] = LAMBDA_GRID
+    validation_share: float = 0.25
+
+    def __post_init__(self) -> None:
+        check.numbers("lambdas", self.lambdas, 0, nonempty=True)
+        check.number("validation_share", self.validation_share, 0, 1, low_open=True, high_open=True)
 
 
 @dataclass(frozen=True)
@@ -86,7 +107,7 @@ class LabSpec:
     base_train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=1500, lr=3e-3))
     math_expert: ExpertSpec = field(default_factory=ExpertSpec)
     multilingual_expert: ExpertSpec = field(
-        default_factory=lambda: ExpertSpec(train=TrainSpec(steps=800, lr=5e-4, warmup=20))
+        default_factory=lambda: ExpertSpec(train=TrainSpec(steps=800, lr=EXPERT_LR, warmup=20))
     )
 
     @classmethod
@@ -94,12 +115,51 @@ class LabSpec:
         """Build from a plain mapping (a Hydra `lab` node), refusing unknown keys."""
         return _from_dict(cls, dict(data))
 
+    # share of each weight's entries that both experts fine-tune; the rest is split at random
+    # between them (each expert's other entries stay at the base's values). 1: both train every
+    # weight; 0: their task vectors touch disjoint entries. The multi-task model trains all.
+    expert_overlap: float = 1.0
+    # the multi-task model (the ceiling): every weight trained on both experts' data for as many
+    # steps as the two experts together, with the math expert's batch and warmup at this lr
+    # (its own, so that presets whose experts differ in lr share one ceiling)
+    multitask_lr: float = 5e-4
+    reference: ReferenceSpec = field(default_factory=ReferenceSpec)
+
     def __post_init__(self) -> None:
         check.integer("seed", self.seed, 0)
         check.integer("threads", self.threads, 1)
+        check.number("expert_overlap", self.expert_overlap, 0, 1)
+        check.number("multitask_lr", self.multitask_lr, 0, low_open=True)
+
+    def multitask_train(self) -> TrainSpec:
+        """The multi-task model's recipe (see `multitask_lr`)."""
+        steps = self.math_expert.train.steps + self.multilingual_expert.train.steps
+        return replace(self.math_expert.train, steps=steps, lr=self.multitask_lr)
 
     def key(self) -> str:
         return stable_hash({"format": LAB_FORMAT, "spec": asdict(self)})
+
+    def stage_keys(self) -> dict[str, str]:
+        """A key per trained model, hashing only what that model depends on, so builds that
+        differ in the experts' recipe share the base (and presets share what they can)."""
+        base = stable_hash(
+            {
+                "format": LAB_FORMAT,
+                **{k: asdict(self)[k] for k in ("seed", "threads", "model", "math", "multilingual")},
+                "base_data": asdict(self.base_data),
+                "base_train": asdict(self.base_train),
+            }
+        )
+        experts = {"math": asdict(self.math_expert), "multilingual": asdict(self.multilingual_expert)}
+        keys = {"base": base}
+        for name, expert in experts.items():
+            keys[name] = stable_hash(
+                {"base": base, "name": name, "expert": expert, "overlap": self.expert_overlap}
+            )
+        data = {name: {k: e[k] for k in ("n_train", "replay")} for name, e in experts.items()}
+        recipe = asdict(self.multitask_train())
+        keys["multitask"] = stable_hash({"base": base, "name": "multitask", "data": data, "train": recipe})
+        return keys
 
 
 def _from_dict(cls: type, data: dict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -55,9 +55,14 @@ def train(
     seed: int,
     pad_id: int,
     bar=None,
+    trainable: Mapping[str, torch.Tensor] | None = None,
 ) -> list[float]:
     """Train in place on batches drawn (seeded) from `data`; returns the loss per step. `bar`
-    (a tqdm bar, or None) advances by one per step and shows the recent loss."""
+    (a tqdm bar, or None) advances by one per step and shows the recent loss. `trainable`: a 0/1
+    mask per parameter name; masked-out entries get no gradient, so (without weight decay, as
+    AdamW moves nothing that never had a gradient) they keep their values exactly."""
+    if trainable is not None and spec.weight_decay:
+        raise ValueError("masked training needs weight_decay 0 (decay would move frozen entries)")
     rng = random.Random(seed)
     torch.manual_seed(seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -82,6 +87,9 @@ def train(
         loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if trainable is not None:
+            for name, parameter in model.named_parameters():
+                parameter.grad.mul_(trainable[name])
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()

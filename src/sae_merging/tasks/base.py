@@ -111,6 +111,15 @@ def sample_examples(
     return chosen
 
 
+def validation_examples(
+    task: str, pool: Sequence[Example], size: int, seed: int, stratify: bool = False
+) -> list[Example]:
+    """The validation set held out of a task's `opt` pool for run seed `seed` (`task.validation_size`)."""
+    from sae_merging.utils.files import stable_hash
+
+    return sample_examples(pool, size, int(stable_hash([seed, task, "validation"]), 16), stratify)
+
+
 def write_jsonl(path: Path, examples: Sequence[Example]) -> None:
     from sae_merging.utils.files import atomic_write_text
 

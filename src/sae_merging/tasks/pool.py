@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from sae_merging.tasks.base import Example, TaskData, sample_examples
+from sae_merging.tasks.base import Example, TaskData, sample_examples, validation_examples
 from sae_merging.tasks.settings import TaskPoolSettings, per_task
 from sae_merging.utils.files import stable_hash
 
@@ -82,8 +82,7 @@ class TaskPool:
                     "examples of its opt split (the rest is drawn from)"
                 )
             else:
-                held_seed = int(stable_hash([seed, task.name, "validation"]), 16)
-                held = sample_examples(pool, size, held_seed, task.name in self.stratify)
+                held = validation_examples(task.name, pool, size, seed, task.name in self.stratify)
             self._held_out[key] = held
         return self._held_out[key]
 
