@@ -524,8 +524,14 @@ def test_leftovers_of_a_killed_lab_build_are_removed_by_the_next_build(micro_lab
     killed = tmp_path / f".{name}.k1ll3d.tmp"
     (killed / "base").mkdir(parents=True)
     (killed / "base" / "model.safetensors").write_bytes(b"half")
+    base = f"base-{spec.stage_keys()['base']}"
+    killed_stage = tmp_path / "stages" / f".{base}.k1ll3d.tmp"  # a stage's model, cached on its own
+    killed_stage.mkdir(parents=True)
+    (killed_stage / "model.safetensors").write_bytes(b"half")
     build_lab(spec, tmp_path, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, f"{name}.lock"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, f"{name}.lock", "stages"])
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert (tmp_path / "stages" / base / "stage.json").is_file()
 
 
 def test_leftovers_of_a_killed_save_are_removed_by_the_next_run(interrupted, capsys):

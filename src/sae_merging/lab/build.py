@@ -321,6 +321,7 @@ def trained_models(
         with FileLock(str(folder) + ".lock"):
             cached = (folder / "stage.json").is_file()
             if not cached:
+                remove_leftovers([folder.parent], [folder.name])  # of a killed stage (we hold its lock)
                 bar.set_description_str(f"lab '{spec.name}': {stage}")
                 begin = time.perf_counter()
                 model = _train_stage(data, stage, models, bar)
