@@ -42,6 +42,12 @@ VARIANTS: dict[str, dict[str, object]] = {
         "math_expert.train.lr": 5e-5,
         "multilingual_expert.train.lr": 5e-5,
     },
+    "overlap0_lr3e-4": {
+        "expert_overlap": 0.0,
+        "math_expert.train.lr": 3e-4,
+        "multilingual_expert.train.lr": 3e-4,
+    },
+    "layers": {"expert_overlap": 0.0, "expert_split": "layers"},
     "overlap0.25": {"expert_overlap": 0.25},
     "overlap0.75": {"expert_overlap": 0.75},
 }
