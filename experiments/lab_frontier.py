@@ -54,6 +54,12 @@ VARIANTS: dict[str, dict[str, object]] = {
         "math_expert.train.lr": 1e-3,
         "multilingual_expert.train.lr": 1e-3,
     },
+    "layers_reversed_lr1e-3": {
+        "expert_overlap": 0.0,
+        "expert_split": "layers_reversed",
+        "math_expert.train.lr": 1e-3,
+        "multilingual_expert.train.lr": 1e-3,
+    },
     "layers_lr2.5e-4": {
         "expert_overlap": 0.0,
         "expert_split": "layers",

@@ -145,11 +145,12 @@ def test_expert_overlap_splits_the_weights(micro_lab_config, tmp_path):
 
 def test_expert_split_by_layers(micro_lab_config, tmp_path):
     """`expert_split=layers`, overlap 0: the math expert moves only the first half of the decoder
-    layers, the multilingual expert only the second half, neither the embeddings or final norm;
+    layers, the multilingual expert only the second half, neither the embeddings or final norm
+    (`layers_reversed` swaps the halves);
     the split changes the experts' keys only, and its default leaves every key as it was."""
     import torch
 
-    from sae_merging.lab.build import lab_data, trained_models
+    from sae_merging.lab.build import expert_masks, lab_data, trained_models
     from sae_merging.utils.settings import InputError
 
     spec = LabSpec.from_dict({**micro_lab_config, "expert_overlap": 0.0, "expert_split": "layers"})
@@ -161,6 +162,13 @@ def test_expert_split_by_layers(micro_lab_config, tmp_path):
         prefixes = {f"model.layers.{i}." for i in owned}
         assert moved and all(any(k.startswith(p) for p in prefixes) for k in moved), expert
         assert all(any(k.startswith(p) and k in moved for k in base) for p in prefixes), expert
+
+    reverse = LabSpec.from_dict({**micro_lab_config, "expert_overlap": 0, "expert_split": "layers_reversed"})
+    swapped = expert_masks(models["base"], 0.0, 0, "layers_reversed")
+    straight = expert_masks(models["base"], 0.0, 0, "layers")
+    assert all(torch.equal(m, straight["multilingual"][k]) for k, m in swapped["math"].items())
+    assert all(torch.equal(m, straight["math"][k]) for k, m in swapped["multilingual"].items())
+    assert reverse.stage_keys()["math"] != spec.stage_keys()["math"]
 
     entries = LabSpec.from_dict({**micro_lab_config, "expert_overlap": 0.0})
     explicit = LabSpec.from_dict({**micro_lab_config, "expert_overlap": 0.0, "expert_split": "entries"})

@@ -230,7 +230,8 @@ def expert_masks(
     `expert_split`): an entry with a seeded uniform draw u < overlap is trained by both; the rest,
     with split "entries", by the math expert when u < overlap + (1 - overlap) / 2, else by the
     multilingual expert; with split "layers", by the math expert in the first half of the decoder
-    layers and the multilingual expert in the second half (outside the layers: by neither).
+    layers and the multilingual expert in the second half (outside the layers: by neither); with
+    "layers_reversed", the other way round.
     None when both train all."""
     if overlap >= 1:
         return None
@@ -246,10 +247,15 @@ def expert_masks(
             masks["multilingual"][name] = (shared | ~first).to(parameter.dtype)
             continue
         layer = _layer_index(name)
-        owner = None if layer is None else EXPERTS[0] if layer < layers // 2 else EXPERTS[1]
+        first_half = EXPERTS[0] if split == "layers" else EXPERTS[1]
+        owner = None if layer is None else first_half if layer < layers // 2 else _other(first_half)
         for expert in EXPERTS:
             masks[expert][name] = (shared | torch.tensor(expert == owner)).to(parameter.dtype)
     return masks
+
+
+def _other(expert: str) -> str:
+    return EXPERTS[1 - EXPERTS.index(expert)]
 
 
 def _layer_index(parameter: str) -> int | None:

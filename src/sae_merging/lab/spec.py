@@ -60,7 +60,7 @@ class BaseDataSpec:
             check.integer(name, value, 0)
 
 
-EXPERT_SPLITS = ("entries", "layers")  # LabSpec.expert_split; the first is the default
+EXPERT_SPLITS = ("entries", "layers", "layers_reversed")  # LabSpec.expert_split; the first is the default
 
 # the experts' learning rate of lab=default, the interference dial's middle (high_interference: 5e-4)
 EXPERT_LR = 1.5e-4
@@ -123,7 +123,8 @@ class LabSpec:
     expert_overlap: float = 1.0
     # how the entries that are not shared are split between the experts: "entries" (at random,
     # as above) or "layers" (the math expert trains the first half of the decoder layers, the
-    # multilingual expert the second half; weights outside the decoder layers, the embeddings and
+    # multilingual expert the second half; "layers_reversed": the other way round; weights outside
+    # the decoder layers, the embeddings and
     # the final norm, are trained only in their shared share): task vectors disjoint in structure
     expert_split: str = "entries"
     # the multi-task model (the ceiling): every weight trained on both experts' data for as many
