@@ -42,6 +42,35 @@ VARIANTS: dict[str, dict[str, object]] = {
         "math_expert.train.lr": 5e-5,
         "multilingual_expert.train.lr": 5e-5,
     },
+    "overlap0_lr3e-4": {
+        "expert_overlap": 0.0,
+        "math_expert.train.lr": 3e-4,
+        "multilingual_expert.train.lr": 3e-4,
+    },
+    "layers": {"expert_overlap": 0.0, "expert_split": "layers"},
+    "layers_lr1e-3": {
+        "expert_overlap": 0.0,
+        "expert_split": "layers",
+        "math_expert.train.lr": 1e-3,
+        "multilingual_expert.train.lr": 1e-3,
+    },
+    "layers_reversed_lr1e-3": {
+        "expert_overlap": 0.0,
+        "expert_split": "layers_reversed",
+        "math_expert.train.lr": 1e-3,
+        "multilingual_expert.train.lr": 1e-3,
+    },
+    "layers_lr2.5e-4": {
+        "expert_overlap": 0.0,
+        "expert_split": "layers",
+        "math_expert.train.lr": 2.5e-4,
+        "multilingual_expert.train.lr": 2.5e-4,
+    },
+    "overlap0_replay0.5": {
+        "expert_overlap": 0.0,
+        "math_expert.replay": 0.5,
+        "multilingual_expert.replay": 0.5,
+    },
     "overlap0.25": {"expert_overlap": 0.25},
     "overlap0.75": {"expert_overlap": 0.75},
 }

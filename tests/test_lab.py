@@ -143,6 +143,44 @@ def test_expert_overlap_splits_the_weights(micro_lab_config, tmp_path):
     assert moved[0] < shared  # 75% of the entries are the expert's at overlap 0.5, against 50%
 
 
+def test_expert_split_by_layers(micro_lab_config, tmp_path):
+    """`expert_split=layers`, overlap 0: the math expert moves only the first half of the decoder
+    layers, the multilingual expert only the second half, neither the embeddings or final norm
+    (`layers_reversed` swaps the halves);
+    the split changes the experts' keys only, and its default leaves every key as it was."""
+    import torch
+
+    from sae_merging.lab.build import expert_masks, lab_data, trained_models
+    from sae_merging.utils.settings import InputError
+
+    spec = LabSpec.from_dict({**micro_lab_config, "expert_overlap": 0.0, "expert_split": "layers"})
+    models, _ = trained_models(lab_data(spec), tmp_path, ("math", "multilingual"), progress=False)
+    base = models["base"].state_dict()
+    half = models["base"].config.num_hidden_layers // 2
+    for expert, owned in (("math", range(half)), ("multilingual", range(half, 2 * half))):
+        moved = {k for k, v in models[expert].state_dict().items() if not torch.equal(v, base[k])}
+        prefixes = {f"model.layers.{i}." for i in owned}
+        assert moved and all(any(k.startswith(p) for p in prefixes) for k in moved), expert
+        assert all(any(k.startswith(p) and k in moved for k in base) for p in prefixes), expert
+
+    reverse = LabSpec.from_dict({**micro_lab_config, "expert_overlap": 0, "expert_split": "layers_reversed"})
+    swapped = expert_masks(models["base"], 0.0, 0, "layers_reversed")
+    straight = expert_masks(models["base"], 0.0, 0, "layers")
+    assert all(torch.equal(m, straight["multilingual"][k]) for k, m in swapped["math"].items())
+    assert all(torch.equal(m, straight["math"][k]) for k, m in swapped["multilingual"].items())
+    assert reverse.stage_keys()["math"] != spec.stage_keys()["math"]
+
+    entries = LabSpec.from_dict({**micro_lab_config, "expert_overlap": 0.0})
+    explicit = LabSpec.from_dict({**micro_lab_config, "expert_overlap": 0.0, "expert_split": "entries"})
+    assert explicit.key() == entries.key() and explicit.stage_keys() == entries.stage_keys()
+    assert spec.key() != entries.key()
+    keys, old = spec.stage_keys(), entries.stage_keys()
+    same = [keys[s] == old[s] for s in ("base", "math", "multilingual", "multitask")]
+    assert same == [True, False, False, True]
+    with pytest.raises(InputError, match="expert_split"):
+        LabSpec.from_dict({**micro_lab_config, "expert_split": "heads"})
+
+
 def test_every_preset_composes_with_its_own_hash():
     """lab=low_interference, default, high_interference and micro compose into valid specs with
     distinct cache keys; the three interference presets share the base and the multi-task model

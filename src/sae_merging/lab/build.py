@@ -224,22 +224,44 @@ def lab_data(spec: LabSpec) -> LabData:
 
 
 def expert_masks(
-    model: LlamaForCausalLM, overlap: float, seed: int
+    model: LlamaForCausalLM, overlap: float, seed: int, split: str = "entries"
 ) -> dict[str, dict[str, torch.Tensor]] | None:
-    """Which entries of each weight each expert trains (see `LabSpec.expert_overlap`): an entry
-    with a seeded uniform draw u < overlap is trained by both, the rest by the math expert when
-    u < overlap + (1 - overlap) / 2, else by the multilingual expert. None when both train all."""
+    """Which entries of each weight each expert trains (see `LabSpec.expert_overlap` and
+    `expert_split`): an entry with a seeded uniform draw u < overlap is trained by both; the rest,
+    with split "entries", by the math expert when u < overlap + (1 - overlap) / 2, else by the
+    multilingual expert; with split "layers", by the math expert in the first half of the decoder
+    layers and the multilingual expert in the second half (outside the layers: by neither); with
+    "layers_reversed", the other way round.
+    None when both train all."""
     if overlap >= 1:
         return None
     generator = torch.Generator().manual_seed(seed)
+    layers = model.config.num_hidden_layers
     masks: dict[str, dict[str, torch.Tensor]] = {name: {} for name in EXPERTS}
     for name, parameter in model.named_parameters():
         u = torch.rand(parameter.shape, generator=generator)
         shared = u < overlap
-        first = u < overlap + (1 - overlap) / 2
-        masks["math"][name] = first.to(parameter.dtype)
-        masks["multilingual"][name] = (shared | ~first).to(parameter.dtype)
+        if split == "entries":
+            first = u < overlap + (1 - overlap) / 2
+            masks["math"][name] = first.to(parameter.dtype)
+            masks["multilingual"][name] = (shared | ~first).to(parameter.dtype)
+            continue
+        layer = _layer_index(name)
+        first_half = EXPERTS[0] if split == "layers" else EXPERTS[1]
+        owner = None if layer is None else first_half if layer < layers // 2 else _other(first_half)
+        for expert in EXPERTS:
+            masks[expert][name] = (shared | torch.tensor(expert == owner)).to(parameter.dtype)
     return masks
+
+
+def _other(expert: str) -> str:
+    return EXPERTS[1 - EXPERTS.index(expert)]
+
+
+def _layer_index(parameter: str) -> int | None:
+    """The decoder layer a parameter belongs to ('model.layers.3.mlp...' -> 3), else None."""
+    parts = parameter.split(".")
+    return int(parts[parts.index("layers") + 1]) if "layers" in parts else None
 
 
 def _expert_data(data: LabData, name: str) -> list:
@@ -278,7 +300,7 @@ def _train_stage(data: LabData, stage: str, models: Mapping[str, LlamaForCausalL
         return model
     offset = EXPERTS.index(stage) + 1
     expert = spec.math_expert if stage == "math" else spec.multilingual_expert
-    masks = expert_masks(model, spec.expert_overlap, spec.seed)
+    masks = expert_masks(model, spec.expert_overlap, spec.seed, spec.expert_split)
     train(
         model, _expert_data(data, stage), expert.train, spec.seed + offset, pad, bar, masks and masks[stage]
     )

@@ -60,6 +60,8 @@ class BaseDataSpec:
             check.integer(name, value, 0)
 
 
+EXPERT_SPLITS = ("entries", "layers", "layers_reversed")  # LabSpec.expert_split; the first is the default
+
 # the experts' learning rate of lab=default, the interference dial's middle (high_interference: 5e-4)
 EXPERT_LR = 1.5e-4
 
@@ -119,6 +121,12 @@ class LabSpec:
     # between them (each expert's other entries stay at the base's values). 1: both train every
     # weight; 0: their task vectors touch disjoint entries. The multi-task model trains all.
     expert_overlap: float = 1.0
+    # how the entries that are not shared are split between the experts: "entries" (at random,
+    # as above) or "layers" (the math expert trains the first half of the decoder layers, the
+    # multilingual expert the second half; "layers_reversed": the other way round; weights outside
+    # the decoder layers, the embeddings and
+    # the final norm, are trained only in their shared share): task vectors disjoint in structure
+    expert_split: str = "entries"
     # the multi-task model (the ceiling): every weight trained on both experts' data for as many
     # steps as the two experts together, with the math expert's batch and warmup at this lr
     # (its own, so that presets whose experts differ in lr share one ceiling)
@@ -129,6 +137,7 @@ class LabSpec:
         check.integer("seed", self.seed, 0)
         check.integer("threads", self.threads, 1)
         check.number("expert_overlap", self.expert_overlap, 0, 1)
+        check.choice("expert_split", self.expert_split, EXPERT_SPLITS)
         check.number("multitask_lr", self.multitask_lr, 0, low_open=True)
 
     def multitask_train(self) -> TrainSpec:
@@ -136,8 +145,16 @@ class LabSpec:
         steps = self.math_expert.train.steps + self.multilingual_expert.train.steps
         return replace(self.math_expert.train, steps=steps, lr=self.multitask_lr)
 
+    def _split(self) -> dict:
+        """`expert_split` for the hashes, left out at its default so that the keys of specs
+        written before it existed stay unchanged."""
+        return {} if self.expert_split == EXPERT_SPLITS[0] else {"split": self.expert_split}
+
     def key(self) -> str:
-        return stable_hash({"format": LAB_FORMAT, "spec": asdict(self)})
+        spec = asdict(self)
+        if not self._split():
+            del spec["expert_split"]
+        return stable_hash({"format": LAB_FORMAT, "spec": spec})
 
     def stage_keys(self) -> dict[str, str]:
         """A key per trained model, hashing only what that model depends on, so builds that
@@ -154,7 +171,7 @@ class LabSpec:
         keys = {"base": base}
         for name, expert in experts.items():
             keys[name] = stable_hash(
-                {"base": base, "name": name, "expert": expert, "overlap": self.expert_overlap}
+                {"base": base, "name": name, "expert": expert, "overlap": self.expert_overlap} | self._split()
             )
         data = {name: {k: e[k] for k in ("n_train", "replay")} for name, e in experts.items()}
         recipe = asdict(self.multitask_train())
