@@ -50,3 +50,20 @@ def test_negative_zero_and_idents(tmp_path):
     assert store.idents() == ["a"]
     store.delete("a")
     assert store.idents() == []
+
+
+def test_file_digest_reads_in_blocks_and_equals_the_whole_files_hash(tmp_path):
+    """Hashed block by block through the mapping (each block's pages released after it), a
+    file's digest is XXH3-128 of all its bytes, whatever the block size."""
+    import mmap
+
+    import xxhash
+
+    from sae_merging.utils.files import file_digest
+
+    data = bytes(range(256)) * (mmap.PAGESIZE * 7 // 512)  # 3.5 pages
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    expected = xxhash.xxh3_128(data).hexdigest()
+    assert file_digest(path, block=mmap.PAGESIZE) == expected
+    assert file_digest(path) == expected
