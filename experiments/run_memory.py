@@ -29,6 +29,8 @@ OVERRIDES = [
     "task=paper_local",
     "task.opt_size={gsm8k: 1, mmlu_prox: 2}",
     "task.validation_size={mmlu_prox: 0.05}",
+    "task.test_size={gsm8k: 1, mmlu_prox: 3}",
+    "+task.tasks.0.max_new_tokens=8",
     "budget.examples=48",
     "model.dtype=bfloat16",
     "device=cpu",
@@ -96,7 +98,8 @@ def main() -> None:
     print(f"baseline RSS before the run: {result['baseline'] / 1e9:.2f} GB")
     print(f"peak RSS during the run: {result['peak'] / 1e9:.2f} GB (exact mark: {result['exact']})")
     verdict = "met" if above <= FLOOR * model else "NOT met"
-    print(f"peak above baseline: {above / 1e9:.2f} GB = {above / model:.2f}x one model (<= {FLOOR}: {verdict})")
+    ratio = above / model
+    print(f"peak above baseline: {above / 1e9:.2f} GB = {ratio:.2f}x one model (<= {FLOOR}: {verdict})")
     print(f"metrics lines (generations logged): {result['generations']}")
 
 

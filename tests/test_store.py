@@ -67,3 +67,22 @@ def test_file_digest_reads_in_blocks_and_equals_the_whole_files_hash(tmp_path):
     expected = xxhash.xxh3_128(data).hexdigest()
     assert file_digest(path, block=mmap.PAGESIZE) == expected
     assert file_digest(path) == expected
+
+
+def test_a_members_sizes_are_read_from_its_meta_without_unpacking(tmp_path, monkeypatch):
+    """Planning a pruning of an archive member counts its tensors' entries from the stored
+    shapes: no tensor is read for them."""
+    from sae_merging.runtime import store as store_module
+    from sae_merging.utils.tensorfiles import numel
+
+    model = MagnitudePruner("global").prune(_model(torch.bfloat16), 0.6)
+    store = IndividualStore(tmp_path)
+    store.save("m", model)
+    opened = store.open("m")
+
+    def refuse(*_):
+        raise AssertionError("a tensor was unpacked to learn its size")
+
+    monkeypatch.setattr(store_module, "unpack", refuse)
+    monkeypatch.setattr(store_module.TensorFile, "get", refuse)
+    assert {name: numel(opened, name) for name in opened} == {n: t.numel() for n, t in model.items()}
