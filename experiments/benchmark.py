@@ -206,6 +206,8 @@ class Job:
         self.kind, self.files, self.out, self.device = kind, files, out, device
         self.pruner = MagnitudePruner("global")
         self.sae = sae_method() if kind == "sae" else None
+        if self.sae is not None:  # the parents as archive members (stored once, untimed)
+            self.archive = sae_archive(self.sae, files[1], files[2], files[1].parent / "sae-archive")
         self.seconds: list[float] = []
         self.cpu: list[float] = []
         self.rss: list[int] = []
@@ -224,7 +226,7 @@ class Job:
         elif self.kind == "task_arithmetic_pruned":  # merge_checkpoints.py --prune 0.5
             streaming.stream_task_arithmetic(files[0], files[1:], 0.5, out, None, COMMAND_RATE, self.pruner)
         else:
-            sae_child(self.sae, files[1], files[2], out, device=self.device)
+            sae_child(self.sae, self.archive, out, device=self.device)
         self.seconds.append(time.perf_counter() - started)
         self.cpu.append(time.process_time() - cpu)
         peak = _memory("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -255,17 +257,33 @@ def sae_method():
     return instantiate(lab_config(SAE_OVERRIDES).method)
 
 
-def sae_child(
-    sae, parent_a: Path, parent_b: Path, out: Path, p_a: float = 0.5, p_b: float = 0.4, device: str = "cpu"
-):
-    """SAE's child of two checkpoint files, as a run makes it (`SAE._make_child`: eq. 5's rule,
-    the recipe on the run's device) and stores it (`IndividualStore.save`) in the folder `out`;
-    returns the child's tensors."""
+def sae_archive(sae, parent_a: Path, parent_b: Path, folder: Path):
+    """An archive holding two checkpoint files as members "a" and "b", pruned to RATE as SAE's
+    archive holds its members (so stored packed: a child reads and unpacks them as in a run);
+    built once under `folder`."""
     from sae_merging.runtime.store import IndividualStore
     from sae_merging.utils.tensorfiles import lazy_tensors
 
-    parents = sae.recipe.parents(lazy_tensors(parent_a), parent_a.stat().st_size, lazy_tensors(parent_b))
-    child = sae.recipe.on(device).make(*parents, sae.mixing_ratios(p_a, p_b), RATE)
+    store = IndividualStore(folder)
+    for ident, file in (("a", parent_a), ("b", parent_b)):
+        if not store.exists(ident):
+            store.save(ident, sae.pruner.pruned(lazy_tensors(file), RATE)[0])
+    return store
+
+
+def sae_child(sae, archive, out: Path, p_a: float = 0.5, p_b: float = 0.4, device: str = "cpu"):
+    """SAE's child of the archive's members "a" and "b" (`sae_archive`), made by the method's
+    own code (`SAE._make_child`: parents opened from the archive, eq. 5's rule, the recipe on
+    the run's device) and stored as a run stores it (`IndividualStore.save`) in the folder
+    `out`; returns the child's tensors."""
+    from types import SimpleNamespace
+
+    from sae_merging.runtime.context import Member
+    from sae_merging.runtime.store import IndividualStore
+
+    ctx = SimpleNamespace(store=archive, timer=None, device=torch.device(device))
+    members = [Member(ident=ident, origin="benchmark") for ident in "ab"]
+    child = sae._make_child(ctx, *members, p_a, p_b, RATE, None)
     IndividualStore(out).save("child", child.tensors)
     return child.tensors
 

@@ -1,5 +1,6 @@
 """Where SAE's child spends its time, stage by stage: the benchmark's SAE job (section 1:
-`method=sae`'s child of two synthetic bf16 checkpoints, stored in the archive) under cProfile,
+`method=sae`'s child of two synthetic bf16 checkpoints held as archive members pruned to its
+rate, made by `SAE._make_child` and stored in the archive) under cProfile,
 one torch thread, after two warm-up children. Prints a Markdown table of cumulative seconds.
 
     python experiments/profile_child.py [--params 0.22e9] [--workdir /tmp/sae-benchmark]
@@ -69,15 +70,16 @@ def main() -> None:
     torch.set_num_threads(1)
     files = benchmark.build_checkpoints(args.workdir / f"llama-{args.params / 1e6:.0f}M", args.params)
     sae = benchmark.sae_method()
+    archive = benchmark.sae_archive(sae, files[1], files[2], files[1].parent / "sae-archive")
     out = args.workdir / f"profile-child-{os.getpid()}"
     for _ in range(2):
         benchmark._remove(out)
-        benchmark.sae_child(sae, files[1], files[2], out)
+        benchmark.sae_child(sae, archive, out)
     benchmark._remove(out)
     profile = cProfile.Profile()
     started = time.perf_counter()
     profile.enable()
-    benchmark.sae_child(sae, files[1], files[2], out)
+    benchmark.sae_child(sae, archive, out)
     profile.disable()
     total = time.perf_counter() - started
     benchmark._remove(out)

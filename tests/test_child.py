@@ -198,8 +198,9 @@ def _benchmark():
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_benchmark_child_is_method_sae_child(parents, tmp_path, stream):
-    """The benchmark's SAE row (parents from checkpoint files) makes the child that
-    `method=sae` makes from the same parents in its archive, at the same rate and scores."""
+    """The benchmark's SAE row (parents from checkpoint files, stored as archive members pruned
+    to its rate) makes the child that `method=sae` makes from the same parents pruned and
+    stored in its archive, at the same rate and scores."""
     benchmark = _benchmark()
     a, b = parents
     files = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
@@ -209,10 +210,12 @@ def test_benchmark_child_is_method_sae_child(parents, tmp_path, stream):
     assert isinstance(sae, SAE) and sae.pruner.granularity == "global"
     if stream:  # the recipe is frozen; parents this small stream only below a zero threshold
         object.__setattr__(sae.recipe, "stream_above_gb", 0.0)
-    got = benchmark.sae_child(sae, *files, tmp_path / "out", 0.5, 0.4)
+    archive = benchmark.sae_archive(sae, *files, tmp_path / "benchmark-archive")
+    got = benchmark.sae_child(sae, archive, tmp_path / "out", 0.5, 0.4)
     store = IndividualStore(tmp_path / "archive")
-    store.save("a", a)
-    store.save("b", b)
+    store.save("a", sae.pruner.prune(a, benchmark.RATE))
+    store.save("b", sae.pruner.prune(b, benchmark.RATE))
+    _assert_same(archive.load("a"), store.load("a"))
     ctx = SimpleNamespace(store=store, timer=Timer(), device=torch.device("cpu"))
     members = [Member(ident=i, origin="test") for i in "ab"]
     expected = sae._make_child(ctx, *members, 0.5, 0.4, benchmark.RATE, None).tensors

@@ -50,3 +50,39 @@ def test_negative_zero_and_idents(tmp_path):
     assert store.idents() == ["a"]
     store.delete("a")
     assert store.idents() == []
+
+
+def test_file_digest_reads_in_blocks_and_equals_the_whole_files_hash(tmp_path):
+    """Hashed block by block through the mapping (each block's pages released after it), a
+    file's digest is XXH3-128 of all its bytes, whatever the block size."""
+    import mmap
+
+    import xxhash
+
+    from sae_merging.utils.files import file_digest
+
+    data = bytes(range(256)) * (mmap.PAGESIZE * 7 // 512)  # 3.5 pages
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    expected = xxhash.xxh3_128(data).hexdigest()
+    assert file_digest(path, block=mmap.PAGESIZE) == expected
+    assert file_digest(path) == expected
+
+
+def test_a_members_sizes_are_read_from_its_meta_without_unpacking(tmp_path, monkeypatch):
+    """Planning a pruning of an archive member counts its tensors' entries from the stored
+    shapes: no tensor is read for them."""
+    from sae_merging.runtime import store as store_module
+    from sae_merging.utils.tensorfiles import numel
+
+    model = MagnitudePruner("global").prune(_model(torch.bfloat16), 0.6)
+    store = IndividualStore(tmp_path)
+    store.save("m", model)
+    opened = store.open("m")
+
+    def refuse(*_):
+        raise AssertionError("a tensor was unpacked to learn its size")
+
+    monkeypatch.setattr(store_module, "unpack", refuse)
+    monkeypatch.setattr(store_module.TensorFile, "get", refuse)
+    assert {name: numel(opened, name) for name in opened} == {n: t.numel() for n, t in model.items()}

@@ -44,7 +44,7 @@ from sae_merging.merging import functions
 from sae_merging.pruning import magnitude
 from sae_merging.pruning.magnitude import MagnitudePruner, ModelPlan, RidingSearch, SamplePositions, Scratch
 from sae_merging.utils.settings import bare
-from sae_merging.utils.tensorfiles import LazyTensors, peek, release
+from sae_merging.utils.tensorfiles import LazyTensors, numel, peek, release
 from sae_merging.utils.timing import Timer
 
 RELEASE_ENTRIES = 1 << 22  # entries between page releases of a mapped parent within a tensor
@@ -221,8 +221,7 @@ class _Merge:
         names = [name for name in self.a if self.recipe.pruner.prunable(name)]
         sizes, dtypes, parts = [], [], []
         for name in names:
-            sizes.append(peek(self.a, name).numel())
-            release(self.a, name)
+            sizes.append(numel(self.a, name))
         total, k = sum(sizes), round(self.rate * sum(sizes))
         if not 0 < k < total:
             return None

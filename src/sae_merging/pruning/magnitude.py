@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from sae_merging.pruning.settings import MagnitudePrunerSettings
-from sae_merging.utils.tensorfiles import LazyTensors, peek, release
+from sae_merging.utils.tensorfiles import LazyTensors, numel, peek, release
 
 CHUNK = 1 << 20  # entries per step of every pass (buffers of a few MB: cache-sized, few calls)
 SAMPLE = 1 << 20  # magnitudes sampled to bracket the threshold (all of them in smaller models)
@@ -642,7 +642,7 @@ class MagnitudePruner(MagnitudePrunerSettings):
         """The plan for a model's prunable tensors (read pass by pass, without copies where the
         model is a mapped file)."""
         names = [name for name in tensors if self.prunable(name)]
-        sizes = list(_read_pass(tensors, names, lambda _, t: t.numel()))
+        sizes = [numel(tensors, name) for name in names]
         plan = self.plan(lambda: _read_pass(tensors, names, self.ranked), rate, sizes)
         return ModelPlan.of(names, sizes, plan, counts_zeros=not self.needs_base)
 

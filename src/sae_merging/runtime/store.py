@@ -155,7 +155,7 @@ class IndividualStore:
                     return stored.get(name)
                 return unpack(stored.view(name + _MASK), stored.view(name + _VALUES), shapes[name])
 
-        return LazyTensors(meta["order"], read)
+        return LazyTensors(meta["order"], read, shapes=shapes)
 
     def nbytes(self, ident: str) -> int:
         return sum(f.stat().st_size for f in self.path(ident).iterdir())

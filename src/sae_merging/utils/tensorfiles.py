@@ -407,12 +407,14 @@ class LazyTensors(Mapping[str, torch.Tensor]):
         load: Callable[[str], torch.Tensor],
         view: Callable[[str], torch.Tensor] | None = None,
         release: Callable[..., None] | None = None,
+        shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         self._names = list(names)
         self._known = set(self._names)
         self._load = load
         self._view = view
         self._release = release
+        self._shapes = shapes  # known without reading (an archive member's meta), or None
 
     @property
     def mapped(self) -> bool:
@@ -448,6 +450,16 @@ class LazyTensors(Mapping[str, torch.Tensor]):
     def map(self, transform: Callable[[str, torch.Tensor], torch.Tensor]) -> LazyTensors:
         """A lazy view with `transform(name, tensor)` applied on access."""
         return LazyTensors(self._names, lambda name: transform(name, self._load(name)))
+
+
+def numel(tensors: Mapping[str, torch.Tensor], name: str) -> int:
+    """A tensor's entry count, read from its shape where the mapping knows it (an archive
+    member's tensors are not unpacked for it), else from the tensor."""
+    if isinstance(tensors, LazyTensors) and tensors._shapes is not None and name in tensors._shapes:
+        return math.prod(tensors._shapes[name])
+    size = peek(tensors, name).numel()
+    release(tensors, name)
+    return size
 
 
 def peek(tensors: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:

@@ -1,0 +1,107 @@
+"""A search's memory for models given as safetensors (issue 26, item 4): `method=sae` on three
+synthetic Llama checkpoints (the benchmark's, in bf16, as Hugging Face model folders), run by
+`runner.run` as `run.py model=hf` runs it, with a tiny budget on the test fixtures' tasks.
+
+The run goes in a fresh process; it prints the RSS just before the run (the process's baseline:
+torch, transformers and the package imported), the peak RSS of the run (VmHWM, reset before it),
+and the peak above the baseline against one model's bytes (floor: 2.5x).
+
+    python experiments/run_memory.py [--params 0.86e9] [--workdir /tmp/sae-benchmark]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOOR = 2.5
+OVERRIDES = [
+    "model=hf",
+    "method=sae",
+    "task=paper_local",
+    "task.opt_size={gsm8k: 1, mmlu_prox: 2}",
+    "task.validation_size={mmlu_prox: 0.05}",
+    "task.test_size={gsm8k: 1, mmlu_prox: 3}",
+    "+task.tasks.0.max_new_tokens=8",
+    "budget.examples=48",
+    "model.dtype=bfloat16",
+    "device=cpu",
+    "threads=1",
+    "logger=none",
+    "progress=false",
+]
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "experiments" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchmark"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def worker(folders: list[str], extra: list[str]) -> dict:
+    """The run in this process: baseline RSS, peak RSS, wall seconds."""
+    benchmark = _benchmark()
+    from sae_merging.runtime import runner
+
+    overrides = [*OVERRIDES, f"model.base={folders[0]}", f"model.experts=[{folders[1]},{folders[2]}]", *extra]
+    config = benchmark.lab_config(overrides)
+    exact = benchmark._measure_memory()
+    baseline = benchmark._memory("VmRSS")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="run-memory-") as tmp:
+        runner.run(config, Path(tmp) / "run")
+        lines = (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()
+    return {
+        "baseline": baseline,
+        "peak": benchmark._memory("VmHWM"),
+        "exact": exact,
+        "seconds": time.perf_counter() - started,
+        "generations": len(lines),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=float, default=0.86e9)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/sae-benchmark"))
+    parser.add_argument("--data", default=str(ROOT / "tests" / "fixtures"), help="task=paper_local's files")
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="more run.py overrides")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.overrides)))
+        return
+    benchmark = _benchmark()
+    files = benchmark.build_checkpoints(args.workdir / f"llama-{args.params / 1e6:.0f}M", args.params)
+    folders = benchmark.model_folders(args.workdir / f"llama-{args.params / 1e6:.0f}M", files)
+    env = {**os.environ, "SAE_MERGING_DATA": args.data}
+    load = os.getloadavg()
+    command = [sys.executable, __file__, "--worker", *map(str, folders), *args.overrides]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode:
+        sys.exit(f"the run failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    model = files[1].stat().st_size
+    above = result["peak"] - result["baseline"]
+    print(f"load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after; {result['seconds']:.0f} s")
+    print(f"one model (bf16 safetensors): {model / 1e9:.2f} GB")
+    print(f"baseline RSS before the run: {result['baseline'] / 1e9:.2f} GB")
+    print(f"peak RSS during the run: {result['peak'] / 1e9:.2f} GB (exact mark: {result['exact']})")
+    verdict = "met" if above <= FLOOR * model else "NOT met"
+    ratio = above / model
+    print(f"peak above baseline: {above / 1e9:.2f} GB = {ratio:.2f}x one model (<= {FLOOR}: {verdict})")
+    print(f"metrics lines (generations logged): {result['generations']}")
+
+
+if __name__ == "__main__":
+    main()
