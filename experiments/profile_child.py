@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import importlib.util
 import inspect
 import os
 import pstats
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 # (stage, module path part, function): cumulative seconds of that function
 STAGES = [
     ("parents' thresholds (sample + one counting pass each)", "pruning/magnitude.py", "model_plan"),
@@ -38,11 +35,9 @@ STAGES = [
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "experiments" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+    import benchmark  # experiments/benchmark.py: this script's folder is on sys.path
+
+    return benchmark
 
 
 def _cumulative(stats: dict, path: str, function: str) -> float:

@@ -12,7 +12,6 @@ and the peak above the baseline against one model's bytes (floor: 2.5x).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -41,11 +40,9 @@ OVERRIDES = [
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "experiments" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
+    import benchmark  # experiments/benchmark.py: this script's folder is on sys.path
+
+    return benchmark
 
 
 def worker(folders: list[str], extra: list[str]) -> dict:
