@@ -406,3 +406,45 @@ def test_smollm2_chat_prompts_are_its_template(smollm2, tmp_path):
 @pytest.mark.parametrize("kind", ["generate_until", "multiple_choice"])
 def test_smollm2_builtin_evaluator_equals_lm_eval(smollm2, tmp_path, kind, chat):
     yaml_parity(*smollm2, tmp_path, kind, chat, mixed=False)
+
+
+@pytest.mark.slow
+def test_smollm2_sae_run_on_a_task_yaml_under_its_chat_template(smollm2, tmp_path):
+    """`run.py model=hf task=lm_eval` with the chat template on, as docs/your-own-tasks.md runs
+    it (the GGUF as base, two experts made from it by seeded noise, one tiny generation): the
+    run ends with results.json, and its test items' correctness is what lm-eval itself gives the
+    saved model on the same YAML with `--apply_chat_template --num_fewshot 2`."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from sae_merging.models.bundled import smollm2_gguf
+    from sae_merging.models.io import save_model_folder, tied_aliases
+
+    base, tokenizer = smollm2
+    tensors = {k: v.detach() for k, v in base.state_dict().items() if k not in tied_aliases(base.config)}
+    experts = []
+    for seed in (1, 2):
+        noise = torch.Generator().manual_seed(seed)
+        moved = {k: t + 0.01 * t.float().std().nan_to_num() * torch.randn(t.shape, generator=noise)
+                 for k, t in tensors.items()}  # fmt: skip
+        experts.append(save_model_folder(tmp_path / f"expert{seed}", moved, base.config, tokenizer))
+    path = yaml_task(tmp_path, "own_mc", "multiple_choice")
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "run.py", "model=hf", f"model.base={smollm2_gguf()}",
+        f"model.experts=[{experts[0]},{experts[1]}]", "task=lm_eval", f"task.tasks.0.task={path}",
+        "task.tasks.0.num_fewshot=2", "task.tasks.0.chat_template=true", "method=sae", "schedule.steps=1",
+        "method.n_sparse_variants=1", "threads=1", "progress=false", "logger=none", f"hydra.run.dir={run}",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    correct = [item["correct"] for item in rows(run / "test_items.jsonl")]
+    assert len(correct) == len(rows(OWN / "opposites.jsonl")) - 8
+    assert results["test"]["own_mc"] == pytest.approx(sum(correct) / len(correct))
+    saved = load_tokenizer(run / "model")
+    assert saved.chat_template == tokenizer.chat_template
+    samples = lm_eval_samples(load_model(run / "model"), saved, path, "own_mc", 2, chat=True)
+    assert [s["acc"] == 1 for s in samples] == correct
