@@ -411,20 +411,21 @@ def test_smollm2_builtin_evaluator_equals_lm_eval(smollm2, tmp_path, kind, chat)
 @pytest.mark.slow
 def test_smollm2_sae_run_on_a_task_yaml_under_its_chat_template(smollm2, tmp_path):
     """`run.py model=hf task=lm_eval` with the chat template on, as docs/your-own-tasks.md runs
-    it (the GGUF as base, two experts made from it by seeded noise, one tiny generation): the
-    run ends with results.json, and its test items' correctness is what lm-eval itself gives the
-    saved model on the same YAML with `--apply_chat_template --num_fewshot 2`."""
+    it (two experts made from SmolLM2 by seeded noise, one tiny generation; the base saved as a
+    folder, as the GGUF's own loading is tested in test_real_model.py): the run ends with
+    results.json, and its test items' correctness is what lm-eval itself gives the saved model
+    on the same YAML with `--apply_chat_template --num_fewshot 2`."""
     import subprocess
     import sys
 
     import torch
 
-    from sae_merging.models.bundled import smollm2_gguf
     from sae_merging.models.io import save_model_folder, tied_aliases
 
     base, tokenizer = smollm2
     tensors = {k: v.detach() for k, v in base.state_dict().items() if k not in tied_aliases(base.config)}
     experts = []
+    base_folder = save_model_folder(tmp_path / "base", tensors, base.config, tokenizer)
     for seed in (1, 2):
         noise = torch.Generator().manual_seed(seed)
         moved = {k: t + 0.01 * t.float().std().nan_to_num() * torch.randn(t.shape, generator=noise)
@@ -433,10 +434,11 @@ def test_smollm2_sae_run_on_a_task_yaml_under_its_chat_template(smollm2, tmp_pat
     path = yaml_task(tmp_path, "own_mc", "multiple_choice")
     run = tmp_path / "run"
     command = [
-        sys.executable, "run.py", "model=hf", f"model.base={smollm2_gguf()}",
+        sys.executable, "run.py", "model=hf", f"model.base={base_folder}",
         f"model.experts=[{experts[0]},{experts[1]}]", "task=lm_eval", f"task.tasks.0.task={path}",
         "task.tasks.0.num_fewshot=2", "task.tasks.0.chat_template=true", "method=sae", "schedule.steps=1",
-        "method.n_sparse_variants=1", "threads=1", "progress=false", "logger=none", f"hydra.run.dir={run}",
+        "method.n_sparse_variants=1", "selection=last_draw", "threads=1", "progress=false", "logger=none",
+        f"hydra.run.dir={run}",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
