@@ -16,7 +16,6 @@ script building the class). Every composed config must also pass the run's `pref
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,8 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sae_merging.lab.spec import LabSpec
-from sae_merging.runtime.preflight import SETTINGS_MODULES, RunSettings, preflight
-from sae_merging.utils.settings import ConfigError, Settings
+from sae_merging.runtime.preflight import RunSettings, preflight
+from sae_merging.utils.settings import ConfigError, settings_class
 
 CONF = Path(CONF_DIR)
 NOT_GROUPS = ("hydra", "analysis")  # Hydra's own; the landscape app's primary config
@@ -54,15 +53,6 @@ NEEDS_INPUT = {
     ("task", "lm_eval"): r"task.tasks\[0\].task: Missing mandatory value",
 }
 INPUTS = {("task", "paper_local"): [f"task.data_dir={FIXTURES}"]}  # the task files, as a user gives them
-
-
-def _registry() -> dict[str, type]:
-    for module in SETTINGS_MODULES:
-        importlib.import_module(module)
-    return Settings.registry
-
-
-REGISTRY = _registry()
 
 
 def _plain(value: Any) -> Any:
@@ -110,7 +100,7 @@ def disagreements(cfg: DictConfig) -> dict[str, tuple]:
             if "_target_" in node:
                 target = node._target_
                 found.update(
-                    _compare(node, python_defaults(REGISTRY.get(target) or get_object(target)), path)
+                    _compare(node, python_defaults(settings_class(target) or get_object(target)), path)
                 )
             for key in node:
                 if not (OmegaConf.is_interpolation(node, key) or OmegaConf.is_missing(node, key)):

@@ -154,7 +154,7 @@ def prepare(cfg: DictConfig, run_dir: Path):
     evaluator = instantiate_checked(cfg.evaluator, "evaluator")
     torch.manual_seed(cfg.seed)
     _ = models.compatibility  # refuse mismatched models before loading any weights
-    reference = models.base or models.experts[0]
+    reference = models.base_ref or models.expert_refs[0]
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(reference)
     fitness = FitnessEvaluator(evaluator, load_config(reference), tokenizer, models.dtype, device)
@@ -260,11 +260,11 @@ def finish(
     }
     if forced := (resumed or {}).get("forced_from"):  # resume=force: the result mixes configs
         results["resumed_from_other_configs"] = forced
-    reference = ctx.models.base or ctx.models.experts[0]
+    reference = ctx.models.base_ref or ctx.models.expert_refs[0]
     card = model_card(
         method,
-        str(ctx.models.base) if ctx.models.base else None,
-        [str(e) for e in ctx.models.experts],
+        str(reference) if ctx.models.base else None,
+        [str(e) for e in ctx.models.expert_refs],
         OmegaConf.to_container(cfg, resolve=True),
         results,
     )
