@@ -58,7 +58,7 @@ class RunSettings(Settings):
     final_evaluator: Any = None
     budget: Mapping[str, Any] = field(default_factory=lambda: {"examples": None})
     selection: str = "validation"
-    tables_dir: str = "outputs/tables"  # where the table experiments' sweeps go (`scale=`)
+    tables_dir: str = "outputs/tables"  # where the table experiments' sweeps go (scale=paper: its own)
     resume: bool | str = True  # runtime.checkpoint.RESUME_MODES
 
     def __post_init__(self) -> None:
