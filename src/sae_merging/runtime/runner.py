@@ -180,7 +180,7 @@ def budget_examples(cfg: DictConfig) -> int | None:
 
 def instantiate_checked(node: DictConfig, key: str):
     """`hydra.utils.instantiate`, turning a constructor's ValueError (a bad setting of a class
-    without registered settings) into a ConfigError line instead of a traceback."""
+    without settings of ours) into a ConfigError line instead of a traceback."""
     from hydra.errors import InstantiationException
 
     try:
