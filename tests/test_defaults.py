@@ -343,11 +343,14 @@ def test_settings_are_found_from_the_class_statement_alone(tmp_path, monkeypatch
         "import torch  # never imported by the lookup\n"
         "from sae_merging.methods.settings import LinearSettings\n"
         "from sae_merging.methods.one_shot import OneShotMerge\n\n\n"
-        "class MyLinear(OneShotMerge, LinearSettings):\n    pass\n"
+        "class MyLinear(OneShotMerge, LinearSettings):\n    pass\n\n\n"
+        "from sae_merging.methods.sae import SAE\n\n\n"
+        "class SAE(SAE):\n    pass\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    from sae_merging.methods.settings import LinearSettings
+    from sae_merging.methods.settings import LinearSettings, SAESettings
 
     assert settings_class("my_merges.MyLinear") is LinearSettings
+    assert settings_class("my_merges.SAE") is SAESettings
     assert "my_merges" not in __import__("sys").modules
     assert settings_class("my_merges.Missing") is None and settings_class("no_such_module.X") is None

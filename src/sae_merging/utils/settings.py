@@ -163,7 +163,11 @@ def _settings_of(module: str, name: str) -> tuple[str, str] | None:
         ]
         where = _where(module, bindings[0].args[0]) if bindings and bindings[0].args else None
         return _settings_of(*where) if where else None
-    bases = [_where(module, base) for base in node.bases]
+    # a class named like the base it imports (`class SAE(SAE)`) derives from the import
+    bases = [
+        imports.get(base.id) if (where := _where(module, base)) == (module, name) else where
+        for base in node.bases
+    ]
     of_bases = [settings for base in bases if base and (settings := _settings_of(*base))]
     if not of_bases:
         return None
