@@ -140,7 +140,7 @@ class _Builder:
         cls = settings_class(target)
         names = [k for k in node.keys() if not str(k).startswith("_")]
         if cls is None:
-            self.unregistered(target, key)
+            self.without_settings(target, key)
             values = [self.value(node, k, f"{key}.{k}") for k in names]
             return _Unchecked(target) if all(ok for _, ok in values) else None
         parameters = inspect.signature(cls).parameters
@@ -166,7 +166,8 @@ class _Builder:
             self.problem(f"{key}: {error}".replace(f"{cls.__name__}.__init__() ", ""))
         return None
 
-    def unregistered(self, target: str, key: str) -> None:
+    def without_settings(self, target: str, key: str) -> None:
+        """A target with no settings must at least name a module that can be found."""
         module = target.rpartition(".")[0]
         try:
             found = bool(module) and importlib.util.find_spec(module) is not None
