@@ -354,3 +354,15 @@ def test_settings_are_found_from_the_class_statement_alone(tmp_path, monkeypatch
     assert settings_class("my_merges.SAE") is SAESettings
     assert "my_merges" not in __import__("sys").modules
     assert settings_class("my_merges.Missing") is None and settings_class("no_such_module.X") is None
+
+
+def test_only_the_keys_declared_result_neutral_leave_the_config_hash():
+    """RunSettings says which top-level keys change no result; the run's config hash (which
+    decides whether a run folder's checkpoint and results belong to a config) ignores those."""
+    from sae_merging.runtime.preflight import keys_without_results
+    from sae_merging.runtime.runner import config_hash
+
+    assert keys_without_results() == ["progress", "tables_dir", "resume"]
+    default = config_hash(compose_config([]))
+    assert config_hash(compose_config(["progress=false", "resume=force", "tables_dir=elsewhere"])) == default
+    assert config_hash(compose_config(["seed=1"])) != default

@@ -45,21 +45,27 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 _REFERENCE = re.compile(r"^\$\{([\w.]+)\}$")
 
 
+RESULT_NEUTRAL = {"changes_results": False}  # a RunSettings field's metadata: see RunSettings
+
+
 @dataclass(eq=False)
 class RunSettings(Settings):
     """The top-level keys of `conf/config.yaml` (the config groups aside): the one place they
     and their defaults are declared (tests/test_defaults.py holds the YAML to them). A new key:
-    a field here, checked in `__post_init__`, and its line in `conf/config.yaml`."""
+    a field here, checked in `__post_init__`, and its line in `conf/config.yaml`; a key that
+    changes no result (where outputs go, how to resume) says so with `metadata=RESULT_NEUTRAL`, and
+    is then left out of the run's config hash (`runner.results_config`)."""
 
     seed: int = 0
     device: str = "auto"
-    progress: bool = True
+    progress: bool = field(default=True, metadata=RESULT_NEUTRAL)
     threads: int | str | None = AUTO
     final_evaluator: Any = None
     budget: Mapping[str, Any] = field(default_factory=lambda: {"examples": None})
     selection: str = "validation"
-    tables_dir: str = "outputs/tables"  # where the table experiments' sweeps go (scale=paper: its own)
-    resume: bool | str = True  # runtime.checkpoint.RESUME_MODES
+    # where the table experiments' sweeps go (scale=paper: its own)
+    tables_dir: str = field(default="outputs/tables", metadata=RESULT_NEUTRAL)
+    resume: bool | str = field(default=True, metadata=RESULT_NEUTRAL)  # runtime.checkpoint.RESUME_MODES
 
     def __post_init__(self) -> None:
         check.integer("seed", self.seed, 0)
@@ -98,6 +104,11 @@ class _Unchecked:
 def top_level_keys() -> list[str]:
     """The top-level settings (RunSettings' fields), in their order."""
     return [f.name for f in dataclasses.fields(RunSettings)]
+
+
+def keys_without_results() -> list[str]:
+    """The top-level settings that change no result (`metadata=RESULT_NEUTRAL`)."""
+    return [f.name for f in dataclasses.fields(RunSettings) if f.metadata.get("changes_results") is False]
 
 
 class _Builder:

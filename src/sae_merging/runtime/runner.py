@@ -28,7 +28,7 @@ from sae_merging.runtime.context import Outcome, RunContext
 from sae_merging.runtime.fitness import FitnessEvaluator
 from sae_merging.runtime.loop import CHECKPOINT_FILE, run_generations
 from sae_merging.runtime.outputs import RESULTS_FILE, TEST_ITEMS_FILE
-from sae_merging.runtime.preflight import Plan, RunSettings, device_problem, preflight
+from sae_merging.runtime.preflight import Plan, RunSettings, device_problem, keys_without_results, preflight
 from sae_merging.runtime.store import IndividualStore
 from sae_merging.sparsity.measures import SparsityStats, pooled, zero_count
 from sae_merging.utils.device import resolve_device
@@ -72,7 +72,7 @@ class RunClock:
 def results_config(cfg: DictConfig) -> dict:
     """The settings that determine the result (not where outputs go, nor how to resume)."""
     data = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("hydra", "progress", "tables_dir", "resume"):
+    for key in ("hydra", *keys_without_results()):
         data.pop(key, None)
     for node in (data.get("lab"), data.get("model", {}).get("lab"), data.get("task", {}).get("lab")):
         if isinstance(node, dict):
