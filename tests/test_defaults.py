@@ -366,3 +366,22 @@ def test_only_the_keys_declared_result_neutral_leave_the_config_hash():
     default = config_hash(compose_config([]))
     assert config_hash(compose_config(["progress=false", "resume=force", "tables_dir=elsewhere"])) == default
     assert config_hash(compose_config(["seed=1"])) != default
+
+
+def test_finding_every_options_settings_imports_nothing_heavy():
+    """The settings of every class the configs name are found (their modules imported) without
+    torch, transformers, lm-eval or wandb: what keeps the preflight at about a second."""
+    import subprocess
+    import sys
+
+    targets = [target for target, partial in CONF_TARGETS if not partial]
+    script = (
+        "import sys\n"
+        "from sae_merging.utils.settings import settings_class\n"
+        f"found = {{t: settings_class(t) for t in {targets!r}}}\n"
+        "print(sorted(t for t, s in found.items() if s is None))\n"
+        "print(sorted({'torch', 'transformers', 'lm_eval', 'wandb', 'datasets'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    without, heavy = done.stdout.splitlines()
+    assert (without, heavy) == ("[]", "[]")
