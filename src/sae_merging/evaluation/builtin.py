@@ -124,9 +124,9 @@ def best_choices(owners: Sequence[int], scores: Sequence[float], n: int) -> list
 class Evaluator(EvaluatorSettings):
     """What every evaluator backend shares: batch size, GSM8K answer filter, length limit,
     progress bars (`EvaluatorSettings`), and `evaluate(model, tokenizer, task, examples) ->
-    TaskScores`. A backend
-    supplies `generate` (greedy continuations cut at stop strings) and `loglikelihoods`
-    (summed log-probability of each continuation); scoring is the same for all."""
+    TaskScores`. A backend derives from this and its own settings, and supplies `generate`
+    (greedy continuations cut at stop strings) and `loglikelihoods` (summed log-probability of
+    each continuation); scoring is the same for all."""
 
     name = "evaluator"
 
