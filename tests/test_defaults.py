@@ -1,10 +1,10 @@
 """Every default is declared once: the YAML configs and the Python classes they name agree.
 
-A class's settings (its dataclass, or its constructor's signature) hold its defaults; a group
-option's YAML file lists the same values for the command line (`pruner.granularity=local` needs
-the key). Every option of every config group is composed on top of `conf/config.yaml`, and each
-value the composed config gives a class (every node with `_target_`, and the top-level keys of
-`RunSettings`) must equal the class's default, unless it is an intentional choice:
+A class's settings dataclass holds its defaults; a group option's YAML file lists the same
+values for the command line (`pruner.granularity=local` needs the key). Every option of every
+config group is composed on top of `conf/config.yaml`, and each value the composed config gives
+a class (every node with `_target_`, and the top-level keys of `RunSettings`) must equal the
+class's default, unless it is an intentional choice:
 - a group option that is a variant says so in `VARIANTS` (e.g. `method=sae_dense` is SAE with
   sparsity switched off), and a task pool's data (sizes, sources) has no Python default;
 - an overlay (an experiment, `scale=`, a table row such as `+ablation=` or `+mechanism=`) changes
