@@ -1,22 +1,26 @@
 """Every default is declared once: the YAML configs and the Python classes they name agree.
 
-A class's settings (its dataclass, or its constructor's signature) hold its defaults; a group
-option's YAML file lists the same values for the command line (`pruner.granularity=local` needs
-the key). Every option of every config group is composed on top of `conf/config.yaml`, and each
-value the composed config gives a class (every node with `_target_`, and the top-level keys of
-`RunSettings`) must equal the class's default, unless it is an intentional choice:
+A class's settings dataclass holds its defaults; a group option's YAML file lists the same
+values for the command line (`pruner.granularity=local` needs the key). Every option of every
+config group is composed on top of `conf/config.yaml`, and each value the composed config gives
+a class (every node with `_target_`, and the top-level keys of `RunSettings`) must equal the
+class's default, unless it is an intentional choice:
 - a group option that is a variant says so in `VARIANTS` (e.g. `method=sae_dense` is SAE with
   sparsity switched off), and a task pool's data (sizes, sources) has no Python default;
 - an overlay (an experiment, `scale=`, a table row such as `+ablation=` or `+mechanism=`) changes
   what its own YAML sets, and what the group options it selects change.
 Whichever default would win then no longer depends on the entry point (`run.py`, a test, a
 script building the class). Every composed config must also pass the run's `preflight`.
+
+The binding is one too: the top-level keys of `conf/config.yaml` are `RunSettings`' fields, and
+every class a config names is its settings dataclass or derives from it without a constructor
+of its own (a loader function is bound by `@configured_by`), so `_target_` plus the dataclass
+is the schema.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 from pathlib import Path
 from typing import Any
@@ -28,8 +32,8 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sae_merging.lab.spec import LabSpec
-from sae_merging.runtime.preflight import SETTINGS_MODULES, RunSettings, preflight
-from sae_merging.utils.settings import ConfigError, Settings
+from sae_merging.runtime.preflight import RunSettings, preflight, top_level_keys
+from sae_merging.utils.settings import ConfigError, settings_class
 
 CONF = Path(CONF_DIR)
 NOT_GROUPS = ("hydra", "analysis")  # Hydra's own; the landscape app's primary config
@@ -54,15 +58,6 @@ NEEDS_INPUT = {
     ("task", "lm_eval"): r"task.tasks\[0\].task: Missing mandatory value",
 }
 INPUTS = {("task", "paper_local"): [f"task.data_dir={FIXTURES}"]}  # the task files, as a user gives them
-
-
-def _registry() -> dict[str, type]:
-    for module in SETTINGS_MODULES:
-        importlib.import_module(module)
-    return Settings.registry
-
-
-REGISTRY = _registry()
 
 
 def _plain(value: Any) -> Any:
@@ -110,7 +105,7 @@ def disagreements(cfg: DictConfig) -> dict[str, tuple]:
             if "_target_" in node:
                 target = node._target_
                 found.update(
-                    _compare(node, python_defaults(REGISTRY.get(target) or get_object(target)), path)
+                    _compare(node, python_defaults(settings_class(target) or get_object(target)), path)
                 )
             for key in node:
                 if not (OmegaConf.is_interpolation(node, key) or OmegaConf.is_missing(node, key)):
@@ -258,3 +253,135 @@ def test_the_check_sees_a_disagreement(monkeypatch):
     field = next(f for f in dataclasses.fields(MagnitudePrunerSettings) if f.name == "granularity")
     monkeypatch.setattr(field, "default", "local")
     assert disagreements(compose_config([]))["pruner.granularity"] == ("global", "local")
+
+
+def top_level_mismatches(entry: dict, declared: list[str]) -> list[str]:
+    """The top-level keys the entry config (its YAML, groups aside) and RunSettings do not
+    share, one line each saying what to add where."""
+    given = [key for key in entry if key not in ("defaults", "hydra")]
+    found = [
+        f"conf/config.yaml sets the top-level key {key!r}, which RunSettings does not declare: "
+        "add it as a field of RunSettings (runtime/preflight.py), checked in __post_init__"
+        for key in given
+        if key not in declared
+    ]
+    found += [
+        f"RunSettings.{key} has no line in conf/config.yaml: add `{key}: <its default>` there"
+        for key in declared
+        if key not in given
+    ]
+    return found
+
+
+def test_the_top_level_keys_are_the_run_settings():
+    """A top-level key is declared once, as a RunSettings field, and has its line in
+    conf/config.yaml (its value there is the field's default: see the test above)."""
+    entry = yaml.safe_load((CONF / "config.yaml").read_text())
+    problems = top_level_mismatches(entry, top_level_keys())
+    assert not problems, "\n".join(problems)
+
+
+def test_a_top_level_key_missing_on_either_side_is_named():
+    problems = top_level_mismatches({"defaults": [], "seed": 0, "colour": "red"}, ["seed", "device"])
+    assert problems == [
+        "conf/config.yaml sets the top-level key 'colour', which RunSettings does not declare: "
+        "add it as a field of RunSettings (runtime/preflight.py), checked in __post_init__",
+        "RunSettings.device has no line in conf/config.yaml: add `device: <its default>` there",
+    ]
+
+
+def test_a_top_level_default_that_disagrees_is_found(monkeypatch):
+    field = next(f for f in dataclasses.fields(RunSettings) if f.name == "selection")
+    monkeypatch.setattr(field, "default", "last_draw")
+    assert disagreements(compose_config([]))["selection"] == ("validation", "last_draw")
+
+
+def _targets(node: Any) -> list[tuple[str, bool]]:
+    """(target, partial) of every `_target_` node in a YAML tree (Hydra's own section aside)."""
+    if isinstance(node, list):
+        return [found for item in node for found in _targets(item)]
+    if not isinstance(node, dict):
+        return []
+    found = [(node["_target_"], bool(node.get("_partial_")))] if "_target_" in node else []
+    return found + [t for key, value in node.items() if key != "hydra" for t in _targets(value)]
+
+
+def _generated(cls: type) -> bool:
+    """Whether a class's own `__init__` is one `@dataclass` wrote."""
+    return "__dataclass_fields__" in vars(cls)
+
+
+CONF_TARGETS = sorted(
+    {t for path in CONF.rglob("*.yaml") for t in _targets(yaml.safe_load(path.read_text()) or {})}
+)
+
+
+def test_every_configured_class_is_or_derives_from_its_settings():
+    """No constructor re-lists its settings' fields: every `__init__` of a configured class is
+    one a dataclass generated (the checks are in `__post_init__`; the pruner's dataclass adds
+    the base it is bound to at run time), and a loader's signature is its settings'. Functions
+    handed over as values (`_partial_: true`: mergers, measures) take no settings."""
+    assert len(CONF_TARGETS) > 20
+    for target, partial in CONF_TARGETS:
+        settings, bound = settings_class(target), get_object(target)
+        if partial:
+            assert settings is None, target
+        elif inspect.isclass(bound):
+            assert settings is not None and issubclass(bound, settings), f"{target}: {settings}"
+            assert dataclasses.is_dataclass(settings) or not inspect.signature(settings).parameters, target
+            written = [c for c in bound.__mro__[:-1] if "__init__" in vars(c) and not _generated(c)]
+            assert not written, f"{target}: a constructor written by hand in {written}"
+        else:
+            assert settings is not None and bound.settings is settings, target
+            assert inspect.signature(bound).parameters == inspect.signature(settings).parameters, target
+
+
+def test_settings_are_found_from_the_class_statement_alone(tmp_path, monkeypatch):
+    """A class of one's own that derives from a settings class is checked like ours, found
+    without importing its module (which may import torch)."""
+    (tmp_path / "my_merges.py").write_text(
+        "import torch  # never imported by the lookup\n"
+        "from sae_merging.methods.settings import LinearSettings\n"
+        "from sae_merging.methods.one_shot import OneShotMerge\n\n\n"
+        "class MyLinear(OneShotMerge, LinearSettings):\n    pass\n\n\n"
+        "from sae_merging.methods.sae import SAE\n\n\n"
+        "class SAE(SAE):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from sae_merging.methods.settings import LinearSettings, SAESettings
+
+    assert settings_class("my_merges.MyLinear") is LinearSettings
+    assert settings_class("my_merges.SAE") is SAESettings
+    assert "my_merges" not in __import__("sys").modules
+    assert settings_class("my_merges.Missing") is None and settings_class("no_such_module.X") is None
+
+
+def test_only_the_keys_declared_result_neutral_leave_the_config_hash():
+    """RunSettings says which top-level keys change no result; the run's config hash (which
+    decides whether a run folder's checkpoint and results belong to a config) ignores those."""
+    from sae_merging.runtime.preflight import keys_without_results
+    from sae_merging.runtime.runner import config_hash
+
+    assert keys_without_results() == ["progress", "tables_dir", "resume"]
+    default = config_hash(compose_config([]))
+    assert config_hash(compose_config(["progress=false", "resume=force", "tables_dir=elsewhere"])) == default
+    assert config_hash(compose_config(["seed=1"])) != default
+
+
+def test_finding_every_options_settings_imports_nothing_heavy():
+    """The settings of every class the configs name are found (their modules imported) without
+    torch, transformers, lm-eval or wandb: what keeps the preflight at about a second."""
+    import subprocess
+    import sys
+
+    targets = [target for target, partial in CONF_TARGETS if not partial]
+    script = (
+        "import sys\n"
+        "from sae_merging.utils.settings import settings_class\n"
+        f"found = {{t: settings_class(t) for t in {targets!r}}}\n"
+        "print(sorted(t for t, s in found.items() if s is None))\n"
+        "print(sorted({'torch', 'transformers', 'lm_eval', 'wandb', 'datasets'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    without, heavy = done.stdout.splitlines()
+    assert (without, heavy) == ("[]", "[]")

@@ -32,6 +32,7 @@ from sae_merging.models.bundled import smollm2_gguf
 from sae_merging.models.compat import IncompatibleModelsError, check_compatible
 from sae_merging.models.io import (
     Checkpoint,
+    ModelRef,
     load_model,
     load_state_dict,
     load_tokenizer,
@@ -333,6 +334,19 @@ def test_pool_needs_two_experts_and_leaves_hub_ids_alone():
     assert ModelPool(experts=["owner/only"]).problems() == ["model.experts needs at least 2 models, got 1"]
     assert ModelPool(experts=[]).problems() == ["model.experts needs at least 2 models, got 0"]
     assert ModelPool(experts=["owner/a", "owner/b"], base="owner/base").problems() == []
+
+
+def test_a_pool_keeps_its_settings_as_given_and_reads_models_from_their_refs(tmp_path):
+    """The pool is its settings (the specs as given: what the config and the model card say);
+    `base_ref` / `expert_refs` are where each model is read from (a .gguf file: its folder)."""
+    (tmp_path / "m.gguf").write_bytes(b"")
+    pool = ModelPool(experts=["owner/a", str(tmp_path / "m.gguf")], base="owner/base", dtype="bfloat16")
+    assert pool.experts == ["owner/a", str(tmp_path / "m.gguf")] and pool.expert_names == ["a", "m.gguf"]
+    assert pool.base_ref == ModelRef("owner/base") and pool.require_base("ties") == ModelRef("owner/base")
+    assert pool.expert_refs == [ModelRef("owner/a"), ModelRef(str(tmp_path.resolve()), "m.gguf")]
+    assert (pool.dtype, pool.vocab_policy) == ("bfloat16", "refuse")
+    with pytest.raises(ValueError, match="method 'ties' needs a base model"):
+        ModelPool(experts=["owner/a", "owner/b"]).require_base("ties")
 
 
 # --- GGUF --------------------------------------------------------------------------------------

@@ -121,26 +121,14 @@ def best_choices(owners: Sequence[int], scores: Sequence[float], n: int) -> list
     return [position for _, position in best]
 
 
-class Evaluator:
+class Evaluator(EvaluatorSettings):
     """What every evaluator backend shares: batch size, GSM8K answer filter, length limit,
-    progress bars, and `evaluate(model, tokenizer, task, examples) -> TaskScores`. A backend
-    supplies `generate` (greedy continuations cut at stop strings) and `loglikelihoods`
-    (summed log-probability of each continuation); scoring is the same for all."""
+    progress bars (`EvaluatorSettings`), and `evaluate(model, tokenizer, task, examples) ->
+    TaskScores`. A backend derives from this and its own settings, and supplies `generate`
+    (greedy continuations cut at stop strings) and `loglikelihoods` (summed log-probability of
+    each continuation); scoring is the same for all."""
 
     name = "evaluator"
-
-    def __init__(
-        self,
-        batch_size: int = 64,
-        extraction: str = "strict",
-        max_length: int | None = None,
-        progress: bool = False,
-    ) -> None:
-        EvaluatorSettings(batch_size, extraction, max_length, progress)  # checks
-        self.batch_size = batch_size
-        self.extraction = extraction
-        self.max_length = max_length
-        self.progress = progress
 
     def evaluate(
         self,
@@ -528,7 +516,7 @@ class _Batch:
         return other
 
 
-class BuiltinEvaluator(Evaluator):
+class BuiltinEvaluator(Evaluator, BuiltinSettings):
     """Scores examples of a task with a loaded model; see the module docstring.
 
     `token_budget` bounds the padded tokens of one forward pass (rows x width; for generation,
@@ -543,31 +531,6 @@ class BuiltinEvaluator(Evaluator):
     """
 
     name = "builtin"
-
-    def __init__(
-        self,
-        batch_size: int = 64,
-        extraction: str = "strict",
-        max_length: int | None = None,
-        progress: bool = False,
-        token_budget: int = 8192,
-        min_shared_prefix: int = 16,
-        prefill_tokens: int | None = None,
-    ) -> None:
-        settings = (
-            batch_size,
-            extraction,
-            max_length,
-            progress,
-            token_budget,
-            min_shared_prefix,
-            prefill_tokens,
-        )
-        BuiltinSettings(*settings)  # checks
-        super().__init__(batch_size, extraction, max_length, progress)
-        self.token_budget = token_budget
-        self.min_shared_prefix = min_shared_prefix
-        self.prefill_tokens = prefill_tokens
 
     def _prefill_tokens(self, model: PreTrainedModel) -> int:
         if self.prefill_tokens is not None:

@@ -20,7 +20,7 @@ import logging
 import re
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -197,24 +197,11 @@ def _sample_correct(sample: dict) -> bool:
     return float(sample[metric]) == 1.0
 
 
-class LmEvalEvaluator(Evaluator):
-    """Same interface as BuiltinEvaluator; see the module docstring."""
+class LmEvalEvaluator(Evaluator, LmEvalSettings):
+    """Same interface as BuiltinEvaluator; see the module docstring. The arguments are
+    `LmEvalSettings` (`num_fewshot`: registered tasks only; None keeps the task's own)."""
 
     name = "lm_eval"
-
-    def __init__(
-        self,
-        batch_size: int = 64,
-        extraction: str = "strict",
-        max_length: int | None = None,
-        registered: Mapping[str, str] | None = None,
-        num_fewshot: int | None = None,
-        progress: bool = False,
-    ) -> None:
-        LmEvalSettings(batch_size, extraction, max_length, progress, registered or {}, num_fewshot)  # checks
-        super().__init__(batch_size, extraction, max_length, progress)
-        self.registered = dict(registered or {})
-        self.num_fewshot = num_fewshot  # registered tasks only; None keeps the task's own
 
     def evaluate(
         self,

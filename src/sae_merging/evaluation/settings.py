@@ -30,7 +30,7 @@ class EvaluatorSettings(Settings):
 
 
 @dataclass(eq=False)
-class BuiltinSettings(EvaluatorSettings, target="sae_merging.evaluation.builtin.BuiltinEvaluator"):
+class BuiltinSettings(EvaluatorSettings):
     """`token_budget`: padded tokens per forward pass; `min_shared_prefix`: the tokens a batch's
     prompts must share for that prefix to run once; `prefill_tokens`: padded tokens per pass
     over prompts (see evaluation/builtin.py)."""
@@ -47,7 +47,7 @@ class BuiltinSettings(EvaluatorSettings, target="sae_merging.evaluation.builtin.
 
 
 @dataclass(eq=False)
-class LmEvalSettings(EvaluatorSettings, target="sae_merging.evaluation.lm_eval_backend.LmEvalEvaluator"):
+class LmEvalSettings(EvaluatorSettings):
     registered: Mapping[str, str] = field(default_factory=dict)
     num_fewshot: int | None = None
 
@@ -58,7 +58,7 @@ class LmEvalSettings(EvaluatorSettings, target="sae_merging.evaluation.lm_eval_b
 
 
 @dataclass(eq=False)
-class VllmSettings(EvaluatorSettings, target="sae_merging.evaluation.vllm_backend.VllmEvaluator"):
+class VllmSettings(EvaluatorSettings):
     gpu_memory_utilization: float = 0.5
     dtype: str = "auto"
 

@@ -49,32 +49,24 @@ def _load_weights(worker, path: str) -> None:
         worker.model_runner.model.load_weights((name, file.get(name)) for name in file.names())
 
 
-class VllmEvaluator(Evaluator):
+class VllmEvaluator(Evaluator, VllmSettings):
     """Scores examples with vLLM; see the module docstring. `batch_size` caps the sequences
-    vLLM runs at once (its `max_num_seqs`), `max_length` its context (`max_model_len`)."""
+    vLLM runs at once (its `max_num_seqs`), `max_length` its context (`max_model_len`); the
+    arguments are `VllmSettings`."""
 
     name = "vllm"
 
-    def __init__(
-        self,
-        batch_size: int = 64,
-        extraction: str = "strict",
-        max_length: int | None = None,
-        progress: bool = False,
-        gpu_memory_utilization: float = 0.5,
-        dtype: str = "auto",
-    ) -> None:
-        VllmSettings(batch_size, extraction, max_length, progress, gpu_memory_utilization, dtype)  # checks
+    def __post_init__(self) -> None:
+        super().__post_init__()  # checks
         try:
             import vllm  # noqa: F401
         except ImportError as error:
             raise ImportError(INSTALL_HINT) from error
-        super().__init__(batch_size, extraction, max_length, progress)
         self.engine_kwargs = {
-            "gpu_memory_utilization": gpu_memory_utilization,
-            "max_model_len": max_length,
-            "max_num_seqs": batch_size,
-            "dtype": dtype,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "max_model_len": self.max_length,
+            "max_num_seqs": self.batch_size,
+            "dtype": self.dtype,
         }
         self._folder: tempfile.TemporaryDirectory | None = None
         self._llm = None

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from sae_merging.lab.spec import EXPERTS, MATH_TASK, MULTILINGUAL_TASK, LabSpec
 from sae_merging.models.settings import DTYPE_NAMES, VOCAB_POLICIES
-from sae_merging.tasks.settings import check_sizes
+from sae_merging.tasks.settings import check_sizes, per_task
 from sae_merging.utils import settings as check
 from sae_merging.utils.settings import Settings
 
@@ -24,7 +24,7 @@ def _spec(lab: Mapping) -> LabSpec:
 
 
 @dataclass(eq=False)
-class LabModelPoolSettings(Settings, target="sae_merging.lab.pools.LabModelPool"):
+class LabModelPoolSettings(Settings):
     lab: Mapping = field(default_factory=dict)
     dtype: str = "float32"
     vocab_policy: str = "refuse"
@@ -47,7 +47,7 @@ class LabModelPoolSettings(Settings, target="sae_merging.lab.pools.LabModelPool"
 
 
 @dataclass(eq=False)
-class LabTaskPoolSettings(Settings, target="sae_merging.lab.pools.LabTaskPool"):
+class LabTaskPoolSettings(Settings):
     lab: Mapping = field(default_factory=dict)
     opt_size: Mapping[str, int | None] = field(default_factory=dict)
     test_size: Mapping[str, int | None] = field(default_factory=dict)
@@ -58,6 +58,7 @@ class LabTaskPoolSettings(Settings, target="sae_merging.lab.pools.LabTaskPool"):
     def __post_init__(self) -> None:
         self.lab = dict(self.lab)
         self.spec = _spec(self.lab)
+        self.validation_size = per_task(self.validation_size, self.declared_names())
         self.opt_size, self.test_size, self.stratify, self.validation_size = check_sizes(
             self.declared_names(), self.opt_size, self.test_size, self.stratify, self.validation_size
         )

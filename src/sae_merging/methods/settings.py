@@ -26,7 +26,7 @@ RANDOM_SCOPES = ("per_element", "per_tensor", "per_particle")
 
 
 @dataclass(eq=False)
-class SAESettings(Settings, target="sae_merging.methods.sae.SAE"):
+class SAESettings(Settings):
     schedule: Any
     pruner: Any
     scoring: Any
@@ -110,7 +110,7 @@ class SAESettings(Settings, target="sae_merging.methods.sae.SAE"):
 
 
 @dataclass(eq=False)
-class M2N2Settings(Settings, target="sae_merging.methods.m2n2.M2N2"):
+class M2N2Settings(Settings):
     steps: int = 12
     children_per_step: int = 3
     archive_size: int = 6
@@ -139,7 +139,7 @@ class M2N2Settings(Settings, target="sae_merging.methods.m2n2.M2N2"):
 
 
 @dataclass(eq=False)
-class PSOSettings(Settings, target="sae_merging.methods.pso.PSO"):
+class PSOSettings(Settings):
     steps: int = 10
     inertia: float = 0.2
     c1: float = 2.0
@@ -213,7 +213,7 @@ class OneShotSettings(Settings):
 
 
 @dataclass(eq=False)
-class LinearSettings(OneShotSettings, target="sae_merging.methods.one_shot.Linear"):
+class LinearSettings(OneShotSettings):
     default_name = "linear"
     needs_base = False
 
@@ -228,7 +228,7 @@ class LinearSettings(OneShotSettings, target="sae_merging.methods.one_shot.Linea
 
 
 @dataclass(eq=False)
-class TaskArithmeticSettings(OneShotSettings, target="sae_merging.methods.one_shot.TaskArithmetic"):
+class TaskArithmeticSettings(OneShotSettings):
     default_name = "task_arithmetic"
 
 
@@ -244,7 +244,7 @@ class SparsifiedSettings(OneShotSettings):
 
 
 @dataclass(eq=False)
-class TiesSettings(SparsifiedSettings, target="sae_merging.methods.one_shot.Ties"):
+class TiesSettings(SparsifiedSettings):
     default_name = "ties"
     # the disjoint mean averages the kept deltas and trimming removes mass: a higher grid than
     # task arithmetic's (the TIES paper uses lambda ~ 1)
@@ -252,7 +252,7 @@ class TiesSettings(SparsifiedSettings, target="sae_merging.methods.one_shot.Ties
 
 
 @dataclass(eq=False)
-class DareSettings(SparsifiedSettings, target="sae_merging.methods.one_shot.Dare"):
+class DareSettings(SparsifiedSettings):
     default_name = "dare"
     rescale: bool = True
 
@@ -262,7 +262,7 @@ class DareSettings(SparsifiedSettings, target="sae_merging.methods.one_shot.Dare
 
 
 @dataclass(eq=False)
-class ExpertSettings(Settings, target="sae_merging.methods.expert.Expert"):
+class ExpertSettings(Settings):
     name = "expert"
     index: int = 0
 
@@ -279,7 +279,7 @@ class ExpertSettings(Settings, target="sae_merging.methods.expert.Expert"):
 
 
 @dataclass(eq=False)
-class BestExpertSettings(Settings, target="sae_merging.methods.expert.BestExpert"):
+class BestExpertSettings(Settings):
     """No arguments: the experts are the pool's, the choice is the run's `selection`."""
 
     name = "best_expert"

@@ -7,7 +7,6 @@ from headers before anything is loaded. The lab's pool (`model=lab`) is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import cached_property
 
 from sae_merging.models.compat import Compatibility, check_compatible
@@ -15,51 +14,37 @@ from sae_merging.models.io import ModelRef
 from sae_merging.models.settings import ModelPoolSettings
 
 
-class ModelPool:
-    """Experts (and an optional base) named by local path, `.gguf` file or hub id; the
-    arguments are checked by `ModelPoolSettings` (`settings`)."""
+class ModelPoolBase:
+    """What every model pool offers once its settings are checked: where each model is read
+    from (`base_ref`, `expert_refs`, parsed from `base` and `experts`) and whether they are
+    compatible. A pool derives from this and from its settings (`ModelPool`, `LabModelPool`)."""
 
-    def __init__(
-        self,
-        experts: Sequence[str],
-        base: str | None = None,
-        expert_names: Sequence[str] | None = None,
-        dtype: str = "float32",
-        vocab_policy: str = "refuse",
-    ) -> None:
-        self.settings = ModelPoolSettings(experts, base, expert_names, dtype, vocab_policy)
-        self.dtype = dtype
-        self.vocab_policy = vocab_policy
-
-    def problems(self) -> list[str]:
-        """Problems found without loading anything (see `ModelPoolSettings.problems`)."""
-        return self.settings.problems()
+    base: str | None
+    experts: list[str]
+    expert_names: list[str]
+    vocab_policy: str
 
     @property
-    def base(self) -> ModelRef | None:
-        return ModelRef.parse(self.settings.base) if self.settings.base else None
+    def base_ref(self) -> ModelRef | None:
+        return ModelRef.parse(self.base) if self.base else None
 
     @property
-    def has_base(self) -> bool:
-        """Known without resolving anything (a lab pool always has its base)."""
-        return self.settings.has_base
-
-    @property
-    def experts(self) -> list[ModelRef]:
-        return [ModelRef.parse(e) for e in self.settings.experts]
-
-    @property
-    def expert_names(self) -> list[str]:
-        return list(self.settings.expert_names)
+    def expert_refs(self) -> list[ModelRef]:
+        return [ModelRef.parse(e) for e in self.experts]
 
     def require_base(self, method: str) -> ModelRef:
-        if self.base is None:
+        if self.base_ref is None:
             raise ValueError(f"method {method!r} needs a base model: set model.base=PATH_OR_ID")
-        return self.base
+        return self.base_ref
 
     @cached_property
     def compatibility(self) -> Compatibility:
         """Checked once; the reference (first) model is the base when there is one."""
-        refs = ([self.base] if self.base else []) + self.experts
-        labels = (["base"] if self.base else []) + self.expert_names
+        refs = ([self.base_ref] if self.base else []) + self.expert_refs
+        labels = (["base"] if self.base else []) + list(self.expert_names)
         return check_compatible(refs, labels, self.vocab_policy)
+
+
+class ModelPool(ModelPoolBase, ModelPoolSettings):
+    """Experts (and an optional base) named by local path, `.gguf` file or hub id; the
+    arguments are `ModelPoolSettings` (checked there, with `problems()` for the files)."""

@@ -1,6 +1,6 @@
 """The model pool's settings (`model=`), checked before anything heavy is imported.
 
-`ModelPool` builds a `ModelPoolSettings` from its arguments (its `settings`); `problems()`
+`ModelPool` derives from `ModelPoolSettings` (its arguments are these fields); `problems()`
 checks what can be checked from the file system alone (see `sae_merging.models.files`): the
 counts, every local path, the weights' headers and the tokenizer of the model the run takes its
 tokenizer from.
@@ -21,7 +21,7 @@ VOCAB_POLICIES = ("refuse", "common_rows")
 
 
 @dataclass(eq=False)
-class ModelPoolSettings(Settings, target="sae_merging.models.pool.ModelPool"):
+class ModelPoolSettings(Settings):
     experts: Sequence[str] = field(default_factory=list)
     base: str | None = None
     expert_names: Sequence[str] | None = None

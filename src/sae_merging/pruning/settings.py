@@ -14,7 +14,7 @@ DEFAULT_SKIP = ("*embed*", "*norm*", "*.bias", "lm_head*")
 
 
 @dataclass(frozen=True)
-class MagnitudePrunerSettings(Settings, target="sae_merging.pruning.magnitude.MagnitudePruner"):
+class MagnitudePrunerSettings(Settings):
     granularity: str = "global"  # one threshold over all pruned tensors (conf/pruner/magnitude.yaml)
     skip: Sequence[str] = DEFAULT_SKIP
     target: str = "weights"  # or task_vector: prune theta - theta_base (needs model.base)

@@ -122,9 +122,10 @@ class RunContext:
 
     @cached_property
     def _checkpoints(self) -> dict[str, Checkpoint]:
-        refs = {f"expert:{n}": r for n, r in zip(self.models.expert_names, self.models.experts, strict=True)}
-        if self.models.base is not None:
-            refs["base"] = self.models.base
+        names = [f"expert:{n}" for n in self.models.expert_names]
+        refs = dict(zip(names, self.models.expert_refs, strict=True))
+        if self.models.base_ref is not None:
+            refs["base"] = self.models.base_ref
         return {key: Checkpoint(ref) for key, ref in refs.items()}
 
     def merge_names(self) -> list[str]:
@@ -169,7 +170,7 @@ class RunContext:
         rows = self.models.compatibility.common_rows
         if not rows:
             return tensors
-        key = "base" if self.models.base is not None else f"expert:{self.models.expert_names[0]}"
+        key = "base" if self.models.base_ref is not None else f"expert:{self.models.expert_names[0]}"
         full = dict(tensors)
         for name, count in rows.items():
             tensor = self._checkpoints[key].get(name).to(tensors[name].dtype).clone()

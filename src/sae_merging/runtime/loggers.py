@@ -10,6 +10,7 @@ into the run folder, so a run leaves nothing behind elsewhere.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from sae_merging.utils.settings import Settings
 WANDB_MODES = ("offline", "online", "disabled", "shared")
 
 
-class NoLogger(Settings, target="sae_merging.runtime.loggers.NoLogger"):
+class NoLogger(Settings):
     """Logs nothing (`logger=none`); `metrics.jsonl` is still written."""
 
     def start(self, run_dir: Path, config: Mapping[str, Any], name: str) -> None:
@@ -35,22 +36,21 @@ class NoLogger(Settings, target="sae_merging.runtime.loggers.NoLogger"):
         pass
 
 
-class WandbLogger(NoLogger, target="sae_merging.runtime.loggers.WandbLogger"):
+@dataclass(eq=False)
+class WandbLogger(NoLogger):
     """W&B; wandb itself is imported only when the run starts (its arguments are checked here)."""
 
-    def __init__(
-        self,
-        project: str = "sae-merging",
-        entity: str | None = None,
-        mode: str = "offline",
-        group: str | None = None,
-        tags: Sequence[str] = (),
-    ) -> None:
-        check.text("project", project)
-        check.text("entity", entity, optional=True)
-        check.choice("mode", mode, WANDB_MODES)
-        self.project, self.entity, self.mode, self.group = project, entity, mode, group
-        self.tags = list(tags or [])
+    project: str = "sae-merging"
+    entity: str | None = None
+    mode: str = "offline"
+    group: str | None = None
+    tags: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        check.text("project", self.project)
+        check.text("entity", self.entity, optional=True)
+        check.choice("mode", self.mode, WANDB_MODES)
+        self.tags = list(self.tags or [])
         self.run = None
 
     def start(self, run_dir: Path, config: Mapping[str, Any], name: str) -> None:

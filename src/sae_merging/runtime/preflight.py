@@ -1,20 +1,23 @@
 """Every input of a run checked before any heavy work, in about a second.
 
-The config's light objects are built first: for each node with a `_target_`, the settings
-class registered for it (see `sae_merging.utils.settings`; the modules that hold them import
-no torch, transformers, lm-eval or wandb). Each settings class checks its own arguments; a key
-it does not take is an error, not a silent skip. Then the checks that span objects (an
+The config's light objects are built first: the top-level keys are `RunSettings` (the one
+place they are declared); every other top-level key is a config group's node (`conf/<group>/`).
+For each node with a `_target_`, the target's settings class is built (`settings_class` in
+`sae_merging.utils.settings` reads it from the target's class statement; the modules that hold
+settings import no torch, transformers, lm-eval or wandb). Each settings class checks its own
+arguments; a key it does not take is an error, not a silent skip. Then the checks that span objects (an
 archive that cannot hold generation 0, a method that needs a base), then the files (model
 folders and their headers, the tokenizer, local data files) and the run folder. Everything
 found is reported at once, one line each; `run.py` exits with status 2.
 
-A `_target_` with no registered settings (a class of your own) is only checked to name an
-importable module here; its constructor checks the rest when the run builds it.
+A `_target_` with no settings (a function, a class of your own that does not derive from a
+settings class) is only checked to name an importable module here; its constructor checks the
+rest when the run builds it.
 """
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import importlib.util
 import inspect
 import math
@@ -33,54 +36,36 @@ from sae_merging.tasks.settings import SELECTIONS
 from sae_merging.utils import paths
 from sae_merging.utils import settings as check
 from sae_merging.utils.files import folder_problem
-from sae_merging.utils.settings import ConfigError, SettingError, Settings
+from sae_merging.utils.settings import ConfigError, SettingError, Settings, settings_class
 from sae_merging.utils.threads import AUTO
 
 __all__ = ["ConfigError", "Plan", "RunSettings", "preflight", "build"]
 
-# Light modules whose import registers the settings of every class the configs name.
-SETTINGS_MODULES = (
-    "sae_merging.evaluation.settings",
-    "sae_merging.lab.settings",
-    "sae_merging.methods.settings",
-    "sae_merging.models.settings",
-    "sae_merging.pruning.settings",
-    "sae_merging.runtime.loggers",
-    "sae_merging.schedules.cyclic",
-    "sae_merging.sparsity.settings",
-    "sae_merging.tasks.settings",
-)
-# The config groups (conf/<group>/); `lab` has no _target_: model and task read it.
-GROUPS = (
-    "lab",
-    "model",
-    "task",
-    "evaluator",
-    "method",
-    "merger",
-    "pruner",
-    "scorer",
-    "scoring",
-    "schedule",
-    "logger",
-)
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 _REFERENCE = re.compile(r"^\$\{([\w.]+)\}$")
 
 
+RESULT_NEUTRAL = {"changes_results": False}  # a RunSettings field's metadata: see RunSettings
+
+
 @dataclass(eq=False)
 class RunSettings(Settings):
-    """The top-level keys of `conf/config.yaml` (the groups aside)."""
+    """The top-level keys of `conf/config.yaml` (the config groups aside): the one place they
+    and their defaults are declared (tests/test_defaults.py holds the YAML to them). A new key:
+    a field here, checked in `__post_init__`, and its line in `conf/config.yaml`; a key that
+    changes no result (where outputs go, how to resume) says so with `metadata=RESULT_NEUTRAL`, and
+    is then left out of the run's config hash (`runner.results_config`)."""
 
     seed: int = 0
     device: str = "auto"
-    progress: bool = True
+    progress: bool = field(default=True, metadata=RESULT_NEUTRAL)
     threads: int | str | None = AUTO
     final_evaluator: Any = None
     budget: Mapping[str, Any] = field(default_factory=lambda: {"examples": None})
     selection: str = "validation"
-    tables_dir: str = "outputs/tables"  # where the table experiments' sweeps go (`scale=`)
-    resume: bool | str = True  # runtime.checkpoint.RESUME_MODES
+    # where the table experiments' sweeps go (scale=paper: its own)
+    tables_dir: str = field(default="outputs/tables", metadata=RESULT_NEUTRAL)
+    resume: bool | str = field(default=True, metadata=RESULT_NEUTRAL)  # runtime.checkpoint.RESUME_MODES
 
     def __post_init__(self) -> None:
         check.integer("seed", self.seed, 0)
@@ -110,22 +95,25 @@ class Plan:
 
 
 class _Unchecked:
-    """Stands for an object whose class has no registered settings."""
+    """Stands for an object whose class has no settings."""
 
     def __init__(self, target: str) -> None:
         self.target = target
 
 
-def _load_registry() -> dict[str, type]:
-    for module in SETTINGS_MODULES:
-        importlib.import_module(module)
-    return Settings.registry
+def top_level_keys() -> list[str]:
+    """The top-level settings (RunSettings' fields), in their order."""
+    return [f.name for f in dataclasses.fields(RunSettings)]
+
+
+def keys_without_results() -> list[str]:
+    """The top-level settings that change no result (`metadata=RESULT_NEUTRAL`)."""
+    return [f.name for f in dataclasses.fields(RunSettings) if f.metadata.get("changes_results") is False]
 
 
 class _Builder:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
-        self.registry = _load_registry()
         self.problems: list[str] = []
 
     def problem(self, line: str) -> None:
@@ -160,10 +148,10 @@ class _Builder:
     def node(self, node: DictConfig, key: str) -> Any:
         """The settings object of a `_target_` node (None when it has problems)."""
         target = str(node["_target_"])
-        cls = self.registry.get(target)
+        cls = settings_class(target)
         names = [k for k in node.keys() if not str(k).startswith("_")]
         if cls is None:
-            self.unregistered(target, key)
+            self.without_settings(target, key)
             values = [self.value(node, k, f"{key}.{k}") for k in names]
             return _Unchecked(target) if all(ok for _, ok in values) else None
         parameters = inspect.signature(cls).parameters
@@ -189,7 +177,8 @@ class _Builder:
             self.problem(f"{key}: {error}".replace(f"{cls.__name__}.__init__() ", ""))
         return None
 
-    def unregistered(self, target: str, key: str) -> None:
+    def without_settings(self, target: str, key: str) -> None:
+        """A target with no settings must at least name a module that can be found."""
         module = target.rpartition(".")[0]
         try:
             found = bool(module) and importlib.util.find_spec(module) is not None
@@ -200,24 +189,22 @@ class _Builder:
 
 
 def build(cfg: DictConfig) -> tuple[dict[str, Any], RunSettings | None, list[str]]:
-    """The light objects of a composed run config: ({group: object}, run settings, problems)."""
+    """The light objects of a composed run config: ({group: object}, run settings, problems).
+    A top-level key is a `RunSettings` field or a config group's node (a mapping)."""
     builder = _Builder(cfg)
     objects: dict[str, Any] = {}
     top = {}
     for key in cfg.keys():
-        if key in GROUPS:
-            continue
-        if key not in inspect.signature(RunSettings).parameters:
-            valid = ", ".join([*inspect.signature(RunSettings).parameters, *GROUPS])
-            builder.problem(f"{key}: unknown setting; valid top-level keys: {valid}")
-            continue
-        value, ok = builder.value(cfg, key, key)
-        if ok:
-            top[key] = value
-    for key in GROUPS:
-        if key in cfg and isinstance(cfg[key], DictConfig) and "_target_" in cfg[key]:
+        if key in top_level_keys():
+            value, ok = builder.value(cfg, key, key)
+            if ok:
+                top[key] = value
+        elif not (isinstance(cfg._get_node(key), DictConfig) or OmegaConf.is_interpolation(cfg, key)):
+            valid = ", ".join(top_level_keys())
+            builder.problem(f"{key}: unknown setting; valid top-level keys: {valid} (and the config groups)")
+        elif isinstance(cfg._get_node(key), DictConfig) and "_target_" in cfg[key]:
             objects[key] = builder.node(cfg[key], key)
-        elif key in cfg:
+        else:
             builder.value(cfg, key, key)
     run = None
     try:

@@ -28,7 +28,7 @@ from sae_merging.runtime.context import Outcome, RunContext
 from sae_merging.runtime.fitness import FitnessEvaluator
 from sae_merging.runtime.loop import CHECKPOINT_FILE, run_generations
 from sae_merging.runtime.outputs import RESULTS_FILE, TEST_ITEMS_FILE
-from sae_merging.runtime.preflight import Plan, RunSettings, device_problem, preflight
+from sae_merging.runtime.preflight import Plan, RunSettings, device_problem, keys_without_results, preflight
 from sae_merging.runtime.store import IndividualStore
 from sae_merging.sparsity.measures import SparsityStats, pooled, zero_count
 from sae_merging.utils.device import resolve_device
@@ -72,7 +72,7 @@ class RunClock:
 def results_config(cfg: DictConfig) -> dict:
     """The settings that determine the result (not where outputs go, nor how to resume)."""
     data = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("hydra", "progress", "tables_dir", "resume"):
+    for key in ("hydra", *keys_without_results()):
         data.pop(key, None)
     for node in (data.get("lab"), data.get("model", {}).get("lab"), data.get("task", {}).get("lab")):
         if isinstance(node, dict):
@@ -154,7 +154,7 @@ def prepare(cfg: DictConfig, run_dir: Path):
     evaluator = instantiate_checked(cfg.evaluator, "evaluator")
     torch.manual_seed(cfg.seed)
     _ = models.compatibility  # refuse mismatched models before loading any weights
-    reference = models.base or models.experts[0]
+    reference = models.base_ref or models.expert_refs[0]
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(reference)
     fitness = FitnessEvaluator(evaluator, load_config(reference), tokenizer, models.dtype, device)
@@ -180,7 +180,7 @@ def budget_examples(cfg: DictConfig) -> int | None:
 
 def instantiate_checked(node: DictConfig, key: str):
     """`hydra.utils.instantiate`, turning a constructor's ValueError (a bad setting of a class
-    without registered settings) into a ConfigError line instead of a traceback."""
+    without settings of ours) into a ConfigError line instead of a traceback."""
     from hydra.errors import InstantiationException
 
     try:
@@ -260,11 +260,11 @@ def finish(
     }
     if forced := (resumed or {}).get("forced_from"):  # resume=force: the result mixes configs
         results["resumed_from_other_configs"] = forced
-    reference = ctx.models.base or ctx.models.experts[0]
+    reference = ctx.models.base_ref or ctx.models.expert_refs[0]
     card = model_card(
         method,
-        str(ctx.models.base) if ctx.models.base else None,
-        [str(e) for e in ctx.models.experts],
+        str(reference) if ctx.models.base else None,
+        [str(e) for e in ctx.models.expert_refs],
         OmegaConf.to_container(cfg, resolve=True),
         results,
     )

@@ -28,7 +28,7 @@ PHASES = ("endpoint", "sgdr")
 
 
 @dataclass(frozen=True)
-class CyclicSchedule(Settings, target="sae_merging.schedules.cyclic.CyclicSchedule"):
+class CyclicSchedule(Settings):
     s_min: float = 0.1
     s_max: float = 0.6
     T0: int = 3
@@ -76,7 +76,7 @@ class CyclicSchedule(Settings, target="sae_merging.schedules.cyclic.CyclicSchedu
 
 
 @dataclass(frozen=True)
-class ConstantSchedule(Settings, target="sae_merging.schedules.cyclic.ConstantSchedule"):
+class ConstantSchedule(Settings):
     rate_value: float = 0.3
     steps: int = 12
 

@@ -12,7 +12,7 @@ SCORINGS = ("global", "local")
 
 
 @dataclass(frozen=True)
-class SparsityScoringSettings(Settings, target="sae_merging.sparsity.scoring.SparsityScoring"):
+class SparsityScoringSettings(Settings):
     scorer: Callable[..., float]
     granularity: str = "global"
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from sae_merging.tasks.base import Example, TaskData, draw_shots, fewshot_turns, load_rows
 from sae_merging.tasks.extraction import normalize
 from sae_merging.tasks.settings import Gsm8kSettings
+from sae_merging.utils.settings import configured_by
 
 PROMPT = "Question: {question}\nAnswer:"
 STOP = ("Question:", "</s>", "<|im_end|>")
@@ -41,26 +42,20 @@ def draw_fewshot(
     return draw_shots(rows, pool, n, seed, same_split, key=lambda row: row["question"])
 
 
-def load_gsm8k(
-    source: str = "openai/gsm8k",
-    test_source: str | None = None,
-    num_fewshot: int = 0,
-    fewshot_seed: int = 1234,
-    name: str = "gsm8k",
-    max_new_tokens: int = 256,
-    chat_template: bool = False,
-) -> TaskData:
+@configured_by(Gsm8kSettings)
+def load_gsm8k(settings: Gsm8kSettings) -> TaskData:
     """GSM8K from `source`: a folder holding train.jsonl and test.jsonl (fields `question`,
     `answer`), or a hub id (config `main`; needs the hub). `test_source` reads the test split
     from elsewhere (then `source` may be a single train .jsonl file). `chat_template`: prompts
-    through the model's chat template, shots as turns (`lm_eval --apply_chat_template`)."""
-    settings = (source, test_source, num_fewshot, fewshot_seed, name, max_new_tokens, chat_template)
-    Gsm8kSettings(*settings)  # checks
+    through the model's chat template, shots as turns (`lm_eval --apply_chat_template`). Called
+    with `Gsm8kSettings`' arguments."""
+    source, test_source, name = settings.source, settings.test_source, settings.name
+    num_fewshot, chat_template = settings.num_fewshot, settings.chat_template
     rows = load_rows({"train": source, "test": test_source or source}, config_name="main")
     pool = rows["train"]
     splits: dict[str, list[Example]] = {"train": []}
     for split, docs in (("opt", pool), ("test", rows["test"])):
-        shots = draw_fewshot(docs, pool, num_fewshot, fewshot_seed, same_split=docs is pool)
+        shots = draw_fewshot(docs, pool, num_fewshot, settings.fewshot_seed, same_split=docs is pool)
         splits[split] = []
         for i, (doc, doc_shots) in enumerate(zip(docs, shots)):
             prompt, turns = render_turns(doc["question"], doc_shots)
@@ -74,4 +69,6 @@ def load_gsm8k(
                 )
             )
     metadata = {"source": source, "test_source": test_source, "num_fewshot": num_fewshot}
-    return TaskData(name, "generate", splits, STOP, max_new_tokens, metadata, chat_template=chat_template)
+    return TaskData(
+        name, "generate", splits, STOP, settings.max_new_tokens, metadata, chat_template=chat_template
+    )

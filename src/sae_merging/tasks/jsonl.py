@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sae_merging.tasks.base import ChoiceScorer, Example, RegexScorer, TaskData, draw_shots, fewshot_turns
 from sae_merging.tasks.settings import JsonlTaskSettings, jsonl_task_rows
+from sae_merging.utils.settings import configured_by
 
 
 def split_rows(rows: Sequence[dict], test_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -43,42 +44,22 @@ def shot_text(row: dict, kind: str) -> str:
     return str(row.get("target", row["answer"]))
 
 
-def load_jsonl_task(
-    name: str = "",
-    kind: str = "generate",
-    source: str | None = None,
-    opt_source: str | None = None,
-    test_source: str | None = None,
-    test_fraction: float = 0.5,
-    split_seed: int = 0,
-    num_fewshot: int = 0,
-    fewshot_seed: int = 1234,
-    chat_template: bool = False,
-    target_delimiter: str = " ",
-    fewshot_delimiter: str = "\n\n",
-    stop: Sequence[str] = ("\n\n",),
-    max_new_tokens: int = 64,
-    extract: str = "(.+)",
-    group_select: int = 0,
-    fallback: str = "[invalid]",
-    ignore_case: bool = True,
-    metric: str = "acc",
-) -> TaskData:
+@configured_by(JsonlTaskSettings)
+def load_jsonl_task(settings: JsonlTaskSettings) -> TaskData:
     """A task from JSONL files; see the module docstring. Few-shot examples come from the
-    optimization split, drawn as lm-eval's default sampler draws them (`fewshot_seed`)."""
-    settings = JsonlTaskSettings(
-        name, kind, source, opt_source, test_source, test_fraction, split_seed, num_fewshot,
-        fewshot_seed, chat_template, target_delimiter, fewshot_delimiter, stop, max_new_tokens,
-        extract, group_select, fallback, ignore_case, metric,
-    )  # checks  # fmt: skip
+    optimization split, drawn as lm-eval's default sampler draws them (`fewshot_seed`). Called
+    with `JsonlTaskSettings`' arguments."""
+    name, kind, chat_template = settings.name, settings.kind, settings.chat_template
+    target_delimiter, fewshot_delimiter = settings.target_delimiter, settings.fewshot_delimiter
+    num_fewshot = settings.num_fewshot
     read = {key: jsonl_task_rows(Path(path).expanduser(), kind) for key, path in settings.files().items()}
-    if source is not None:
-        opt_rows, test_rows = split_rows(read["source"], test_fraction, split_seed)
+    if settings.source is not None:
+        opt_rows, test_rows = split_rows(read["source"], settings.test_fraction, settings.split_seed)
     else:
         opt_rows, test_rows = read["opt_source"], read["test_source"]
     splits: dict[str, list[Example]] = {"train": []}
     for split, rows in (("opt", opt_rows), ("test", test_rows)):
-        shots = draw_shots(rows, opt_rows, num_fewshot, fewshot_seed, same_split=rows is opt_rows)
+        shots = draw_shots(rows, opt_rows, num_fewshot, settings.fewshot_seed, same_split=rows is opt_rows)
         splits[split] = []
         for i, (row, row_shots) in enumerate(zip(rows, shots, strict=True)):
             pairs = [(shot["prompt"], shot_text(shot, kind)) for shot in row_shots]
@@ -94,16 +75,16 @@ def load_jsonl_task(
                 example = Example(**common, choices=tuple(row["choices"]), label=row["gold"])
             splits[split].append(example)
     if kind == "generate":
-        scorer = RegexScorer(extract, group_select, fallback, ignore_case)
+        scorer = RegexScorer(settings.extract, settings.group_select, settings.fallback, settings.ignore_case)
     else:
-        scorer = ChoiceScorer(metric)
+        scorer = ChoiceScorer(settings.metric)
     metadata = {"files": settings.files(), "num_fewshot": num_fewshot, "chat_template": chat_template}
     return TaskData(
         name,
         kind,
         splits,
         settings.stop,
-        max_new_tokens,
+        settings.max_new_tokens,
         metadata,
         chat_template=chat_template,
         target_delimiter=target_delimiter,

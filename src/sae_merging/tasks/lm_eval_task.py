@@ -27,6 +27,7 @@ from typing import Any
 
 from sae_merging.tasks.base import CHOICE_METRICS, Example, Scorer, TaskData
 from sae_merging.tasks.settings import LmEvalTaskSettings
+from sae_merging.utils.settings import configured_by
 
 GREEDY_KEYS = {"until", "max_gen_toks", "do_sample", "temperature"}
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HF backend's default
@@ -221,24 +222,14 @@ def to_example(task_obj, uid: str, doc: dict, context: Any, chat: bool) -> Examp
     return Example(uid=uid, prompt=prompt, answer=str(target), messages=messages)
 
 
-def load_lm_eval_task(
-    task: str,
-    include_path: str | None = None,
-    name: str | None = None,
-    opt_split: str | None = None,
-    num_fewshot: int | None = None,
-    fewshot_seed: int = 1234,
-    chat_template: bool = False,
-    metric: str | None = None,
-    filter: str | None = None,
-) -> TaskData:
+@configured_by(LmEvalTaskSettings)
+def load_lm_eval_task(settings: LmEvalTaskSettings) -> TaskData:
     """lm-eval's task `task` (a registered name, a name found under `include_path`, or a task
     .yaml file, whose folder is not searched) as a TaskData; see the module docstring.
     `metric` / `filter`: which of the task's metrics and filters make an item correct (default:
-    its first of each)."""
-    settings = LmEvalTaskSettings(
-        task, include_path, name, opt_split, num_fewshot, fewshot_seed, chat_template, metric, filter
-    )  # checks
+    its first of each). Called with `LmEvalTaskSettings`' arguments."""
+    task, include_path, num_fewshot = settings.task, settings.include_path, settings.num_fewshot
+    metric, filter, chat_template = settings.metric, settings.filter, settings.chat_template
     import datasets
     from lm_eval.tasks import get_task_dict
 
@@ -266,9 +257,9 @@ def load_lm_eval_task(
     scorer = LmEvalScorer(task_obj, metric, filter, chat_template)
     scorer.unsupported = unsupported_reason(task_obj, metric)
     splits: dict[str, list[Example]] = {"train": []}
-    opt_docs = split_docs(task_obj, opt_split or default_opt_split(task_obj))
+    opt_docs = split_docs(task_obj, settings.opt_split or default_opt_split(task_obj))
     for split, docs in (("test", list(task_obj.eval_docs)), ("opt", opt_docs)):
-        contexts = build_contexts(task_obj, docs, shots, fewshot_seed, chat_template, split == "opt")
+        contexts = build_contexts(task_obj, docs, shots, settings.fewshot_seed, chat_template, split == "opt")
         splits[split] = []
         for doc_id, (doc, context) in enumerate(zip(docs, contexts, strict=True)):
             uid = f"{name}/{split}/{doc_id}"

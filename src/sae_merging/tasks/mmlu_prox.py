@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from sae_merging.tasks.base import Example, TaskData, draw_shots, fewshot_turns, load_rows
 from sae_merging.tasks.settings import LANG_FIELD, LETTERS, MmluProxSettings
+from sae_merging.utils.settings import configured_by
 
 # The languages of lm-eval's mmlu_prox tasks (configs of li-lab/MMLU-ProX).
 LANGUAGES = (
@@ -59,16 +60,8 @@ def to_example(row: dict, uid: str, language: str, max_options: int = 10) -> Exa
     )
 
 
-def load_mmlu_prox(
-    test_source: str = "li-lab/MMLU-ProX",
-    opt_source: str | None = None,
-    languages: Sequence[str] = ("en",),
-    name: str = "mmlu_prox",
-    max_options: int = 10,
-    num_fewshot: int = 0,
-    fewshot_seed: int = 1234,
-    chat_template: bool = False,
-) -> TaskData:
+@configured_by(MmluProxSettings)
+def load_mmlu_prox(settings: MmluProxSettings) -> TaskData:
     """MMLU-ProX in `languages`. A source is a hub id (`li-lab/MMLU-ProX` or
     `li-lab/MMLU-ProX-Lite`, one config per language; needs the hub), a local .jsonl file, or a
     local folder holding test.jsonl / validation.jsonl; a local path holds one language unless
@@ -78,11 +71,11 @@ def load_mmlu_prox(
     `num_fewshot` questions of the same language's optimization split, each followed by its
     answer letter, come before a question (drawn as lm-eval's default sampler draws them,
     seeded per language); `chat_template`: prompts through the model's chat template, shots
-    as turns, the letters scored without the leading space (as lm-eval scores choices there)."""
-    settings = MmluProxSettings(
-        test_source, opt_source, languages, name, max_options, num_fewshot, fewshot_seed, chat_template
-    )  # checks
+    as turns, the letters scored without the leading space (as lm-eval scores choices there).
+    Called with `MmluProxSettings`' arguments."""
     languages, test_source, opt_source = settings.languages, settings.test_source, settings.opt_source
+    name, max_options, chat_template = settings.name, settings.max_options, settings.chat_template
+    num_fewshot, fewshot_seed = settings.num_fewshot, settings.fewshot_seed
     splits: dict[str, list[Example]] = {"train": [], "opt": [], "test": []}
     for language in languages:
         rows = load_rows(

@@ -13,58 +13,38 @@ the draws use the whole `opt` split (the paper's reading).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from functools import cached_property
 
 from sae_merging.tasks.base import Example, TaskData, sample_examples, validation_examples
-from sae_merging.tasks.settings import TaskPoolSettings, per_task
+from sae_merging.tasks.settings import TaskPoolSettings
 from sae_merging.utils.files import stable_hash
 
 
-class TaskPool:
-    """Tasks plus per-task sample sizes (`None`: the whole split)."""
+class TaskPoolBase:
+    """What every task pool offers once its settings are checked: its tasks' seeded samples
+    (optimization draws, validation and test sets). A pool derives from this and from its
+    settings (`TaskPool`, `sae_merging.lab.pools.LabTaskPool`)."""
 
-    def __init__(
-        self,
-        tasks: Sequence[TaskData],
-        opt_size: Mapping[str, int | None] | None = None,
-        test_size: Mapping[str, int | None] | None = None,
-        stratify: Sequence[str] = (),
-        validation_size: Mapping[str, int | float | None] | None = None,
-        data_dir: str | None = None,
-    ) -> None:
-        self.settings = TaskPoolSettings(
-            tasks, opt_size, test_size, stratify, validation_size, data_dir
-        )  # checks
-        self._tasks = list(tasks)
-        self.opt_size, self.test_size = self.settings.opt_size, self.settings.test_size
-        self.stratify = self.settings.stratify
-        self.validation_size = per_task(self.settings.validation_size, [t.name for t in self._tasks])
-        self._held_out: dict[tuple[str, int], list[Example]] = {}
-
-    @property
-    def tasks(self) -> list[TaskData]:
-        return self._tasks
+    tasks: list[TaskData]
+    opt_size: Mapping[str, int | None]
+    test_size: Mapping[str, int | None]
+    stratify: set[str]
+    validation_size: Mapping[str, int | float | None]
 
     @property
     def names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
-    def declared_names(self) -> list[str]:
-        """Task names known without loading data (the lab's without building it)."""
-        return self.settings.declared_names()
-
-    def problems(self) -> list[str]:
-        return self.settings.problems() if hasattr(self.settings, "problems") else []
+    @cached_property
+    def _held_out(self) -> dict[tuple[str, int], list[Example]]:
+        return {}
 
     def task(self, name: str) -> TaskData:
         for task in self.tasks:
             if task.name == name:
                 return task
         raise KeyError(f"unknown task {name!r}; tasks: {self.names}")
-
-    @property
-    def has_validation(self) -> bool:
-        return self.settings.has_validation
 
     def validation_set(self, task: TaskData, seed: int) -> list[Example]:
         """The held-out part of a task's `opt` split (seeded; empty without `validation_size`)."""
@@ -105,3 +85,8 @@ class TaskPool:
         )
         order = {e.uid: i for i, e in enumerate(task.split("test"))}
         return sorted(examples, key=lambda e: order[e.uid])
+
+
+class TaskPool(TaskPoolBase, TaskPoolSettings):
+    """Tasks plus per-task sample sizes (`None`: the whole split); the arguments are
+    `TaskPoolSettings`."""

@@ -69,7 +69,7 @@ def source_problems(key: str, source: str, split: str, required: Sequence[str] =
 
 
 @dataclass(eq=False)
-class Gsm8kSettings(Settings, target="sae_merging.tasks.gsm8k.load_gsm8k"):
+class Gsm8kSettings(Settings):
     source: str = "openai/gsm8k"
     test_source: str | None = None
     num_fewshot: int = 0
@@ -97,7 +97,7 @@ class Gsm8kSettings(Settings, target="sae_merging.tasks.gsm8k.load_gsm8k"):
 
 
 @dataclass(eq=False)
-class MmluProxSettings(Settings, target="sae_merging.tasks.mmlu_prox.load_mmlu_prox"):
+class MmluProxSettings(Settings):
     test_source: str = "li-lab/MMLU-ProX"
     opt_source: str | None = None
     languages: Sequence[str] = ("en",)
@@ -177,7 +177,7 @@ def local_file_problem(key: str, source: str | None) -> str | None:
 
 
 @dataclass(eq=False)
-class JsonlTaskSettings(Settings, target="sae_merging.tasks.jsonl.load_jsonl_task"):
+class JsonlTaskSettings(Settings):
     """A task of one's own from JSONL files (see tasks/jsonl.py): either `opt_source` and
     `test_source`, or one `source` split by `test_fraction` (seeded by `split_seed`)."""
 
@@ -255,7 +255,7 @@ class JsonlTaskSettings(Settings, target="sae_merging.tasks.jsonl.load_jsonl_tas
 
 
 @dataclass(eq=False)
-class LmEvalTaskSettings(Settings, target="sae_merging.tasks.lm_eval_task.load_lm_eval_task"):
+class LmEvalTaskSettings(Settings):
     """An lm-eval task (see tasks/lm_eval_task.py): a registered name, a name found under
     `include_path`, or a task .yaml file."""
 
@@ -354,7 +354,7 @@ def per_task(size, names: Sequence[str] | None):
 
 
 @dataclass(eq=False)
-class TaskPoolSettings(Settings, target="sae_merging.tasks.pool.TaskPool"):
+class TaskPoolSettings(Settings):
     """Tasks plus per-task sample sizes (`None`: the whole split). `data_dir`: the folder the
     local tasks' files are read from (their sources interpolate it); checked first, so a
     missing folder is one line rather than one per file."""

@@ -1,24 +1,33 @@
 """Settings: the arguments of every configurable class, checked where they are declared.
 
-Each class a config group names (`_target_`) declares its arguments as a dataclass deriving
-from `Settings`, in a module that imports nothing heavy (no torch, transformers, lm-eval or
-wandb), and checks them in `__post_init__`. The class itself derives from its settings (SAE,
-the pruner), is them (the schedules, the loggers) or builds them from its arguments (the model
-and task pools, the evaluators), so `SAE(...)` checks its own arguments;
-`runtime/preflight.py` builds the settings alone from a composed config, so a bad config is
-reported in about a second, before anything heavy is imported or loaded. A settings class
-names the class it describes with `target=`, which is how the preflight finds it from a config
-node's `_target_`.
+Each class a config names (`_target_`) has a settings dataclass deriving from `Settings`, which
+declares its arguments and their defaults and checks them in `__post_init__`. The class either
+is its settings (the schedules, the loggers) or derives from them without re-listing a field
+(SAE, the pools, the evaluators: `class ModelPool(ModelPoolBase, ModelPoolSettings)`); a
+loader function is bound to its settings by `@configured_by(Gsm8kSettings)`. So `_target_`
+plus the dataclass is the schema, and `ModelPool(...)` checks its own arguments.
+
+Settings live in *settings modules*: a module that defines a class deriving from `Settings`
+itself, and imports nothing heavy (no torch, transformers, lm-eval or wandb). `settings_class`
+finds a `_target_`'s settings by reading the target's class statement (or decorator) from
+its source, without importing the target's module; `runtime/preflight.py` builds the settings
+alone from a composed config, so a bad config is reported in about a second, before anything
+heavy is imported or loaded. Nothing is registered by name: a new class is found from its
+own statement.
 
 A bad value raises `SettingError`: one line naming the setting, the value and what is valid.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
+import importlib
+import importlib.util
+import inspect
 import math
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any, TypeVar
 
 _MISSING = object()
 
@@ -53,17 +62,136 @@ class SettingError(InputError):
 
 
 class Settings:
-    """Base of every settings dataclass; subclasses pass `target="module.Class"`."""
-
-    registry: ClassVar[dict[str, type[Settings]]] = {}
-
-    def __init_subclass__(cls, target: str | None = None, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if target is not None:
-            Settings.registry[target] = cls
+    """Base of every settings dataclass (see the module docstring)."""
 
     def __post_init__(self) -> None:
         pass
+
+
+S = TypeVar("S", bound=Settings)
+R = TypeVar("R")
+
+
+def configured_by(settings: type[S]) -> Callable[[Callable[[S], R]], Callable[..., R]]:
+    """Binds a loader function `f(settings) -> R` to its settings class: the function is
+    called with the settings' arguments (as a config's `_target_` calls it), builds them (which
+    checks them) and hands them over. Its signature is the settings'."""
+
+    def bind(function: Callable[[S], R]) -> Callable[..., R]:
+        @functools.wraps(function)
+        def call(*args: Any, **kwargs: Any) -> R:
+            return function(settings(*args, **kwargs))
+
+        call.__signature__ = inspect.signature(settings).replace(
+            return_annotation=inspect.signature(function).return_annotation
+        )
+        call.settings = settings
+        return call
+
+    return bind
+
+
+# --- a `_target_`'s settings, read from its source --------------------------------------------
+
+_ROOT = (__name__, "Settings")
+_BINDER = (__name__, "configured_by")
+
+
+@functools.cache
+def _module_source(module: str) -> tuple[dict[str, ast.AST], dict[str, tuple[str, str]]] | None:
+    """A module's top-level classes and functions, and what each imported name refers to
+    ({name: (module, name)}); None when it has no Python source. Imports its parent packages
+    only (`find_spec`), never the module itself."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    with open(spec.origin, encoding="utf-8") as file:
+        tree = ast.parse(file.read(), spec.origin)
+    package = module if spec.submodule_search_locations is not None else module.rpartition(".")[0]
+    definitions, imports = {}, {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef):
+            definitions[node.name] = node
+        elif isinstance(node, ast.ImportFrom):
+            source = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            for alias in node.names:
+                imports[alias.asname or alias.name] = (source, alias.name)
+    return definitions, imports
+
+
+def _is_settings_module(module: str) -> bool:
+    """Whether a module defines a class deriving from `Settings` itself (then it holds settings
+    and imports nothing heavy)."""
+    found = _module_source(module)
+    return found is not None and any(
+        isinstance(node, ast.ClassDef) and _ROOT in (_where(module, base) for base in node.bases)
+        for node in found[0].values()
+    )
+
+
+def _where(module: str, expression: ast.expr) -> tuple[str, str] | None:
+    """(module, name) of a class named in `module` by a plain or imported name."""
+    if not isinstance(expression, ast.Name):
+        return None
+    found = _module_source(module)
+    if found is None:
+        return None
+    definitions, imports = found
+    if expression.id in definitions:
+        return module, expression.id
+    return imports.get(expression.id)
+
+
+@functools.cache
+def _settings_of(module: str, name: str) -> tuple[str, str] | None:
+    """(module, name) of the settings class of `module.name` (see `settings_class`)."""
+    if (module, name) == _ROOT:
+        return _ROOT
+    found = _module_source(module)
+    if found is None:
+        return None
+    definitions, imports = found
+    node = definitions.get(name)
+    if node is None:  # re-exported from another module
+        return _settings_of(*imports[name]) if name in imports else None
+    if isinstance(node, ast.FunctionDef):
+        bindings = [
+            d for d in node.decorator_list if isinstance(d, ast.Call) and _where(module, d.func) == _BINDER
+        ]
+        where = _where(module, bindings[0].args[0]) if bindings and bindings[0].args else None
+        return _settings_of(*where) if where else None
+    # a class named like the base it imports (`class SAE(SAE)`) derives from the import
+    bases = [
+        imports.get(base.id) if (where := _where(module, base)) == (module, name) else where
+        for base in node.bases
+    ]
+    of_bases = [settings for base in bases if base and (settings := _settings_of(*base))]
+    if not of_bases:
+        return None
+    if _ROOT in of_bases or _is_settings_module(module):
+        return module, name
+    classes = {where: getattr(importlib.import_module(where[0]), where[1]) for where in of_bases}
+    derived = [where for where, cls in classes.items() if all(issubclass(cls, c) for c in classes.values())]
+    if not derived:
+        raise TypeError(f"{module}.{name} derives from unrelated settings classes: {sorted(classes)}")
+    return derived[0]
+
+
+def settings_class(target: str) -> type[Settings] | None:
+    """The settings class of a config's `_target_` ("module.Name"), or None when it has none
+    (a function, a class of one's own that declares no settings). Read from the target's own
+    statement, without importing its module: a class in a settings module is its own settings
+    (`class CyclicSchedule(Settings)`); any other class's are the most derived settings among
+    its bases (`class Linear(OneShotMerge, LinearSettings)`: `LinearSettings`); a function's,
+    those of its `@configured_by(...)`. Only the settings' module is imported."""
+    module, _, name = target.rpartition(".")
+    found = _settings_of(module, name) if module else None
+    if found is None or found == _ROOT:
+        return None
+    return getattr(importlib.import_module(found[0]), found[1])
 
 
 def bare(function: Callable | None) -> Callable | None:
