@@ -131,14 +131,14 @@ def test_resume_equals_uninterrupted(runs, method, where, tmp_path, monkeypatch)
     _, uninterrupted = runs[method]
     target = {"pso": PSO, "m2n2": M2N2}[method]
     if where == "step start":
-        original = target.step
+        original = target.ask
 
         def crash(self, ctx, state, generation):
             if generation == 2:
                 raise KeyboardInterrupt
             return original(self, ctx, state, generation)
 
-        monkeypatch.setattr(target, "step", crash)
+        monkeypatch.setattr(target, "ask", crash)
     else:
         original = IndividualStore.save
         saves = []
