@@ -209,7 +209,8 @@ class PSO(PSOSettings, Strategy):
     def candidates(self, ctx: RunContext, state: PSOState) -> tuple[list[Member], Sample]:
         """What the final choice compares: the personal bests, the global best first (so under
         `last_draw` the result is the final global best, the paper's), and the last draw."""
-        order = [state.leader] + [i for i in range(len(state.particles)) if i != state.leader]
+        order = [i for i in range(len(state.particles)) if i != state.leader]
+        order = [state.leader, *order] if state.particles else []
         members = list({state.particles[i].best.ident: state.particles[i].best for i in order}.values())
         return members, ctx.generation_sample(max(state.generation, 0), self.redraw_opt)
 

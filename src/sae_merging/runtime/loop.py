@@ -18,8 +18,11 @@ reserve what the final choice will score (`selection_cost` of the current candid
 choice's examples for every new candidate, which may join them). Candidates are made in order
 while their price fits; the method is told those that were (a prefix) and asked nothing more:
 the search is over, with at most N examples scored, search and choice together, and less than
-one candidate's price left unspent. A generation left unfinished writes no metrics line; its
-state is checkpointed as spent, so a resumed run goes straight to the choice.
+one candidate's price left unspent (plus the reserve for the candidates of that round that did
+not join). A generation the method finished with what it was told (SAE's children, PSO's
+moves: a round told in part) is recorded as usual; one left unfinished (M2N2 between its
+children) writes no metrics line. Either way the checkpoint marks the search spent, so a
+resumed run goes straight to the choice.
 """
 
 from __future__ import annotations
@@ -164,25 +167,30 @@ def run_search(
             break
         before = ctx.fitness.counters.examples_scored
         state, spent = run_generation(method, ctx, state, generation, pricing)
-        if spent:
-            if generation == 0:
-                raise ConfigError(
-                    [
-                        f"budget.examples={budget}: is below what generation 0 and the final choice "
-                        "alone score; raise it"
-                    ]
-                )
+        if spent and generation == 0:
+            raise ConfigError(
+                [
+                    f"budget.examples={budget}: is below what generation 0 and the final choice alone "
+                    "score; raise it"
+                ]
+            )
+        if state.generation < generation:  # cut short before the method finished it: no line
             _forget_others(ctx, state)
             writer.save(state, new_generation=False, spent=True)  # a resumed run goes to the choice
             break
-        if budget is not None and generation > 0 and ctx.fitness.counters.examples_scored == before:
+        if (
+            not spent
+            and budget is not None
+            and generation > 0
+            and ctx.fitness.counters.examples_scored == before
+        ):
             raise ConfigError(
                 [
                     f"{method.name} generation {generation} scored no new example: budget.examples={budget} "
                     "would never be reached"
                 ]
             )
-        record = _finish_generation(ctx, state, writer, metrics, log, generation)
+        record = _finish_generation(ctx, state, writer, metrics, log, generation, spent)
         bar.set_postfix(best=f"{record.get('best/score', 0):.3f}", evals=record["evaluations"])
         bar.update()
     bar.close()
@@ -247,7 +255,9 @@ def _answer(ctx: RunContext, ask: Ask, pricing: Budget, state) -> tuple[Told | N
     return Told(scores, made), True
 
 
-def _finish_generation(ctx, state, writer: Checkpointer, metrics: MetricsFile, log, generation: int) -> dict:
+def _finish_generation(
+    ctx, state, writer: Checkpointer, metrics: MetricsFile, log, generation: int, spent: bool = False
+) -> dict:
     """Checkpoint first (its metrics record included), then delete the individuals neither it
     nor the previous checkpoint needs, then log: whatever is interrupted, both checkpoints on
     disk point at individuals that exist."""
@@ -263,7 +273,7 @@ def _finish_generation(ctx, state, writer: Checkpointer, metrics: MetricsFile, l
     }
     writer.records.append(record)
     _forget_others(ctx, state)
-    writer.save(state)
+    writer.save(state, spent=spent)
     previous = _previous_members(ctx)
     for ident in ctx.store.idents():
         if ident not in previous and ident not in {m.ident for m in state.members}:
