@@ -210,7 +210,7 @@ class SAE(SAESettings, Archive):
 
     def _bind(self, ctx: RunContext) -> None:
         """pruner.target=task_vector measures against the base: bind it once per run (also when
-        a run resumes and `initialize` is skipped), tensor by tensor when models stream."""
+        a run resumes after generation 0), tensor by tensor when models stream."""
         if self.pruner.needs_base and self.pruner.base is None:
             base = self.recipe.parent(ctx.base_tensors(self.name), ctx.expert_nbytes())
             self.pruner = self.pruner.with_base(base)

@@ -194,8 +194,12 @@ def run_search(
         bar.set_postfix(best=f"{record.get('best/score', 0):.3f}", evals=record["evaluations"])
         bar.update()
     bar.close()
-    members, last = method.candidates(ctx, state)
-    outcome = select(ctx, members, last)
+    return choose(method, ctx, state)
+
+
+def choose(method: Method, ctx: RunContext, state) -> Outcome:
+    """The final choice: the method's candidates compared by the rule `ctx.selection`."""
+    outcome = select(ctx, *method.candidates(ctx, state))
     outcome.details = method.details(state, outcome.member)
     return outcome
 
