@@ -91,8 +91,6 @@ class OneShotMerge(OneShotSettings, Strategy):
 
     def tell(self, ctx: RunContext, state: GridState, ask: Ask, told: Told) -> GridState:
         """Keep the point if it is the best so far (the earlier one on a tie)."""
-        if not told.made:
-            return state
         member = told.made[0]
         scores = told[member]
         point = {"scaling_factor": member.extra["scaling_factor"], "score": scores.mean}

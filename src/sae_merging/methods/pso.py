@@ -57,7 +57,8 @@ from sae_merging.methods.base import Strategy
 from sae_merging.methods.settings import PSOSettings
 from sae_merging.runtime.context import Ask, Candidate, Member, RunContext, Sample, Told
 
-POSITIONS, RESCORED = "positions", "rescored"  # the notes of generation 0's and a step's first rounds
+# the notes of generation 0's two rounds and of a step's re-scoring round
+POSITIONS, VELOCITIES, RESCORED = "positions", "velocities", "rescored"
 
 Coefficient = float | torch.Tensor
 
@@ -169,14 +170,14 @@ class PSO(PSOSettings, Strategy):
         if generation == 0:
             if "positions" not in state.pending:
                 return Ask(sample, new=self._initial_positions(ctx), note=POSITIONS)
-            positions, rms = state.pending["positions"], []
+            positions, rms = state.pending["positions"], state.pending.setdefault("rms", [])
             velocities = [
                 Candidate(
                     Member(f"v{i}-g000", origin="velocity"), self._velocity(ctx, positions, i, rms), False
                 )
                 for i in range(len(positions))
             ]
-            return Ask(sample, new=velocities, note=rms)
+            return Ask(sample, new=velocities, note=VELOCITIES)
         if self.redraw_opt and "rescored" not in state.pending:
             return Ask(sample, again=[p.best for p in state.particles], note=RESCORED)
         return self._moves(ctx, state, generation, sample)
@@ -192,8 +193,8 @@ class PSO(PSOSettings, Strategy):
                 particle.best_score, particle.best_accuracy = scores.mean, scores.task_accuracy()
             state.leader = self._leader(state)
             state.pending["rescored"] = True
-        elif isinstance(ask.note, list):  # the velocities: generation 0 is complete
-            positions, scores = state.pending.pop("positions"), state.pending.pop("scores")
+        elif ask.note == VELOCITIES:  # generation 0 is complete
+            positions, scores = state.pending["positions"], state.pending["scores"]
             for position, velocity in zip(positions, told.made, strict=True):
                 first = scores[position.ident]
                 state.particles.append(
@@ -201,7 +202,10 @@ class PSO(PSOSettings, Strategy):
                 )
             state.leader = self._leader(state)
             state.generation = 0
-            state.metrics = self._summary(state, [p.best_score for p in state.particles], ask.note)
+            state.metrics = self._summary(
+                state, [p.best_score for p in state.particles], state.pending["rms"]
+            )
+            state.pending = {}
         else:
             self._moved(state, ask, told)
         return state
@@ -397,19 +401,28 @@ class MoveRound:
     rms: list[float]  # each moved particle's velocity RMS (metrics)
 
 
+@dataclass
 class Move:
     """One particle's PSO move, made once for its two individuals: the position (scored) and
     the velocity (stored); the step's global best is read once, by the first move made."""
 
-    def __init__(self, pso, ctx, state, particle, global_best, leader, generation, index, rms) -> None:
-        self.args = (pso, ctx, state, particle, global_best, leader, generation, index)
-        self.rms, self.velocity_tensors = rms, None
+    pso: PSO
+    ctx: RunContext
+    state: PSOState
+    particle: Particle
+    global_best: dict[str, torch.Tensor]  # shared by the step's moves, filled on first use
+    leader: str
+    generation: int
+    index: int
+    rms: list[float]  # each move's velocity RMS, in order (metrics)
+    velocity_tensors: dict[str, torch.Tensor] | None = None
 
     def position(self) -> dict[str, torch.Tensor]:
-        pso, ctx, state, particle, global_best, leader, generation, index = self.args
-        if not global_best:
-            global_best.update(ctx.store.load(leader))
-        x, self.velocity_tensors = pso._move(ctx, state, particle, global_best, generation, index)
+        if not self.global_best:
+            self.global_best.update(self.ctx.store.load(self.leader))
+        x, self.velocity_tensors = self.pso._move(
+            self.ctx, self.state, self.particle, self.global_best, self.generation, self.index
+        )
         self.rms.append(_rms(self.velocity_tensors))
         return x
 

@@ -27,7 +27,7 @@ from sae_merging.merging.child import Child, ChildRecipe, Pruned
 from sae_merging.methods.archive import RESCORED, Archive
 from sae_merging.methods.settings import SAESettings
 from sae_merging.methods.sharing import shared_scores
-from sae_merging.runtime.context import Ask, Candidate, Member, PopulationState, RunContext, Sample, Told
+from sae_merging.runtime.context import Ask, Candidate, Member, PopulationState, RunContext, Told
 from sae_merging.runtime.fitness import Scores
 
 Span = tuple[float, float] | None  # the archive's (min, max) S under sparsity_scale=archive
@@ -75,7 +75,7 @@ class SAE(SAESettings, Archive):
             state.pending["scores"] = dict(told.scores)
         elif ask.note is None:  # generation 0
             state.members = list(told.made)
-            state.metrics = self._summary(ctx, state, ask.sample, None, [], told.scores)
+            state.metrics = self._summary(state, None, [], told.scores)
             state.generation = 0
         else:
             self._compete(ctx, state, ask, told)
@@ -94,7 +94,7 @@ class SAE(SAESettings, Archive):
         for child, record in zip(told.made, records, strict=False):
             record["accepted"] = self.admit(state, child, scores) is not child
         state.generation = round_.generation
-        state.metrics = self._summary(ctx, state, ask.sample, round_.rate, records, scores)
+        state.metrics = self._summary(state, round_.rate, records, scores)
 
     def _founders(self, ctx: RunContext, state: SAEState) -> list[Candidate]:
         """Each expert, streamed from its file, then its variants pruned at rates evenly spaced
@@ -304,11 +304,10 @@ class SAE(SAESettings, Archive):
 
         return ratios
 
-    def _summary(self, ctx, state, sample: Sample, rate, pairs, scores=None) -> dict[str, Any]:
+    def _summary(self, state: SAEState, rate, pairs, scores: Mapping[str, Scores]) -> dict[str, Any]:
         """The generation's line of metrics.jsonl, with the mechanism's diagnostics: every
         mixing ratio (`ratio/values`, a W&B histogram) and its quantiles, each pair's p, omega,
         child and child-minus-parent fitness (`pairs`), the experts still in the archive."""
-        scores = scores or {m.ident: ctx.score(m, sample) for m in state.members}
         span = self.span(state.members)
         fitness = [self.fitness(scores[m.ident], m, span) for m in state.members]
         best = max(state.members, key=lambda m: scores[m.ident].mean)

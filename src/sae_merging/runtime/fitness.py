@@ -135,6 +135,11 @@ class FitnessEvaluator:
                 self.counters.examples_scored += len(todo)
         return Scores({name: [known[e.uid] for e in examples] for name, (_, examples) in samples.items()})
 
+    def uncached(self, ident: str, samples: Mapping[str, tuple[TaskData, Sequence[Example]]]) -> int:
+        """How many examples scoring `ident` on `samples` would compute (the rest are cached)."""
+        known = self.cache.get(ident, {})
+        return sum(e.uid not in known for _, examples in samples.values() for e in examples)
+
     def forget(self, ident: str) -> None:
         """Drop the cache of an individual that left the archive."""
         self.cache.pop(ident, None)

@@ -12,8 +12,9 @@ generation: draws depend only on (seed, generation), the fitness cache comes bac
 state, so the resumed run computes exactly what an uninterrupted one would.
 
 With an example budget (`budget.examples=N`) the loop ignores the method's step count (unless
-it has `fixed_steps`, a grid) and prices every round before making anything: re-scoring
-individuals costs their uncached examples, a new candidate its sample's examples. It keeps in
+it has `fixed_steps`, a grid) and prices what it is asked before doing it: re-scoring
+individuals costs their uncached examples (all of them or none are scored), a new candidate
+its sample's examples. It keeps in
 reserve what the final choice will score (`selection_cost` of the current candidates, plus the
 choice's examples for every new candidate, which may join them). Candidates are made in order
 while their price fits; the method is told those that were (a prefix) and asked nothing more:
@@ -113,10 +114,7 @@ class Budget:
 
     def uncached(self, ident: str, sample: Sample) -> int:
         """The examples of `sample` scoring `ident` computes (0 without a budget: not priced)."""
-        if self.examples is None:
-            return 0
-        known = self.ctx.fitness.cache.get(ident, {})
-        return sum(e.uid not in known for _, examples in sample.values() for e in examples)
+        return 0 if self.examples is None else self.ctx.fitness.uncached(ident, sample)
 
     def joining(self, state, sample: Sample) -> int:
         """What choosing among the candidates costs more for a new one scored on `sample`: the
@@ -225,7 +223,7 @@ def run_generation(method: Method, ctx: RunContext, state, generation: int, pric
     while state.generation < generation:
         ask = method.ask(ctx, state, generation)
         told, complete = _answer(ctx, ask, pricing, state)
-        if told is None or (not complete and generation == 0):  # (an unfinished start is an error)
+        if not complete and (not told.made or generation == 0):  # nothing new to tell (or no start)
             return state, True
         state = method.tell(ctx, state, ask, told)
         if not complete:
@@ -233,14 +231,14 @@ def run_generation(method: Method, ctx: RunContext, state, generation: int, pric
     return state, False
 
 
-def _answer(ctx: RunContext, ask: Ask, pricing: Budget, state) -> tuple[Told | None, bool]:
+def _answer(ctx: RunContext, ask: Ask, pricing: Budget, state) -> tuple[Told, bool]:
     """Score `ask.again`, then make, store and score `ask.new` in order while the budget
-    allows: (None, False) when even the re-scoring does not fit, else (what was told, whether
-    every candidate was made)."""
+    allows: (what to tell, whether everything asked for was done); nothing is scored when even
+    the re-scoring does not fit."""
     room = pricing.room(state)
     price = sum(pricing.uncached(ident, ask.sample) for ident in {m.ident for m in ask.again})
     if price > room:
-        return None, False
+        return Told({}, []), False
     scores = {m.ident: ctx.score(m, ask.sample) for m in ask.again}
     room -= price
     made = []
