@@ -1,6 +1,6 @@
 """The one interface of a merging method: ask for candidates, be told their scores.
 
-A method is a strategy over an explicit state (evosax's ask/tell). Each generation is one or
+A method is an ask/tell strategy over an explicit state. Each generation is one or
 more rounds: `ask(ctx, state, generation)` returns an `Ask` (individuals to score again, and
 new candidates as recipes: parents, weights, prune rates, whatever builds them), the loop
 makes, stores and scores them, and `tell(ctx, state, ask, told)` updates the state; the method

@@ -157,7 +157,7 @@ class M2N2(M2N2Settings, Archive):
         split, ratio = rng.randrange(self._split_points(ctx)), rng.random()
         child = state.new_member("child", generation, parents=[a.ident, b.ident])
         child.extra = {"split": split, "ratio": ratio}
-        make = lambda: self._crossover(ctx, a, b, split, ratio)  # noqa: E731
+        make = partial(self._crossover, ctx, a, b, split, ratio)
         return Ask(self.sample_of(ctx, generation), new=[Candidate(child, make)], note=generation)
 
     def tell(self, ctx: RunContext, state: M2N2State, ask: Ask, told: Told) -> M2N2State:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -86,7 +87,7 @@ class OneShotMerge(OneShotSettings, Strategy):
         validation set)."""
         factor = self.factors[generation]
         member = Member(ident=f"grid-{generation:03d}", origin=self.name, extra={"scaling_factor": factor})
-        make = lambda: self.merge(ctx, factor)  # noqa: E731
+        make = partial(self.merge, ctx, factor)
         return Ask(choice_sample(ctx, ctx.sample(DRAW)), new=[Candidate(member, make)], note=generation)
 
     def tell(self, ctx: RunContext, state: GridState, ask: Ask, told: Told) -> GridState:
