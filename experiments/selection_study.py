@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from sae_merging.analysis.run_folders import find_runs, read_results
 from sae_merging.analysis.stats import summary
 from sae_merging.runtime import runner
-from sae_merging.runtime.loop import CHECKPOINT_FILE
+from sae_merging.runtime.loop import CHECKPOINT_FILE, choose
 from sae_merging.runtime.selection import SELECTIONS
 from sae_merging.utils.files import atomic_write_json
 
@@ -42,7 +42,7 @@ def replay(run: Path) -> dict:
     picks, tested = {}, {results["chosen"]["ident"]: results["test"]}
     for rule in SELECTIONS:
         ctx.selection = rule
-        outcome = method.best(ctx, state)
+        outcome = choose(method, ctx, state)
         ident = outcome.member.ident
         if ident not in tested:
             tensors = ctx.store.load(ident)

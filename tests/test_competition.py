@@ -13,19 +13,17 @@ from sae_merging.methods.sae import SAE
 from sae_merging.pruning.magnitude import MagnitudePruner
 from sae_merging.runtime.context import Member, PopulationState
 from sae_merging.runtime.fitness import Scores
+from sae_merging.runtime.loop import run_generation
 from sae_merging.sparsity.measures import zero_count
 from sae_merging.sparsity.scoring import SparsityScoring
 from sae_merging.utils.timing import Timer
 
 
 class Ctx(SimpleNamespace):
-    """The parts of RunContext competition uses: `retire` records who left."""
+    """The parts of RunContext generation 0 uses."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(retired=[], timer=Timer(), device=torch.device("cpu"), **kwargs)
-
-    def retire(self, ident: str) -> None:
-        self.retired.append(ident)
+        super().__init__(timer=Timer(), device=torch.device("cpu"), **kwargs)
 
 
 def _sae(**kwargs) -> SAE:
@@ -59,9 +57,8 @@ def test_sae_child_joins_while_the_archive_has_room():
     sae = _sae(archive_size=3)
     members, scores = _archive({"a": [1, 0], "b": [0, 0], "c": [0, 0]})
     state = PopulationState(1, members[:2])
-    ctx = Ctx()
-    sae._compete(ctx, state, members[2], scores)
-    assert [m.ident for m in state.members] == ["a", "b", "c"] and ctx.retired == []
+    left = sae.admit(state, members[2], scores)
+    assert [m.ident for m in state.members] == ["a", "b", "c"] and left is None
 
 
 def test_sae_worst_competition_replaces_the_least_fit_in_its_place():
@@ -70,10 +67,10 @@ def test_sae_worst_competition_replaces_the_least_fit_in_its_place():
     sae = _sae(archive_size=3, sparsity_weight=0.1)
     correct = {"a": [1, 1, 0, 0], "b": [1, 0, 0, 0], "c": [1, 1, 1, 0], "child": [0, 0, 1, 1]}
     members, scores = _archive(correct, {"b": 0.2, "child": 0.3})
-    state, ctx = PopulationState(1, members[:3]), Ctx()
-    sae._compete(ctx, state, members[3], scores)
+    state = PopulationState(1, members[:3])
+    left = sae.admit(state, members[3], scores)
     assert [m.ident for m in state.members] == ["a", "child", "c"]
-    assert ctx.retired == ["b"]
+    assert left.ident == "b"
 
 
 def test_sae_worst_competition_keeps_the_incumbent_on_a_tie():
@@ -81,10 +78,10 @@ def test_sae_worst_competition_keeps_the_incumbent_on_a_tie():
     sae = _sae(archive_size=3, sparsity_weight=0.1)
     correct = {"a": [1, 1, 0, 0], "b": [1, 0, 0, 0], "c": [1, 1, 1, 0], "child": [0, 0, 0, 1]}
     members, scores = _archive(correct, {"b": 0.2, "child": 0.2})
-    state, ctx = PopulationState(1, members[:3]), Ctx()
-    sae._compete(ctx, state, members[3], scores)
+    state = PopulationState(1, members[:3])
+    left = sae.admit(state, members[3], scores)
     assert [m.ident for m in state.members] == ["a", "b", "c"]
-    assert ctx.retired == ["child"]
+    assert left.ident == "child"
 
 
 # a and b solve the same examples; c solves example 2 alone; the child solves example 3 alone.
@@ -96,31 +93,31 @@ SHARING = {"a": [1, 1, 0, 0], "b": [1, 1, 0, 0], "c": [1, 0, 1, 0], "child": [0,
 def test_sae_shared_competition_keeps_the_child_that_solves_what_nobody_else_does():
     sae = _sae(archive_size=3, competition="shared", sparsity_weight=0.1)
     members, scores = _archive(SHARING)
-    state, ctx = PopulationState(1, members[:3]), Ctx()
-    sae._compete(ctx, state, members[3], scores)
+    state = PopulationState(1, members[:3])
+    left = sae.admit(state, members[3], scores)
     assert [m.ident for m in state.members] == ["child", "b", "c"]  # a, b tie at 0.833: a (first) goes
-    assert ctx.retired == ["a"]
+    assert left.ident == "a"
     # the same archive under `worst`: the child is the least accurate and leaves
     members, scores = _archive(SHARING)
-    state, ctx = PopulationState(1, members[:3]), Ctx()
-    _sae(archive_size=3, competition="worst")._compete(ctx, state, members[3], scores)
-    assert [m.ident for m in state.members] == ["a", "b", "c"] and ctx.retired == ["child"]
+    state = PopulationState(1, members[:3])
+    left = _sae(archive_size=3, competition="worst").admit(state, members[3], scores)
+    assert [m.ident for m in state.members] == ["a", "b", "c"] and left.ident == "child"
 
 
 def test_sae_shared_competition_adds_alpha_sparsity():
     """b's sparsity 0.5 adds 0.1 * 0.5 = 0.05 to its shared 0.833: a alone is the weakest."""
     sae = _sae(archive_size=3, competition="shared", sparsity_weight=0.1)
     members, scores = _archive(SHARING, {"b": 0.5})
-    state, ctx = PopulationState(1, members[:3]), Ctx()
-    sae._compete(ctx, state, members[3], scores)
-    assert ctx.retired == ["a"]
+    state = PopulationState(1, members[:3])
+    left = sae.admit(state, members[3], scores)
+    assert left.ident == "a"
     members, scores = _archive(SHARING, {"a": 0.5})
-    state, ctx = PopulationState(1, members[:3]), Ctx()
-    sae._compete(ctx, state, members[3], scores)
-    assert [m.ident for m in state.members] == ["a", "child", "c"] and ctx.retired == ["b"]
+    state = PopulationState(1, members[:3])
+    left = sae.admit(state, members[3], scores)
+    assert [m.ident for m in state.members] == ["a", "child", "c"] and left.ident == "b"
 
 
-def test_sae_initialize_holds_the_experts_and_their_pruned_variants(tmp_path):
+def test_sae_generation_0_holds_the_experts_and_their_pruned_variants(tmp_path):
     """Two experts, two variants each at rates evenly spaced over the schedule's range (0.1 and
     0.6): six members in order, each variant pruned to exactly its rate (zero-count sparsity)."""
     from sae_merging.runtime.store import IndividualStore
@@ -138,7 +135,8 @@ def test_sae_initialize_holds_the_experts_and_their_pruned_variants(tmp_path):
         score=lambda member, sample: Scores({"t": [True]}),
     )
     sae = _sae(archive_size=6, n_sparse_variants=2)
-    state = sae.initialize(ctx)
+    state, spent = run_generation(sae, ctx, sae.init(ctx), 0)
+    assert not spent
     assert [(m.ident, m.origin, m.rate) for m in state.members] == [
         ("g000-0000", "expert:math", 0.0),
         ("g000-0001", "variant:math", 0.1),
@@ -162,23 +160,21 @@ def test_sae_initialize_holds_the_experts_and_their_pruned_variants(tmp_path):
 def test_m2n2_competition_by_shared_fitness():
     """The same archive: M2N2 keeps the child (shared fitness 1 > a's 0.833). A child that
     solves only what a and b solve ties with them at 1/4 + 1/3 = 0.583 and leaves (a newcomer
-    loses ties). The scores of whoever left are dropped."""
+    loses ties)."""
     m2n2 = M2N2(archive_size=3, alpha=1.0)
     members, scores = _archive(SHARING)
-    state, ctx = PopulationState(1, members[:3]), Ctx()
-    assert m2n2._compete(ctx, state, members[3], scores) == 1
-    assert [m.ident for m in state.members] == ["child", "b", "c"] and ctx.retired == ["a"]
-    assert "a" not in scores
+    state = PopulationState(1, members[:3])
+    left = m2n2.admit(state, members[3], scores)
+    assert [m.ident for m in state.members] == ["child", "b", "c"] and left.ident == "a"
     members, scores = _archive({**SHARING, "child": [1, 1, 0, 0]})
-    state, ctx = PopulationState(1, members[:3]), Ctx()
-    assert m2n2._compete(ctx, state, members[3], scores) == 0
-    assert [m.ident for m in state.members] == ["a", "b", "c"] and ctx.retired == ["child"]
-    assert "child" not in scores
+    state = PopulationState(1, members[:3])
+    left = m2n2.admit(state, members[3], scores)
+    assert [m.ident for m in state.members] == ["a", "b", "c"] and left.ident == "child"
 
 
 def test_m2n2_child_joins_while_the_archive_has_room():
     m2n2 = M2N2(archive_size=4)
     members, scores = _archive(SHARING)
-    state, ctx = PopulationState(1, members[:3]), Ctx()
-    assert m2n2._compete(ctx, state, members[3], scores) == 1
-    assert len(state.members) == 4 and ctx.retired == []
+    state = PopulationState(1, members[:3])
+    left = m2n2.admit(state, members[3], scores)
+    assert len(state.members) == 4 and left is None

@@ -35,19 +35,21 @@ def budget_runs(tmp_path_factory, micro_lab) -> dict[str, tuple[Path, dict]]:
 
 
 @pytest.mark.slow
-def test_budget_is_spent_exactly_by_every_search(budget_runs, micro_lab):
-    """sae, pso, m2n2 and sae_dense at one budget each score exactly the budget, search and
-    validation choice together: the search stops midway through a generation (past its own
-    step count if need be), drops it, and the choice scores the last finished generation's
-    candidates on the validation split."""
+def test_budget_is_never_passed_and_almost_spent_by_every_search(budget_runs, micro_lab):
+    """sae, pso, m2n2 and sae_dense at one budget each score at most the budget, search and
+    validation choice together, and leave less than two candidates' price unspent (one that
+    did not fit, plus the choice's reserve for the candidates of the last round): the loop
+    prices every candidate before making it, runs past the method's own step count if need
+    be, and the choice scores the candidates on the validation split."""
     validation = sum(round(0.25 * len(t.split("opt"))) for t in micro_lab.tasks())
+    draw = 16 + 20  # the smoke experiment's optimization sample (task.opt_size)
     for method, (folder, results) in budget_runs.items():
-        assert results["examples_scored"] == BUDGET, method
+        assert BUDGET - 2 * (draw + validation) < results["examples_scored"] <= BUDGET, method
         assert results["budget"] == {"examples": BUDGET}
         lines = _metrics(folder)
         assert results["generations"] == lines[-1]["generation"]
         search = results["examples_scored"] - results["selection_examples_scored"]
-        assert lines[-1]["examples_scored"] < search, method  # the dropped generation's scoring counts
+        assert lines[-1]["examples_scored"] <= search, method  # an unfinished generation's scoring counts
         chosen_among = results["selection_examples_scored"] / validation
         assert chosen_among == int(chosen_among) >= 2, method  # every candidate, all of validation
     assert budget_runs["m2n2"][1]["generations"] > 2  # ran past the smoke experiment's 2 steps

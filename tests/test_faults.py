@@ -228,7 +228,7 @@ def interrupted(tmp_path, micro_lab, monkeypatch) -> Path:
     from sae_merging.methods.sae import SAE
     from sae_merging.runtime import runner
 
-    original = SAE.step
+    original = SAE.ask
 
     def stop_at_generation_3(self, ctx, state, generation):
         if generation == 3:
@@ -236,7 +236,7 @@ def interrupted(tmp_path, micro_lab, monkeypatch) -> Path:
         return original(self, ctx, state, generation)
 
     with monkeypatch.context() as patch:
-        patch.setattr(SAE, "step", stop_at_generation_3)
+        patch.setattr(SAE, "ask", stop_at_generation_3)
         with pytest.raises(KeyboardInterrupt):
             runner.run(compose_config(SMOKE), tmp_path / "run")
     return tmp_path / "run"

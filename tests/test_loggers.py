@@ -77,7 +77,7 @@ def test_finish_is_called_when_the_run_fails(fake_wandb, tmp_path, micro_lab, mo
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "run_generations", interrupted)
+    monkeypatch.setattr(runner, "run_search", interrupted)
     cfg = compose_config(["experiment=smoke", "logger=wandb"])
     with pytest.raises(KeyboardInterrupt):
         runner.run(cfg, Path(tmp_path) / "run")

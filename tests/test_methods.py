@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from sae_merging.methods.m2n2 import M2N2
 from sae_merging.methods.pso import PSO
+from sae_merging.methods.sae import SAE
 from sae_merging.runtime import runner
 from sae_merging.runtime.store import IndividualStore
 
@@ -121,24 +122,25 @@ def test_redrawn_samples_are_scored_too(tmp_path, micro_lab):
 
 
 # stored individuals before the crash: PSO stores 5 positions + 5 velocities per step, M2N2 one
-# child at a time after its 2 experts; both crash inside step 2, after part of it is on disk
-CRASH_AFTER_SAVES = {"pso": 24, "m2n2": 5}
+# child at a time after its 2 experts, SAE 2 children per generation after its 4 founders; each
+# crashes inside step 2, after part of it is on disk (SAE's after the archive was re-scored)
+CRASH_AFTER_SAVES = {"pso": 24, "m2n2": 5, "sae": 7}
 
 
-@pytest.mark.parametrize("method", ["pso", "m2n2"])
+@pytest.mark.parametrize("method", ["pso", "m2n2", "sae"])
 @pytest.mark.parametrize("where", ["step start", "mid-step"])
 def test_resume_equals_uninterrupted(runs, method, where, tmp_path, monkeypatch):
     _, uninterrupted = runs[method]
-    target = {"pso": PSO, "m2n2": M2N2}[method]
+    target = {"pso": PSO, "m2n2": M2N2, "sae": SAE}[method]
     if where == "step start":
-        original = target.step
+        original = target.ask
 
         def crash(self, ctx, state, generation):
             if generation == 2:
                 raise KeyboardInterrupt
             return original(self, ctx, state, generation)
 
-        monkeypatch.setattr(target, "step", crash)
+        monkeypatch.setattr(target, "ask", crash)
     else:
         original = IndividualStore.save
         saves = []

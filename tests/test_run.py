@@ -83,18 +83,18 @@ def test_resume_equals_uninterrupted(smoke_run, tmp_path, monkeypatch):
     _, uninterrupted = smoke_run
     from sae_merging.methods.sae import SAE
 
-    original = SAE.step
+    original = SAE.ask
 
     def crash_at_generation_2(self, ctx, state, generation):
         if generation == 2:
             raise KeyboardInterrupt
         return original(self, ctx, state, generation)
 
-    monkeypatch.setattr(SAE, "step", crash_at_generation_2)
+    monkeypatch.setattr(SAE, "ask", crash_at_generation_2)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, "resumed", [])
     assert not (tmp_path / "resumed" / "results.json").exists()
-    monkeypatch.setattr(SAE, "step", original)
+    monkeypatch.setattr(SAE, "ask", original)
     resumed = _run(tmp_path, "resumed", [])
     _same(uninterrupted, resumed)
     generations = [

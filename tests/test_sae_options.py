@@ -161,15 +161,12 @@ def test_elitism_and_kept_experts_are_never_replaced(elitism, keep_experts, lose
     scores = {"e": scores_of(15), "m1": scores_of(10), "m2": scores_of(11), "c": scores_of(12)}
     child = Member("c", "child", sparsity=0.6)
     state = PopulationState(1, list(members))
-    retired = []
-    ctx = SimpleNamespace(retire=retired.append)
     sae = _sae(elitism=elitism, keep_experts=keep_experts, sparsity_weight=1.0, archive_size=3)
-    assert sae._compete(ctx, state, child, scores) is True
-    assert retired == [members[loser].ident] and state.members[loser] is child
+    assert sae.admit(state, child, scores) is members[loser] and state.members[loser] is child
     # a child weaker than every unprotected member leaves
     weak = Member("w", "child")
     scores["w"] = scores_of(0)
-    assert sae._compete(ctx, state, weak, scores) is False and retired[-1] == "w"
+    assert sae.admit(state, weak, scores) is weak
 
 
 def test_elitism_must_leave_room():

@@ -1,27 +1,56 @@
-"""The interfaces of a merging method (two today; issue 24 plans one ask/tell loop).
+"""The one interface of a merging method: ask for candidates, be told their scores.
 
-- Generations: `initialize(ctx)` / `step(ctx, state, generation)` / `candidates(ctx, state)` /
-  `best(ctx, state)` and a `state_type`, the `Evolutionary` protocol of the shared generation
-  loop (`sae_merging.runtime.loop`), which adds the example budget, checkpoints, resume,
-  metrics and the progress bar. The searches (SAE, PSO, M2N2) use it, and so do the one-shot
-  merges (`one_shot.py`: one generation per point of the scaling grid).
-- One call: `run(ctx) -> Outcome` (below), for the expert controls (`expert.py`), which merge
-  nothing and need no checkpoint.
-
-The runner tells them apart by whether the method has `step`. The types they exchange are in
-`sae_merging.runtime.context`.
+A method is an ask/tell strategy over an explicit state. Each generation is one or
+more rounds: `ask(ctx, state, generation)` returns an `Ask` (individuals to score again, and
+new candidates as recipes: parents, weights, prune rates, whatever builds them), the loop
+makes, stores and scores them, and `tell(ctx, state, ask, told)` updates the state; the method
+marks a generation finished by setting `state.generation = generation`. Everything else is the
+loop's (`sae_merging.runtime.loop`): scoring and its cache, the example budget (it prices each
+candidate before making it and stops asking once the budget is spent), storing and deleting
+individuals, checkpoints and resume, metrics.jsonl, W&B, the progress bar and the final choice
+among `candidates(ctx, state)` by the selection rule (`runtime.selection`). One-shot merges ask
+once per point of their grid; the expert controls ask once. `docs/adding-a-method.md` walks
+through a new method. The types exchanged are in `sae_merging.runtime.context`.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
-from sae_merging.runtime.context import Outcome, RunContext
+from sae_merging.runtime.context import Ask, Member, PopulationState, RunContext, Sample, Told
 
 
 class Method(Protocol):
-    """A method that runs in one call (the generation loop's protocol: `runtime.loop`)."""
-
     name: str
+    steps: int  # the last generation (0: generation 0 only) when no budget runs the search
+    fixed_steps: bool  # True: `steps` holds under a budget too (a grid has as many points as it has)
+    state_type: type  # to_json() / from_json(data); fields generation, members, metrics
 
-    def run(self, ctx: RunContext) -> Outcome: ...
+    def init(self, ctx: RunContext) -> Any:
+        """The state before generation 0 (generation -1); no model work."""
+
+    def ask(self, ctx: RunContext, state: Any, generation: int) -> Ask:
+        """The next round of `generation`."""
+
+    def tell(self, ctx: RunContext, state: Any, ask: Ask, told: Told) -> Any:
+        """The state after the round; `told.made` may be a prefix of `ask.new` (budget spent)."""
+
+    def candidates(self, ctx: RunContext, state: Any) -> tuple[list[Member], Sample]:
+        """What the final choice compares, and the method's last optimization draw."""
+
+    def details(self, state: Any, chosen: Member) -> dict[str, Any]:
+        """What results.json's `details` records of the choice."""
+
+
+class Strategy:
+    """The defaults of `Method` a method may inherit: a `PopulationState`, the budget decides
+    the number of generations, no details."""
+
+    fixed_steps = False
+    state_type = PopulationState
+
+    def init(self, ctx: RunContext) -> Any:
+        return self.state_type()
+
+    def details(self, state: Any, chosen: Member) -> dict[str, Any]:
+        return {}

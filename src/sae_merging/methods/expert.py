@@ -1,41 +1,62 @@
 """Experts left unmerged: the reference rows of a table (`expert`, by index) and the "search
 helps" control (`best_expert`: the expert with the best selection score), scored like any
-method's result."""
+method's result. Each asks once, for stored copies of the experts; the loop's final choice
+(`selection=`, on draw 0 or the validation set) does the rest."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from sae_merging.methods.base import Strategy
 from sae_merging.methods.settings import BestExpertSettings, ExpertSettings
-from sae_merging.runtime.context import Member, Outcome, RunContext
-from sae_merging.runtime.selection import choice_sample, select
+from sae_merging.runtime.context import Ask, Candidate, Member, PopulationState, RunContext, Sample, Told
 
 
-def _stored_expert(ctx: RunContext, index: int) -> Member:
-    names = ctx.models.expert_names
-    member = Member(ident=f"expert-{index}", origin=f"expert:{names[index]}")
-    ctx.store.save(member.ident, ctx.expert_tensors(index))  # streamed: never held whole
-    return member
+class Experts(Strategy):
+    """Generation 0 only: copies of the experts `indices(ctx)` (streamed, never held whole),
+    stored unscored; the choice scores them."""
+
+    steps = 0
+    fixed_steps = True
+
+    def indices(self, ctx: RunContext) -> list[int]:
+        raise NotImplementedError
+
+    def ask(self, ctx: RunContext, state: PopulationState, generation: int) -> Ask:
+        names = ctx.models.expert_names
+        new = [
+            Candidate(
+                Member(f"expert-{i}", f"expert:{names[i]}"), lambda i=i: ctx.expert_tensors(i), scored=False
+            )
+            for i in self.indices(ctx)
+        ]
+        return Ask(ctx.sample(0), new=new)
+
+    def tell(self, ctx: RunContext, state: PopulationState, ask: Ask, told: Told) -> PopulationState:
+        state.members, state.generation = list(told.made), 0
+        return state
+
+    def candidates(self, ctx: RunContext, state: PopulationState) -> tuple[list[Member], Sample]:
+        return state.members, ctx.sample(0)
 
 
-class Expert(ExpertSettings):
+class Expert(ExpertSettings, Experts):
     """`index` is checked against the pool before anything is loaded (`ExpertSettings`)."""
 
-    def run(self, ctx: RunContext) -> Outcome:
-        names = ctx.models.expert_names
-        member = _stored_expert(ctx, self.index)
-        scores = ctx.score(member, choice_sample(ctx, ctx.sample(0)))
-        return Outcome(member, scores, details={"expert": names[self.index]})
+    def indices(self, ctx: RunContext) -> list[int]:
+        return [self.index]
+
+    def details(self, state: PopulationState, chosen: Member) -> dict[str, Any]:
+        return {"expert": chosen.origin.removeprefix("expert:")}
 
 
-class BestExpert(BestExpertSettings):
+class BestExpert(BestExpertSettings, Experts):
     """The expert a user would pick without merging: the best by the selection rule on
     optimization data (draw 0, or the validation set). A merge that does not beat it has not
     shown that search or merging helps."""
 
-    def run(self, ctx: RunContext) -> Outcome:
-        members = [_stored_expert(ctx, i) for i in range(len(ctx.models.expert_names))]
-        outcome = select(ctx, members, ctx.sample(0))
-        outcome.details["chosen_expert"] = outcome.member.origin.removeprefix("expert:")
-        for member in members:
-            if member.ident != outcome.member.ident:
-                ctx.store.delete(member.ident)
-        return outcome
+    def indices(self, ctx: RunContext) -> list[int]:
+        return list(range(len(ctx.models.expert_names)))
+
+    def details(self, state: PopulationState, chosen: Member) -> dict[str, Any]:
+        return {"chosen_expert": chosen.origin.removeprefix("expert:")}

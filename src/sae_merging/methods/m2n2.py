@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -41,11 +42,11 @@ import torch
 
 from sae_merging.merging import functions as merge_fns
 from sae_merging.merging.child import ChildRecipe, Pruned
+from sae_merging.methods.archive import RESCORED, Archive
 from sae_merging.methods.settings import M2N2Settings
-from sae_merging.methods.sharing import attraction, shared_matrix, weakest, weighted_index
-from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext, Sample
+from sae_merging.methods.sharing import attraction, shared_matrix, weighted_index
+from sae_merging.runtime.context import Ask, Candidate, Member, PopulationState, RunContext, Told
 from sae_merging.runtime.fitness import Scores
-from sae_merging.runtime.selection import select
 
 FLAT_MIN_SIN = 1e-6  # natural_niches' slerp: lerp where sin(angle) <= this
 
@@ -120,11 +121,9 @@ def crossover(
 M2N2State = PopulationState
 
 
-class M2N2(M2N2Settings):
+class M2N2(M2N2Settings, Archive):
     """See the module docstring. Parameters mirror `conf/method/m2n2.yaml` (checked by
-    `M2N2Settings`)."""
-
-    state_type = M2N2State
+    `M2N2Settings`); the archive and its competition: `methods.archive`."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -133,62 +132,59 @@ class M2N2(M2N2Settings):
             stream_above_gb=self.stream_parents_above_gb,
         )
 
-    # --- the generation loop's interface ---------------------------------------------------
+    # --- ask / tell (`methods.base`) -------------------------------------------------------
 
-    def initialize(self, ctx: RunContext) -> M2N2State:
-        """Generation 0: the experts."""
-        names = ctx.models.expert_names
-        state = M2N2State(generation=0)
-        for index, name in enumerate(names):
-            state.members.append(self._store(ctx, state, ctx.expert_tensors(index), f"expert:{name}", 0))
-        sample = ctx.sample(0)
-        state.metrics = self._summary(state, self._scores(ctx, state, sample), accepted=0, ratios=[])
+    def ask(self, ctx: RunContext, state: M2N2State, generation: int) -> Ask:
+        """Generation 0: the experts, scored on draw 0. Then per generation: the archive
+        re-scored on its sample, then `children_per_step` rounds of one child each (a child's
+        parents are drawn from the archive the one before it left)."""
+        if generation == 0:
+            founders = [
+                Candidate(
+                    state.new_member(f"expert:{name}", 0), lambda index=index: ctx.expert_tensors(index)
+                )
+                for index, name in enumerate(ctx.models.expert_names)
+            ]
+            return Ask(ctx.sample(0), new=founders)
+        if "scores" not in state.pending:
+            return self.rescore(ctx, state, generation)
+        scores, ratios = state.pending["scores"], state.pending["ratios"]
+        rng = ctx.rng("m2n2", generation, len(ratios))
+        shares = shared_matrix([scores[m.ident].flat() for m in state.members], self.alpha)
+        first = weighted_index(rng, [sum(row) for row in shares])
+        second = weighted_index(rng, attraction(shares, first), exclude=first)
+        a, b = state.members[first], state.members[second]
+        split, ratio = rng.randrange(self._split_points(ctx)), rng.random()
+        child = state.new_member("child", generation, parents=[a.ident, b.ident])
+        child.extra = {"split": split, "ratio": ratio}
+        make = partial(self._crossover, ctx, a, b, split, ratio)
+        return Ask(self.sample_of(ctx, generation), new=[Candidate(child, make)], note=generation)
+
+    def tell(self, ctx: RunContext, state: M2N2State, ask: Ask, told: Told) -> M2N2State:
+        if ask.note is None:  # generation 0
+            state.members = list(told.made)
+            state.metrics = self._summary(state, told.scores, accepted=0, ratios=[])
+            state.generation = 0
+        elif ask.note == RESCORED:
+            state.pending = {"scores": dict(told.scores), "ratios": [], "accepted": 0}
+        else:
+            scores, pending = state.pending["scores"], state.pending
+            for child in told.made:
+                pending["ratios"].append(child.extra["ratio"])
+                scores[child.ident] = told[child]
+                pending["accepted"] += self.admit(state, child, scores) is not child
+            if len(pending["ratios"]) == self.children_per_step:
+                state.generation = ask.note
+                state.metrics = self._summary(state, scores, pending["accepted"], pending["ratios"])
+                state.pending = {}
         return state
-
-    def step(self, ctx: RunContext, state: M2N2State, generation: int) -> M2N2State:
-        sample = ctx.generation_sample(generation, self.redraw_opt)
-        scores = self._scores(ctx, state, sample)
-        accepted, ratios = 0, []
-        for child_index in range(self.children_per_step):
-            rng = ctx.rng("m2n2", generation, child_index)
-            shares = shared_matrix([scores[m.ident].flat() for m in state.members], self.alpha)
-            first = weighted_index(rng, [sum(row) for row in shares])
-            second = weighted_index(rng, attraction(shares, first), exclude=first)
-            a, b = state.members[first], state.members[second]
-            split, ratio = rng.randrange(self._split_points(ctx)), rng.random()
-            ratios.append(ratio)
-            tensors = self._crossover(ctx, a, b, split, ratio)
-            child = self._store(ctx, state, tensors, "child", generation, [a.ident, b.ident])
-            del tensors  # stored: the child's tensors go before it is scored and the next one is made
-            child.extra = {"split": split, "ratio": ratio}
-            scores[child.ident] = ctx.score(child, sample)
-            accepted += self._compete(ctx, state, child, scores)
-        state.generation = generation
-        state.metrics = self._summary(state, scores, accepted, ratios)
-        return state
-
-    def candidates(self, ctx: RunContext, state: M2N2State) -> tuple[list[Member], Sample]:
-        """What the final choice compares: the archive, and the last optimization draw."""
-        return state.members, ctx.generation_sample(state.generation, self.redraw_opt)
-
-    def best(self, ctx: RunContext, state: M2N2State) -> Outcome:
-        """The archive member chosen by the selection rule (`selection=`)."""
-        return select(ctx, *self.candidates(ctx, state))
 
     # --- pieces ----------------------------------------------------------------------------
 
-    def _scores(self, ctx: RunContext, state: M2N2State, sample: Sample) -> dict[str, Scores]:
-        return {m.ident: ctx.score(m, sample) for m in state.members}
-
-    def _store(
-        self, ctx: RunContext, state: M2N2State, tensors, origin: str, generation: int, parents=None
-    ) -> Member:
-        member = Member(
-            f"g{generation:03d}-{state.next_id:04d}", origin, generation, parents=list(parents or [])
-        )
-        state.next_id += 1
-        ctx.store.save(member.ident, tensors)
-        return member
+    def competition_values(self, candidates: list[Member], scores: Mapping[str, Scores]) -> list[float]:
+        """The shared fitness of each candidate (computed with the newcomer among them)."""
+        shares = shared_matrix([scores[m.ident].flat() for m in candidates], self.alpha)
+        return [sum(row) for row in shares]
 
     def _split_points(self, ctx: RunContext) -> int:
         """How many places the split point can take: tensors, or entries of the flat vector."""
@@ -211,23 +207,6 @@ class M2N2(M2N2Settings):
         rule = crossover_shares(split, ratio, self.interpolation, self.split_at)
         with ctx.timer.section("merge"):  # on the run's device
             return self.recipe.on(ctx.device).make(*parents, rule).tensors
-
-    def _compete(self, ctx: RunContext, state: M2N2State, child: Member, scores: dict[str, Scores]) -> int:
-        """1 if the child entered the archive, 0 if it left."""
-        if len(state.members) < self.archive_size:
-            state.members.append(child)
-            return 1
-        candidates = state.members + [child]
-        shares = shared_matrix([scores[m.ident].flat() for m in candidates], self.alpha)
-        loser = weakest([sum(row) for row in shares])
-        if loser == len(state.members):
-            ctx.retire(child.ident)
-            scores.pop(child.ident)
-            return 0
-        ctx.retire(state.members[loser].ident)
-        scores.pop(state.members[loser].ident)
-        state.members[loser] = child
-        return 1
 
     def _summary(
         self, state: M2N2State, scores: dict[str, Scores], accepted: int, ratios: list[float]

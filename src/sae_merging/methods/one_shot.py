@@ -3,21 +3,22 @@
 Each is a pure per-tensor function (`sae_merging.merging.functions`) plus its parameters. The
 scaling factor lambda is either fixed (`scaling_factor`) or chosen from `scaling_grid` on
 optimization data (draw 0, or the validation set under `selection=validation`): every grid
-point is merged, stored and scored through `ctx.score`, so its evaluations count in the budget
-like any evolutionary method's. The grid points run as the
-generation loop's generations (point k is generation k), which gives one `metrics.jsonl` line
-per point and lets an interrupted grid search resume; only the best model so far is kept.
+point is asked for as a candidate and scored by the loop, so its evaluations count in the
+budget like any search's. Point k is generation k, which gives one `metrics.jsonl` line per
+point and lets an interrupted grid search resume; only the best model so far is kept.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 
 from sae_merging.merging import functions as merge_fns
+from sae_merging.methods.base import Strategy
 from sae_merging.methods.settings import (
     DareSettings,
     LinearSettings,
@@ -25,7 +26,7 @@ from sae_merging.methods.settings import (
     TaskArithmeticSettings,
     TiesSettings,
 )
-from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext, Sample
+from sae_merging.runtime.context import Ask, Candidate, Member, PopulationState, RunContext, Sample, Told
 from sae_merging.runtime.selection import choice_sample
 
 DRAW = 0  # the optimization draw every grid point is scored on (unless selection=validation)
@@ -44,7 +45,7 @@ class GridState(PopulationState):
     @classmethod
     def from_json(cls, data: Mapping) -> GridState:
         base = PopulationState.from_json(data)
-        return cls(base.generation, base.members, base.next_id, base.metrics, list(data["points"]))
+        return cls(base.generation, base.members, base.next_id, base.metrics, points=list(data["points"]))
 
     @property
     def best_point(self) -> dict[str, Any]:
@@ -52,7 +53,7 @@ class GridState(PopulationState):
         return max(self.points, key=lambda p: p["score"])
 
 
-class OneShotMerge(OneShotSettings):
+class OneShotMerge(OneShotSettings, Strategy):
     """A merge of the experts (and of the base, when `needs_base`) by `merge_tensor`, at a fixed
     scaling factor or at the best one of a grid. Subclasses define the per-tensor merge; their
     settings (`sae_merging.methods.settings`) check the arguments."""
@@ -79,29 +80,47 @@ class OneShotMerge(OneShotSettings):
     ) -> torch.Tensor:
         raise NotImplementedError
 
-    # --- the generation loop's interface ---------------------------------------------------
+    # --- ask / tell (`methods.base`) -------------------------------------------------------
 
-    def initialize(self, ctx: RunContext) -> GridState:
-        state = GridState(generation=0)
-        self._evaluate_point(ctx, state, 0)
-        return state
+    def ask(self, ctx: RunContext, state: GridState, generation: int) -> Ask:
+        """Grid point `generation`, merged and scored on the choice's data (draw 0, or the
+        validation set)."""
+        factor = self.factors[generation]
+        member = Member(ident=f"grid-{generation:03d}", origin=self.name, extra={"scaling_factor": factor})
+        make = partial(self.merge, ctx, factor)
+        return Ask(choice_sample(ctx, ctx.sample(DRAW)), new=[Candidate(member, make)], note=generation)
 
-    def step(self, ctx: RunContext, state: GridState, generation: int) -> GridState:
-        self._evaluate_point(ctx, state, generation)
-        state.generation = generation
+    def tell(self, ctx: RunContext, state: GridState, ask: Ask, told: Told) -> GridState:
+        """Keep the point if it is the best so far (the earlier one on a tie)."""
+        member = told.made[0]
+        scores = told[member]
+        point = {"scaling_factor": member.extra["scaling_factor"], "score": scores.mean}
+        point["accuracy"] = scores.task_accuracy()
+        state.points.append(point)
+        if state.best_point is point:
+            state.members = [member]
+        best = state.best_point
+        state.generation = ask.note
+        state.metrics = {
+            "scaling_factor": point["scaling_factor"],
+            "score": point["score"],
+            **{f"score/{task}": acc for task, acc in point["accuracy"].items()},
+            "best/scaling_factor": best["scaling_factor"],
+            "best/score": best["score"],
+            **{f"best/{task}": acc for task, acc in best["accuracy"].items()},
+            "best/ident": state.members[0].ident,
+        }
         return state
 
     def candidates(self, ctx: RunContext, state: GridState) -> tuple[list[Member], Sample]:
-        """The best grid point so far (already scored on the choice's data), and draw 0."""
+        """The best grid point (already scored on the choice's data), and draw 0."""
         return state.members, ctx.sample(DRAW)
 
-    def best(self, ctx: RunContext, state: GridState) -> Outcome:
+    def details(self, state: GridState, chosen: Member) -> dict[str, Any]:
         grid = {
             f"{p['scaling_factor']:g}": p["score"] for p in state.points if p["scaling_factor"] is not None
         }
-        details = {"scaling_factor": state.best_point["scaling_factor"], "grid": grid}
-        member = state.members[0]
-        return Outcome(member, ctx.score(member, choice_sample(ctx, ctx.sample(DRAW))), details)
+        return {"scaling_factor": state.best_point["scaling_factor"], "grid": grid}
 
     # --- pieces ----------------------------------------------------------------------------
 
@@ -116,31 +135,6 @@ class OneShotMerge(OneShotSettings):
                 )
                 for name in ctx.merge_names()
             }
-
-    def _evaluate_point(self, ctx: RunContext, state: GridState, index: int) -> None:
-        """Merge and score grid point `index`; the store keeps it only if it is the best so far."""
-        factor = self.factors[index]
-        member = Member(ident=f"grid-{index:03d}", origin=self.name, extra={"scaling_factor": factor})
-        ctx.store.save(member.ident, self.merge(ctx, factor))
-        scores = ctx.score(member, choice_sample(ctx, ctx.sample(DRAW)))
-        point = {"scaling_factor": factor, "score": scores.mean, "accuracy": scores.task_accuracy()}
-        state.points.append(point)
-        if state.best_point is point:
-            for previous in state.members:
-                ctx.retire(previous.ident)
-            state.members = [member]
-        else:
-            ctx.retire(member.ident)
-        best = state.best_point
-        state.metrics = {
-            "scaling_factor": factor,
-            "score": point["score"],
-            **{f"score/{task}": acc for task, acc in point["accuracy"].items()},
-            "best/scaling_factor": best["scaling_factor"],
-            "best/score": best["score"],
-            **{f"best/{task}": acc for task, acc in best["accuracy"].items()},
-            "best/ident": state.members[0].ident,
-        }
 
 
 class Linear(OneShotMerge, LinearSettings):

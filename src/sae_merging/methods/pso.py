@@ -53,9 +53,12 @@ from typing import Any
 import torch
 
 from sae_merging.merging import functions as merge_fns
+from sae_merging.methods.base import Strategy
 from sae_merging.methods.settings import PSOSettings
-from sae_merging.runtime.context import Member, Outcome, RunContext, Sample
-from sae_merging.runtime.selection import select
+from sae_merging.runtime.context import Ask, Candidate, Member, RunContext, Sample, Told
+
+# the notes of generation 0's two rounds and of a step's re-scoring round
+POSITIONS, VELOCITIES, RESCORED = "positions", "velocities", "rescored"
 
 Coefficient = float | torch.Tensor
 
@@ -115,11 +118,12 @@ class Particle:
 
 @dataclass
 class PSOState:
-    generation: int
+    generation: int = -1
     particles: list[Particle] = field(default_factory=list)
     leader: int = 0  # the particle whose personal best is the global best
     limits: dict[str, float] = field(default_factory=dict)  # |v| bound per tensor (`clamp`)
     metrics: dict[str, Any] = field(default_factory=dict)
+    pending: dict[str, Any] = field(default_factory=dict, repr=False)  # within a generation
 
     @property
     def members(self) -> list[Member]:
@@ -149,81 +153,105 @@ class PSOState:
         return cls(data["generation"], particles, data["leader"], dict(data["limits"]), data["metrics"])
 
 
-class PSO(PSOSettings):
+class PSO(PSOSettings, Strategy):
     """See the module docstring. Parameters mirror `conf/method/pso.yaml` (checked by
     `PSOSettings`)."""
 
     name = "pso"
     state_type = PSOState
 
-    # --- the generation loop's interface ---------------------------------------------------
+    # --- ask / tell (`methods.base`) -------------------------------------------------------
 
-    def initialize(self, ctx: RunContext) -> PSOState:
-        """The swarm: base, experts, DARE copies of the experts; velocities; first scores."""
-        state = PSOState(generation=0)
-        positions = self._initial_positions(ctx, state)
-        sample = ctx.sample(0)
-        rms = []
-        for index, position in enumerate(positions):
-            velocity = self._initial_velocity(ctx, positions, index)
-            rms.append(_rms(velocity))
-            velocity_member = Member(f"v{index}-g000", origin="velocity")
-            ctx.store.save(velocity_member.ident, velocity)
-            scores = ctx.score(position, sample)
-            state.particles.append(
-                Particle(position, velocity_member, position, scores.mean, scores.task_accuracy())
-            )
-        state.leader = self._leader(state)
-        state.metrics = self._summary(state, [p.best_score for p in state.particles], rms)
-        return state
-
-    def step(self, ctx: RunContext, state: PSOState, generation: int) -> PSOState:
+    def ask(self, ctx: RunContext, state: PSOState, generation: int) -> Ask:
+        """Generation 0: the swarm's positions (base, experts, DARE copies), scored on draw 0,
+        then their velocities. Then per step: the personal bests re-scored on a new draw
+        (`redraw_opt` only), then every particle moved (a position scored, a velocity stored)."""
         sample = ctx.generation_sample(generation, self.redraw_opt)
-        if self.redraw_opt:
+        if generation == 0:
+            if "positions" not in state.pending:
+                return Ask(sample, new=self._initial_positions(ctx), note=POSITIONS)
+            positions, rms = state.pending["positions"], state.pending.setdefault("rms", [])
+            velocities = [
+                Candidate(
+                    Member(f"v{i}-g000", origin="velocity"), self._velocity(ctx, positions, i, rms), False
+                )
+                for i in range(len(positions))
+            ]
+            return Ask(sample, new=velocities, note=VELOCITIES)
+        if self.redraw_opt and "rescored" not in state.pending:
+            return Ask(sample, again=[p.best for p in state.particles], note=RESCORED)
+        return self._moves(ctx, state, generation, sample)
+
+    def tell(self, ctx: RunContext, state: PSOState, ask: Ask, told: Told) -> PSOState:
+        if ask.note == POSITIONS:
+            state.pending = {"positions": told.made, "scores": told.scores}
+            if self.clamp is not None:
+                state.limits = self._limits(ctx)
+        elif ask.note == RESCORED:
             for particle in state.particles:
-                scores = ctx.score(particle.best, sample)
+                scores = told[particle.best]
                 particle.best_score, particle.best_accuracy = scores.mean, scores.task_accuracy()
             state.leader = self._leader(state)
-        before = {m.ident for m in state.members}
-        leader = state.global_best.best
-        global_best = ctx.store.load(leader.ident)
-        position_scores, rms = [], []
-        for index, particle in enumerate(state.particles):
-            x, v = self._move(ctx, state, particle, global_best, generation, index)
-            rms.append(_rms(v))
-            parents = [particle.position.ident, particle.best.ident, leader.ident]
-            particle.position = Member(
-                f"p{index}-g{generation:03d}", f"particle:{index}", generation, parents=parents
+            state.pending["rescored"] = True
+        elif ask.note == VELOCITIES:  # generation 0 is complete
+            positions, scores = state.pending["positions"], state.pending["scores"]
+            for position, velocity in zip(positions, told.made, strict=True):
+                first = scores[position.ident]
+                state.particles.append(
+                    Particle(position, velocity, position, first.mean, first.task_accuracy())
+                )
+            state.leader = self._leader(state)
+            state.generation = 0
+            state.metrics = self._summary(
+                state, [p.best_score for p in state.particles], state.pending["rms"]
             )
-            particle.velocity = Member(f"v{index}-g{generation:03d}", "velocity", generation)
-            ctx.store.save(particle.position.ident, x)
-            ctx.store.save(particle.velocity.ident, v)
-            del x, v
-            scores = ctx.score(particle.position, sample)
-            position_scores.append(scores.mean)
-            if scores.mean > particle.best_score:
-                particle.best, particle.best_score = particle.position, scores.mean
-                particle.best_accuracy = scores.task_accuracy()
-        state.leader = self._leader(state)
-        for ident in sorted(before - {m.ident for m in state.members}):
-            ctx.retire(ident)
-        state.generation = generation
-        state.metrics = self._summary(state, position_scores, rms)
+            state.pending = {}
+        else:
+            self._moved(state, ask, told)
         return state
 
     def candidates(self, ctx: RunContext, state: PSOState) -> tuple[list[Member], Sample]:
         """What the final choice compares: the personal bests, the global best first (so under
         `last_draw` the result is the final global best, the paper's), and the last draw."""
-        order = [state.leader] + [i for i in range(len(state.particles)) if i != state.leader]
+        order = [i for i in range(len(state.particles)) if i != state.leader]
+        order = [state.leader, *order] if state.particles else []
         members = list({state.particles[i].best.ident: state.particles[i].best for i in order}.values())
-        return members, ctx.generation_sample(state.generation, self.redraw_opt)
+        return members, ctx.generation_sample(max(state.generation, 0), self.redraw_opt)
 
-    def best(self, ctx: RunContext, state: PSOState) -> Outcome:
-        """The personal best chosen by the selection rule (`selection=`)."""
-        details = {"swarm_size": len(state.particles), "leader": state.leader}
-        return select(ctx, *self.candidates(ctx, state), details)
+    def details(self, state: PSOState, chosen: Member) -> dict[str, Any]:
+        return {"swarm_size": len(state.particles), "leader": state.leader}
 
     # --- pieces ----------------------------------------------------------------------------
+
+    def _moves(self, ctx: RunContext, state: PSOState, generation: int, sample) -> Ask:
+        """Every particle's move toward its personal best and the step's global best: its new
+        position (scored) and velocity (stored), made together."""
+        leader = state.global_best.best
+        global_best: dict[str, Any] = {}
+        moves, rms = [], []
+        for index, particle in enumerate(state.particles):
+            move = Move(self, ctx, state, particle, global_best, leader.ident, generation, index, rms)
+            parents = [particle.position.ident, particle.best.ident, leader.ident]
+            position = Member(f"p{index}-g{generation:03d}", f"particle:{index}", generation, parents=parents)
+            velocity = Member(f"v{index}-g{generation:03d}", "velocity", generation)
+            moves += [Candidate(position, move.position), Candidate(velocity, move.velocity, scored=False)]
+        return Ask(sample, new=moves, note=MoveRound(generation, rms))
+
+    def _moved(self, state: PSOState, ask: Ask, told: Told) -> None:
+        """The moved particles' positions and velocities, personal bests, the global best."""
+        position_scores = []
+        for index in range(len(told.made) // 2):
+            particle = state.particles[index]
+            particle.position, particle.velocity = told.made[2 * index], told.made[2 * index + 1]
+            scores = told[particle.position]
+            position_scores.append(scores.mean)
+            if scores.mean > particle.best_score:
+                particle.best, particle.best_score = particle.position, scores.mean
+                particle.best_accuracy = scores.task_accuracy()
+        state.leader = self._leader(state)
+        state.pending = {}
+        state.generation = ask.note.generation
+        state.metrics = self._summary(state, position_scores, ask.note.rms)
 
     def _move(
         self,
@@ -258,45 +286,54 @@ class PSO(PSOSettings):
                 )
         return x, v
 
-    def _initial_positions(self, ctx: RunContext, state: PSOState) -> list[Member]:
-        """Store the base, the experts and the DARE copies (particles in that order); note the
-        velocity limits on the way, since they need the task vectors."""
-        base = ctx.load_base(self.name)
+    def _initial_positions(self, ctx: RunContext) -> list[Candidate]:
+        """The base, the experts and the DARE copies (particles in that order); DARE copy j
+        sparsifies expert j mod K (copies cycle over the experts), each with its own seed."""
         names = ctx.models.expert_names
         head = self.head(names)
         size = self.swarm_size if self.swarm_size is not None else len(head) + len(names)
-        # DARE copy j sparsifies expert j mod K (copies cycle over the experts)
         copies = range(size - len(head))
         origins = head + [f"dare{j // len(names)}:{names[j % len(names)]}" for j in copies]
         members = [Member(f"p{i}-g000", origin) for i, origin in enumerate(origins)]
-        if self.include_base:
-            ctx.store.save(members[0].ident, base)
-        first_expert = len(head) - len(names)
+        makers = [lambda k=k: ctx.load_expert(k) for k in range(len(names))]
+        makers = ([lambda: ctx.load_base(self.name)] if self.include_base else []) + makers
+        makers += [lambda j=j: self._dare_copy(ctx, j) for j in copies]
+        return [Candidate(m, make) for m, make in zip(members, makers, strict=True)]
+
+    def _dare_copy(self, ctx: RunContext, j: int) -> dict[str, torch.Tensor]:
+        base = ctx.load_base(self.name)
+        expert = ctx.load_expert(j % len(ctx.models.expert_names))
+        with ctx.timer.section("merge"):
+            return {
+                name: merge_fns.dare(
+                    tensor, [expert[name]], 1 - self.dare_drop, 1.0, ctx.torch_generator("pso-dare", j, name)
+                )
+                for name, tensor in base.items()
+            }
+
+    def _limits(self, ctx: RunContext) -> dict[str, float]:
+        """|v| bound per tensor (`clamp`): clamp times the RMS of the experts' task vectors."""
+        base = ctx.load_base(self.name)
         squares = dict.fromkeys(base, 0.0)
+        names = ctx.models.expert_names
         for k in range(len(names)):
             expert = ctx.load_expert(k)
-            ctx.store.save(members[first_expert + k].ident, expert)
-            for j in copies[k :: len(names)]:
-                with ctx.timer.section("merge"):
-                    variant = {
-                        name: merge_fns.dare(
-                            tensor,
-                            [expert[name]],
-                            1 - self.dare_drop,
-                            1.0,
-                            ctx.torch_generator("pso-dare", j, name),
-                        )
-                        for name, tensor in base.items()
-                    }
-                ctx.store.save(members[len(head) + j].ident, variant)
             for name, tensor in base.items():
                 squares[name] += float((expert[name].float() - tensor.float()).pow(2).sum())
-        if self.clamp is not None:
-            state.limits = {
-                name: self.clamp * math.sqrt(total / (len(names) * base[name].numel()))
-                for name, total in squares.items()
-            }
-        return members
+        return {
+            name: self.clamp * math.sqrt(total / (len(names) * base[name].numel()))
+            for name, total in squares.items()
+        }
+
+    def _velocity(self, ctx: RunContext, positions: list[Member], index: int, rms: list[float]):
+        """The recipe of particle `index`'s initial velocity (its RMS noted in `rms`)."""
+
+        def make():
+            velocity = self._initial_velocity(ctx, positions, index)
+            rms.append(_rms(velocity))
+            return velocity
+
+        return make
 
     def _initial_velocity(
         self, ctx: RunContext, positions: list[Member], index: int
@@ -356,3 +393,39 @@ def _rms(tensors: Mapping[str, torch.Tensor]) -> float:
     total = sum(float(t.float().pow(2).sum()) for t in tensors.values())
     count = sum(t.numel() for t in tensors.values())
     return math.sqrt(total / count) if count else 0.0
+
+
+@dataclass
+class MoveRound:
+    generation: int
+    rms: list[float]  # each moved particle's velocity RMS (metrics)
+
+
+@dataclass
+class Move:
+    """One particle's PSO move, made once for its two individuals: the position (scored) and
+    the velocity (stored); the step's global best is read once, by the first move made."""
+
+    pso: PSO
+    ctx: RunContext
+    state: PSOState
+    particle: Particle
+    global_best: dict[str, torch.Tensor]  # shared by the step's moves, filled on first use
+    leader: str
+    generation: int
+    index: int
+    rms: list[float]  # each move's velocity RMS, in order (metrics)
+    velocity_tensors: dict[str, torch.Tensor] | None = None
+
+    def position(self) -> dict[str, torch.Tensor]:
+        if not self.global_best:
+            self.global_best.update(self.ctx.store.load(self.leader))
+        x, self.velocity_tensors = self.pso._move(
+            self.ctx, self.state, self.particle, self.global_best, self.generation, self.index
+        )
+        self.rms.append(_rms(self.velocity_tensors))
+        return x
+
+    def velocity(self) -> dict[str, torch.Tensor]:
+        velocity, self.velocity_tensors = self.velocity_tensors, None
+        return velocity

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,22 +24,32 @@ import torch
 
 from sae_merging.merging import functions as merge_fns
 from sae_merging.merging.child import Child, ChildRecipe, Pruned
+from sae_merging.methods.archive import RESCORED, Archive
 from sae_merging.methods.settings import SAESettings
 from sae_merging.methods.sharing import shared_scores
-from sae_merging.runtime.context import Member, Outcome, PopulationState, RunContext, Sample
+from sae_merging.runtime.context import Ask, Candidate, Member, PopulationState, RunContext, Told
 from sae_merging.runtime.fitness import Scores
-from sae_merging.runtime.selection import select
 
 Span = tuple[float, float] | None  # the archive's (min, max) S under sparsity_scale=archive
 
 SAEState = PopulationState
 
 
-class SAE(SAESettings):
-    """See the module docstring. Parameters mirror `conf/method/sae.yaml` (checked by
-    `SAESettings`)."""
+@dataclass
+class ChildRound:
+    """What a generation's round of children passes to `tell`: the pairs, each child's record
+    of the mechanism (metrics.jsonl's `pairs`), the schedule's rate and the archive's S span."""
 
-    state_type = SAEState
+    generation: int
+    rate: float
+    span: Span
+    pairs: list[tuple[Member, Member]]
+    records: list[dict[str, Any]]
+
+
+class SAE(SAESettings, Archive):
+    """See the module docstring. Parameters mirror `conf/method/sae.yaml` (checked by
+    `SAESettings`); the archive and its competition: `methods.archive`."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -46,33 +57,74 @@ class SAE(SAESettings):
             self.merger = merge_fns.linear
         self.recipe = ChildRecipe(self.merger, self.pruner, self.stream_parents_above_gb)
 
-    # --- the generation loop's interface ---------------------------------------------------
+    # --- ask / tell (`methods.base`) -------------------------------------------------------
 
-    def initialize(self, ctx: RunContext) -> SAEState:
-        """Generation 0: the dense experts plus their pruned variants."""
+    def ask(self, ctx: RunContext, state: SAEState, generation: int) -> Ask:
+        """Generation 0: the dense experts and their pruned variants, scored on draw 0. Then
+        per generation two rounds: the archive re-scored on the generation's sample, then one
+        child per random pair of members."""
         self._bind(ctx)
-        state = SAEState(generation=0, members=[])
+        if generation == 0:
+            return Ask(ctx.sample(0), new=self._founders(ctx, state))
+        if "scores" not in state.pending:
+            return self.rescore(ctx, state, generation)
+        return self._children(ctx, state, generation)
+
+    def tell(self, ctx: RunContext, state: SAEState, ask: Ask, told: Told) -> SAEState:
+        if ask.note == RESCORED:  # the archive's scores on this generation's sample
+            state.pending["scores"] = dict(told.scores)
+        elif ask.note is None:  # generation 0
+            state.members = list(told.made)
+            state.metrics = self._summary(state, None, [], told.scores)
+            state.generation = 0
+        else:
+            self._compete(ctx, state, ask, told)
+        return state
+
+    def _compete(self, ctx: RunContext, state: SAEState, ask: Ask, told: Told) -> None:
+        """The children made (all, or those the budget allowed) are scored against their
+        parents' fitness, then compete for places one after another."""
+        round_: ChildRound = ask.note
+        scores = state.pending.pop("scores") | told.scores
+        records = round_.records[: len(told.made)]
+        for child, record, parents in zip(told.made, records, round_.pairs, strict=False):
+            f_child = self.fitness(scores[child.ident], child, round_.span)
+            record["child"] = child.ident
+            record["gain"] = [f_child - self.fitness(scores[m.ident], m, round_.span) for m in parents]
+        for child, record in zip(told.made, records, strict=False):
+            record["accepted"] = self.admit(state, child, scores) is not child
+        state.generation = round_.generation
+        state.metrics = self._summary(state, round_.rate, records, scores)
+
+    def _founders(self, ctx: RunContext, state: SAEState) -> list[Candidate]:
+        """Each expert, streamed from its file, then its variants pruned at rates evenly spaced
+        over the schedule's range."""
         s_min, s_max = self.schedule.range
         n = self.n_sparse_variants
         rates = (
             [s_min + (s_max - s_min) * i / (n - 1) for i in range(n)] if n > 1 else [(s_min + s_max) / 2] * n
         )
+        found = []
         for index, name in enumerate(ctx.models.expert_names):
-            # streamed from the expert's file: each tensor read (and pruned) as it is stored
             dense = ctx.expert_tensors(index)
-            self._add(ctx, state, dense, origin=f"expert:{name}", rate=0.0)
+            member = state.new_member(f"expert:{name}", 0)
+            found.append(Candidate(member, self._measured(member, lambda dense=dense: (dense, None))))
             for rate in rates:
-                with ctx.timer.section("prune"):
-                    variant, plan = self.pruner.pruned(dense, rate)
-                self._add(ctx, state, variant, f"variant:{name}", rate, zero_counts=plan.zero_counts)
-        state.metrics = self._summary(ctx, state, ctx.sample(0), rate=None, pairs=[])
-        return state
+                member = state.new_member(f"variant:{name}", 0, rate=rate)
 
-    def step(self, ctx: RunContext, state: SAEState, generation: int) -> SAEState:
-        self._bind(ctx)
+                def variant(dense=dense, rate=rate):
+                    with ctx.timer.section("prune"):
+                        tensors, plan = self.pruner.pruned(dense, rate)
+                    return tensors, plan.zero_counts
+
+                found.append(Candidate(member, self._measured(member, variant)))
+        return found
+
+    def _children(self, ctx: RunContext, state: SAEState, generation: int) -> Ask:
+        """One child per random pair of the archive (ratios from the pair's scores on this
+        generation's sample), pruned to the schedule's rate."""
         rate = self.schedule.rate(generation)
-        sample = ctx.generation_sample(generation, self.redraw_opt)
-        scores = {m.ident: ctx.score(m, sample) for m in state.members}
+        scores = state.pending["scores"]
         span = self.span(state.members)
         rng = ctx.rng("pairs", generation)
         order = list(range(len(state.members)))
@@ -82,42 +134,31 @@ class SAE(SAESettings):
         ]
         dense_reference = self._original_dense(ctx) if self.redense == "original_dense" else None
         records: list[dict[str, Any]] = []
-        children: list[Member] = []
+        children: list[Candidate] = []
         for a, b in pairs:
             p_a, p_b = self.task_score(scores[a.ident]), self.task_score(scores[b.ident])
             record: dict[str, Any] = {"parents": [a.ident, b.ident], "p": [p_a, p_b]}
-            made = self._make_child(ctx, a, b, p_a, p_b, rate, dense_reference, span, record)
-            child = self._add(
-                ctx,
-                state,
-                made.tensors,
-                "child",
-                rate,
-                generation,
-                parents=[a.ident, b.ident],
-                join=False,
-                zero_counts=made.zero_counts,
-            )
-            del made  # stored: the child's tensors go before it is scored and the next one is made
-            scores[child.ident] = ctx.score(child, sample)
-            f_child = self.fitness(scores[child.ident], child, span)
-            record["child"] = child.ident
-            record["gain"] = [f_child - self.fitness(scores[m.ident], m, span) for m in (a, b)]
+            member = state.new_member("child", generation, rate=rate, parents=[a.ident, b.ident])
+
+            def child(a=a, b=b, p_a=p_a, p_b=p_b, record=record):
+                made = self._make_child(ctx, a, b, p_a, p_b, rate, dense_reference, span, record)
+                return made.tensors, made.zero_counts
+
             records.append(record)
-            children.append(child)
-        for child, record in zip(children, records, strict=True):
-            record["accepted"] = self._compete(ctx, state, child, scores)
-        state.generation = generation
-        state.metrics = self._summary(ctx, state, sample, rate, records, scores)
-        return state
+            children.append(Candidate(member, self._measured(member, child)))
+        note = ChildRound(generation, rate, span, pairs, records)
+        return Ask(self.sample_of(ctx, generation), new=children, note=note)
 
-    def candidates(self, ctx: RunContext, state: SAEState) -> tuple[list[Member], Sample]:
-        """What the final choice compares: the archive, and the last optimization draw."""
-        return state.members, ctx.generation_sample(state.generation, self.redraw_opt)
+    def _measured(self, member: Member, build):
+        """A recipe that builds `(tensors, zero_counts)` and notes the member's sparsity S (from
+        the pruning plan's zero counts when given, so the tensors are not read again)."""
 
-    def best(self, ctx: RunContext, state: SAEState) -> Outcome:
-        """The archive member chosen by the selection rule (`selection=`)."""
-        return select(ctx, *self.candidates(ctx, state))
+        def make():
+            tensors, zero_counts = build()
+            member.sparsity = self.scoring.of_model(self.pruner.targets(tensors), self.pruner, zero_counts)
+            return tensors
+
+        return make
 
     # --- pieces ----------------------------------------------------------------------------
 
@@ -145,7 +186,7 @@ class SAE(SAESettings):
         return self.task_score(scores) + self.sparsity_weight * self.scaled(member.sparsity, span)
 
     def competition_values(self, candidates: list[Member], scores: Mapping[str, Scores]) -> list[float]:
-        """What `_compete` ranks: p + alpha * S (`worst`), or the shared fitness (on p's scale,
+        """What `admit` ranks: p + alpha * S (`worst`), or the shared fitness (on p's scale,
         see `shared_scores`) + alpha * S (`shared`); S scaled over the candidates
         (`sparsity_scale`)."""
         span = self.span(candidates)
@@ -169,39 +210,11 @@ class SAE(SAESettings):
 
     def _bind(self, ctx: RunContext) -> None:
         """pruner.target=task_vector measures against the base: bind it once per run (also when
-        a run resumes and `initialize` is skipped), tensor by tensor when models stream."""
+        a run resumes after generation 0), tensor by tensor when models stream."""
         if self.pruner.needs_base and self.pruner.base is None:
             base = self.recipe.parent(ctx.base_tensors(self.name), ctx.expert_nbytes())
             self.pruner = self.pruner.with_base(base)
             self.recipe = dataclasses.replace(self.recipe, pruner=self.pruner)
-
-    def _add(
-        self,
-        ctx: RunContext,
-        state: SAEState,
-        tensors,
-        origin: str,
-        rate: float,
-        generation: int = 0,
-        parents=None,
-        join: bool = True,
-        zero_counts=None,
-    ) -> Member:
-        """Store an individual; generation-0 members join the archive, children compete first
-        (`zero_counts`: its pruning plan's, so S is measured without reading the tensors)."""
-        member = Member(
-            ident=f"g{generation:03d}-{state.next_id:04d}",
-            origin=origin,
-            generation=generation,
-            rate=rate,
-            sparsity=self.scoring.of_model(self.pruner.targets(tensors), self.pruner, zero_counts),
-            parents=list(parents or []),
-        )
-        state.next_id += 1
-        ctx.store.save(member.ident, tensors)
-        if join:
-            state.members.append(member)
-        return member
 
     def _original_dense(self, ctx: RunContext) -> Mapping[str, torch.Tensor]:
         """The uniform average of the original dense experts (the re-dense source), computed
@@ -291,31 +304,10 @@ class SAE(SAESettings):
 
         return ratios
 
-    def _compete(self, ctx: RunContext, state: SAEState, child: Member, scores: dict[str, Scores]) -> bool:
-        """The child joins while the archive has room; then it takes the place of the weakest
-        member not protected (`elitism`, `keep_experts`) if it is fitter (`worst`), or the
-        lowest shared fitness leaves (`shared`). True if the child entered."""
-        if len(state.members) < self.archive_size:
-            state.members.append(child)
-            return True
-        candidates = state.members + [child]
-        values = self.competition_values(candidates, scores)
-        protected = self.protected(state.members, scores)
-        eligible = [i for i in range(len(candidates)) if i not in protected]
-        # the child leaves on a tie: an incumbent is only replaced by a strictly fitter child
-        loser = min(eligible, key=lambda i: (values[i], i != len(candidates) - 1))
-        if loser < len(state.members):
-            ctx.retire(state.members[loser].ident)
-            state.members[loser] = child
-            return True
-        ctx.retire(child.ident)
-        return False
-
-    def _summary(self, ctx, state, sample: Sample, rate, pairs, scores=None) -> dict[str, Any]:
+    def _summary(self, state: SAEState, rate, pairs, scores: Mapping[str, Scores]) -> dict[str, Any]:
         """The generation's line of metrics.jsonl, with the mechanism's diagnostics: every
         mixing ratio (`ratio/values`, a W&B histogram) and its quantiles, each pair's p, omega,
         child and child-minus-parent fitness (`pairs`), the experts still in the archive."""
-        scores = scores or {m.ident: ctx.score(m, sample) for m in state.members}
         span = self.span(state.members)
         fitness = [self.fitness(scores[m.ident], m, span) for m in state.members]
         best = max(state.members, key=lambda m: scores[m.ident].mean)

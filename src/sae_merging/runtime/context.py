@@ -1,14 +1,15 @@
 """The shared run types: what every merging method sees (`RunContext`), the individuals it
-keeps (`Member`, `PopulationState`), the samples it scores on (`Sample`) and what it returns
-(`Outcome`). They live below the methods so that the runner and the generation loop, which
-drive methods, do not import a method's module to get them.
+keeps (`Member`, `PopulationState`), the samples it scores on (`Sample`), what it asks the loop
+for (`Ask`, `Candidate`), what the loop tells it back (`Told`) and what a run chooses
+(`Outcome`). They live below the methods so that the runner and the loop, which drive methods,
+do not import a method's module to get them.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -51,12 +52,23 @@ class Member:
 
 @dataclass
 class PopulationState:
-    """The state of archive-based methods (SAE, M2N2): what the checkpoint holds."""
+    """A method's state: what the checkpoint holds (`to_json`), written after every finished
+    generation (-1: none yet). `members` are the individuals it keeps (the loop deletes the
+    others' files); `metrics` is the finished generation's line of metrics.jsonl; `pending`
+    holds what a generation's rounds pass on to each other (never checkpointed: a generation
+    is resumed from its start)."""
 
-    generation: int
+    generation: int = -1
     members: list[Member] = field(default_factory=list)
     next_id: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
+    pending: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def new_member(self, origin: str, generation: int, **fields: Any) -> Member:
+        """A member with the next free id `gGGG-NNNN` (not yet made: see `Candidate`)."""
+        member = Member(f"g{generation:03d}-{self.next_id:04d}", origin, generation, **fields)
+        self.next_id += 1
+        return member
 
     def to_json(self) -> dict:
         return {
@@ -70,6 +82,44 @@ class PopulationState:
     def from_json(cls, data: Mapping) -> PopulationState:
         members = [Member.from_json(m) for m in data["members"]]
         return cls(data["generation"], members, data["next_id"], data["metrics"])
+
+
+Recipe = Callable[[], Mapping[str, torch.Tensor]]
+
+
+@dataclass
+class Candidate:
+    """A new individual a method asks for: `member` names it (id, origin, parents), `make`
+    builds its tensors, called by the loop only once it knows it can afford scoring them (it
+    may fill the member's measured fields, e.g. its sparsity). `scored=False`: stored only,
+    never scored (a PSO velocity)."""
+
+    member: Member
+    make: Recipe
+    scored: bool = True
+
+
+@dataclass
+class Ask:
+    """One round of a generation: score the stored individuals `again` on `sample`, then make,
+    store and score each of `new`, in order. `note`: what the method needs back in `tell`."""
+
+    sample: Sample
+    new: list[Candidate] = field(default_factory=list)
+    again: list[Member] = field(default_factory=list)
+    note: Any = None
+
+
+@dataclass
+class Told:
+    """The loop's answer to an `Ask`: the scores of every individual it scored (by id), and the
+    candidates it made: all of them, or a prefix of them when the budget ran out."""
+
+    scores: dict[str, Scores]
+    made: list[Member]
+
+    def __getitem__(self, member: Member) -> Scores:
+        return self.scores[member.ident]
 
 
 @dataclass
@@ -95,13 +145,6 @@ class RunContext:
     selection: str  # how the final model is chosen (runtime.selection; the default: RunSettings)
     timer: Timer = field(default_factory=Timer)
     progress: bool = True
-    retired: list[str] = field(default_factory=list)
-
-    def retire(self, ident: str) -> None:
-        """An individual left the population: its files go once the next checkpoint no longer
-        needs them (deleting earlier would break resuming from the previous checkpoint)."""
-        self.retired.append(ident)
-        self.fitness.forget(ident)
 
     def rng(self, *purpose: object) -> random.Random:
         """A generator determined by the seed and `purpose` only (e.g. ("pairs", generation)):

@@ -67,11 +67,6 @@ class Scores:
         return [c for task in sorted(self.correct) for c in self.correct[task]]
 
 
-class BudgetSpent(Exception):
-    """The example budget is reached: the scoring request that reached it computed what fit
-    (so the counter equals the limit exactly) and left the rest unscored."""
-
-
 @dataclass
 class FitnessCounters:
     fitness_evaluations: int = 0  # (individual, sample) scorings requested, cached or not
@@ -97,7 +92,6 @@ class FitnessEvaluator:
         self.aliases = set(tied_aliases(config))
         self.cache: dict[str, dict[str, bool]] = {}
         self.counters = FitnessCounters()
-        self.limit: int | None = None  # examples_scored may not pass it (BudgetSpent)
         self._loaded: str | None = None
 
     def load_weights(self, ident: str, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -125,26 +119,26 @@ class FitnessEvaluator:
         self, ident: str, tensors: WeightsLoader, samples: Mapping[str, tuple[TaskData, Sequence[Example]]]
     ) -> Scores:
         """Correctness of individual `ident` on each task's sample; `tensors` is called only if
-        some example is not cached yet. Under a `limit`, a request that would pass it scores
-        the examples that fit and raises BudgetSpent."""
+        some example is not cached yet (the budget is the loop's: it prices requests before
+        making them, `runtime.loop`)."""
         self.counters.fitness_evaluations += 1
         known = self.cache.setdefault(ident, {})
         if any(e.uid not in known for _, examples in samples.values() for e in examples):
             self.counters.models_scored += 1
         for task, examples in samples.values():
             todo = [e for e in examples if e.uid not in known]
-            room = None if self.limit is None else max(self.limit - self.counters.examples_scored, 0)
-            spent = room is not None and len(todo) > room
-            todo = todo[:room] if spent else todo
             if todo:
                 if self._loaded != ident:  # read the individual once, not once per task
                     self.load_weights(ident, tensors())
                 result = self.evaluator.evaluate(self.model, self.tokenizer, task, todo)
                 known.update(zip(result.uids, result.correct, strict=True))
                 self.counters.examples_scored += len(todo)
-            if spent:
-                raise BudgetSpent(f"{self.limit} examples scored")
         return Scores({name: [known[e.uid] for e in examples] for name, (_, examples) in samples.items()})
+
+    def uncached(self, ident: str, samples: Mapping[str, tuple[TaskData, Sequence[Example]]]) -> int:
+        """How many examples scoring `ident` on `samples` would compute (the rest are cached)."""
+        known = self.cache.get(ident, {})
+        return sum(e.uid not in known for _, examples in samples.values() for e in examples)
 
     def forget(self, ident: str) -> None:
         """Drop the cache of an individual that left the archive."""

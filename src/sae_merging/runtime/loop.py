@@ -1,24 +1,29 @@
-"""The generation loop shared by evolutionary methods: checkpoint, resume, metrics, progress.
+"""The loop every method runs in: ask, make, score, tell; checkpoint, resume, metrics, choice.
 
-After every generation the method's state, the fitness cache, the evaluation counters and the
-metrics records are written atomically to `checkpoint/state.json` with the checksums of its
-individuals (already on disk; see `runtime.checkpoint`). Starting a run in a folder that holds
-a checkpoint (verified by the runner first) resumes after its last finished generation: the
-generation's random draws depend only on (seed, generation), the fitness cache comes back with
-the state, so the resumed run computes exactly what an uninterrupted one would.
+A method (`sae_merging.methods.base`) asks for candidates in rounds; the loop makes each one
+(its recipe), stores it, scores it (`ctx.score`, cached per example) and tells the method the
+scores; a method marks a generation finished by setting its state's generation. After every
+finished generation the state, the fitness cache, the evaluation counters and the metrics
+records are written atomically to `checkpoint/state.json` with the checksums of its
+individuals (see `runtime.checkpoint`), the individuals no checkpoint needs any more are
+deleted, and the generation's record goes to metrics.jsonl and the logger. Starting a run in a
+folder that holds a checkpoint (verified by the runner first) resumes after its last finished
+generation: draws depend only on (seed, generation), the fitness cache comes back with the
+state, so the resumed run computes exactly what an uninterrupted one would.
 
-With an example budget (`budget.examples=N`) the loop ignores the method's own step count and
-runs generations until N (individual, example) pairs have been scored (the `examples_scored`
-counter), search and final choice together: the search may score N minus what the choice
-among the current candidates will cost (`selection_cost`: their validation examples under
-`selection=validation`, nothing under the other rules). The scoring request that reaches that
-limit scores what fits and stops the search mid-generation; the unfinished generation is
-dropped (its scoring stays counted: it was spent) and the method's state goes back to the last
-finished one, whose candidates the choice then scores. So every search method's run scores
-exactly N examples. (Exactly, when the number of candidates is the same before and after the
-last finished generation, as it is for SAE and PSO, and for M2N2 once its archive is full;
-an archive that grew in that generation adds its new members' choice cost.) Methods with a
-fixed number of steps (a grid of scaling factors) stop at their last step even below N.
+With an example budget (`budget.examples=N`) the loop ignores the method's step count (unless
+it has `fixed_steps`, a grid) and prices what it is asked before doing it: re-scoring
+individuals costs their uncached examples (all of them or none are scored), a new candidate
+its sample's examples. It keeps in
+reserve what the final choice will score (`selection_cost` of the current candidates, plus the
+choice's examples for every new candidate, which may join them). Candidates are made in order
+while their price fits; the method is told those that were (a prefix) and asked nothing more:
+the search is over, with at most N examples scored, search and choice together, and less than
+one candidate's price left unspent (plus the reserve for the candidates of that round that did
+not join). A generation the method finished with what it was told (SAE's children, PSO's
+moves: a round told in part) is recorded as usual; one left unfinished (M2N2 between its
+children) writes no metrics line. Either way the checkpoint marks the search spent, so a
+resumed run goes straight to the choice.
 """
 
 from __future__ import annotations
@@ -27,32 +32,19 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
+from sae_merging.methods.base import Method
 from sae_merging.runtime import checkpoint as checkpoints
-from sae_merging.runtime.context import Member, Outcome, RunContext, Sample
-from sae_merging.runtime.fitness import BudgetSpent
+from sae_merging.runtime.context import Ask, Outcome, RunContext, Sample, Told
 from sae_merging.runtime.outputs import METRICS_FILE
-from sae_merging.runtime.selection import selection_cost
+from sae_merging.runtime.selection import choice_sample, select, selection_cost
 from sae_merging.utils.files import atomic_write_text
 from sae_merging.utils.settings import ConfigError
 
 CHECKPOINT_FILE = checkpoints.STATE_FILE
-
-
-class Evolutionary(Protocol):
-    name: str
-    steps: int  # generations without a budget
-
-    def initialize(self, ctx: RunContext) -> Any: ...
-
-    def step(self, ctx: RunContext, state: Any, generation: int) -> Any: ...
-
-    def candidates(self, ctx: RunContext, state: Any) -> tuple[list[Member], Sample]: ...
-
-    def best(self, ctx: RunContext, state: Any) -> Outcome: ...
+SPENT = "budget_spent"  # the checkpoint's mark of a search the budget ended
 
 
 def _line(record: dict) -> str:
@@ -90,7 +82,7 @@ class Checkpointer:
         self.records: list[dict] = list((resumed or {}).get("metrics", []))
         self.forced_from = list((resumed or {}).get("forced_from", []))
 
-    def save(self, state, new_generation: bool = True) -> None:
+    def save(self, state, new_generation: bool = True, spent: bool = False) -> None:
         files = {m.ident: self.ctx.store.digest(m.ident) for m in state.members}
         body = {
             "state": state.to_json(),
@@ -101,115 +93,173 @@ class Checkpointer:
         }
         if self.forced_from:
             body["forced_from"] = self.forced_from
+        if spent:
+            body[SPENT] = True
         checkpoints.write(self.ctx.run_dir, body, new_generation)
 
 
-def run_generations(
-    method: Evolutionary,
+class Budget:
+    """The example budget of a search (None: unlimited): prices a round before it runs."""
+
+    def __init__(self, ctx: RunContext, method: Method, examples: int | None) -> None:
+        self.ctx, self.method, self.examples = ctx, method, examples
+
+    def room(self, state) -> float:
+        """What the search may still score: the budget less what is scored and what the final
+        choice among the current candidates will score."""
+        if self.examples is None:
+            return float("inf")
+        reserve = selection_cost(self.ctx, *self.method.candidates(self.ctx, state))
+        return self.examples - self.ctx.fitness.counters.examples_scored - reserve
+
+    def uncached(self, ident: str, sample: Sample) -> int:
+        """The examples of `sample` scoring `ident` computes (0 without a budget: not priced)."""
+        return 0 if self.examples is None else self.ctx.fitness.uncached(ident, sample)
+
+    def joining(self, state, sample: Sample) -> int:
+        """What choosing among the candidates costs more for a new one scored on `sample`: the
+        examples of the choice (the validation set, or the current candidates' last draw)
+        outside `sample`. 0 without a budget."""
+        if self.examples is None:
+            return 0
+        inside = {e.uid for _, examples in sample.values() for e in examples}
+        chosen_on = choice_sample(self.ctx, self.method.candidates(self.ctx, state)[1])
+        return sum(e.uid not in inside for _, examples in chosen_on.values() for e in examples)
+
+
+def run_search(
+    method: Method,
     ctx: RunContext,
-    state_type: type,
     log: Callable[[dict], None],
     budget: int | None = None,
     resumed: dict | None = None,
     run: dict | None = None,
 ) -> Outcome:
-    """Run `method` from generation 0 (or from the verified checkpoint body `resumed`) to
-    `method.steps`, or, with a `budget`, until `budget` examples have been scored (see the
-    module docstring). `run`: the run's record the checkpoint keeps (`checkpoint.run_record`)."""
-    checkpoint = ctx.run_dir / "checkpoint" / CHECKPOINT_FILE
+    """Run `method` from the start (or from the verified checkpoint body `resumed`) to
+    generation `method.steps`, or, with a `budget`, until the next candidate would not fit
+    (see the module docstring); then choose among its candidates (`selection=`). `run`: the
+    run's record the checkpoint keeps (`checkpoint.run_record`)."""
     metrics = MetricsFile(ctx.run_dir / METRICS_FILE)
     writer = Checkpointer(ctx, run or {}, resumed)
+    pricing = Budget(ctx, method, budget)
+    spent = False
     if resumed is not None:
-        try:
-            state = state_type.from_json(resumed["state"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise checkpoints.CheckpointError(
-                f"{checkpoint}: its state is not one {method.name} can resume ({error!r} missing or wrong); "
-                "choose a new folder"
-            ) from None
-        ctx.fitness.restore(resumed["fitness"])
-        ctx.store.digests.update(resumed.get("files", {}))
+        state = _restored(method, ctx, resumed)
+        spent = bool(resumed.get(SPENT))
         if metrics.rebuild(writer.records):
             print(f"note: {metrics.path} rebuilt from the checkpoint ({len(writer.records)} generations)")
         _drop_orphans(ctx, state, _previous_members(ctx))
     else:
         metrics.rebuild([])
-        state = method.initialize(ctx)
-        _finish_generation(ctx, state, writer, metrics, log, 0)
+        state = method.init(ctx)
     bar = tqdm(
-        total=method.steps if budget is None else None,
-        initial=state.generation,
+        total=method.steps + 1 if budget is None or method.fixed_steps else None,
+        initial=state.generation + 1,
         desc=f"{method.name} generations",
         disable=not ctx.progress,
         dynamic_ncols=True,
     )
-    while (limit := _search_limit(method, ctx, state, budget)) is None or (
-        ctx.fitness.counters.examples_scored < limit
-    ):
+    while not spent:
         generation = state.generation + 1
-        if budget is None or getattr(method, "fixed_steps", False):
-            if generation > method.steps:
-                break
-        before = ctx.fitness.counters.examples_scored
-        ctx.fitness.limit = limit
-        try:
-            state = method.step(ctx, state, generation)
-        except BudgetSpent:
-            state = _last_finished(ctx, state_type, checkpoint, writer)
+        if (budget is None or method.fixed_steps) and generation > method.steps:
             break
-        finally:
-            ctx.fitness.limit = None
-        if budget is not None and ctx.fitness.counters.examples_scored == before:
+        before = ctx.fitness.counters.examples_scored
+        state, spent = run_generation(method, ctx, state, generation, pricing)
+        if spent and generation == 0:
+            raise ConfigError(
+                [
+                    f"budget.examples={budget}: is below what generation 0 and the final choice alone "
+                    "score; raise it"
+                ]
+            )
+        if state.generation < generation:  # cut short before the method finished it: no line
+            _forget_others(ctx, state)
+            writer.save(state, new_generation=False, spent=True)  # a resumed run goes to the choice
+            break
+        if (
+            not spent
+            and budget is not None
+            and generation > 0
+            and ctx.fitness.counters.examples_scored == before
+        ):
             raise ConfigError(
                 [
                     f"{method.name} generation {generation} scored no new example: budget.examples={budget} "
                     "would never be reached"
                 ]
             )
-        record = _finish_generation(ctx, state, writer, metrics, log, generation)
+        record = _finish_generation(ctx, state, writer, metrics, log, generation, spent)
         bar.set_postfix(best=f"{record.get('best/score', 0):.3f}", evals=record["evaluations"])
         bar.update()
     bar.close()
-    return method.best(ctx, state)
+    return choose(method, ctx, state)
 
 
-def _search_limit(method: Evolutionary, ctx: RunContext, state, budget: int | None) -> int | None:
-    """What the search may have scored by the end of the next generation: the budget less what
-    choosing among the current candidates will score (None without a budget)."""
-    if budget is None:
-        return None
-    limit = budget - selection_cost(ctx, *method.candidates(ctx, state))
-    if state.generation == 0 and ctx.fitness.counters.examples_scored > limit:
-        raise ConfigError(
-            [
-                f"budget.examples={budget}: is below what generation 0 and the final choice alone score "
-                f"({budget - limit + ctx.fitness.counters.examples_scored}); raise it"
-            ]
-        )
-    return limit
+def choose(method: Method, ctx: RunContext, state) -> Outcome:
+    """The final choice: the method's candidates compared by the rule `ctx.selection`."""
+    outcome = select(ctx, *method.candidates(ctx, state))
+    outcome.details = method.details(state, outcome.member)
+    return outcome
 
 
-def _last_finished(ctx: RunContext, state_type: type, checkpoint: Path, writer: Checkpointer):
-    """The state of the last finished generation, after the budget stopped one midway: the
-    unfinished generation's individuals are deleted; the scores its requests computed for the
-    finished state's members stay cached (individuals never change), beside the checkpoint's
-    (which hold those of members it had retired, members again)."""
-    saved = checkpoints.read(checkpoint)
-    state = state_type.from_json(saved["state"])
-    keep = {m.ident for m in state.members}
-    cache = {ident: dict(results) for ident, results in saved["fitness"]["cache"].items()}
-    for ident, results in ctx.fitness.cache.items():
-        if ident in keep:
-            cache.setdefault(ident, {}).update(results)
-    ctx.fitness.restore({"cache": cache, "counters": vars(ctx.fitness.counters)})
-    ctx.retired.clear()
-    _drop_orphans(ctx, state, _previous_members(ctx))
-    # a resumed run (and experiments/selection_study.py) then sees what the choice sees
-    writer.save(state, new_generation=False)
+def _restored(method: Method, ctx: RunContext, resumed: dict):
+    checkpoint = ctx.run_dir / checkpoints.CHECKPOINT_DIR / CHECKPOINT_FILE
+    try:
+        state = method.state_type.from_json(resumed["state"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise checkpoints.CheckpointError(
+            f"{checkpoint}: its state is not one {method.name} can resume ({error!r} missing or wrong); "
+            "choose a new folder"
+        ) from None
+    ctx.fitness.restore(resumed["fitness"])
+    ctx.store.digests.update(resumed.get("files", {}))
     return state
 
 
-def _finish_generation(ctx, state, writer: Checkpointer, metrics: MetricsFile, log, generation: int) -> dict:
+def run_generation(method: Method, ctx: RunContext, state, generation: int, pricing: Budget | None = None):
+    """Ask and tell rounds until the method finishes `generation` (`pricing`: the budget, none
+    by default); (state, True) when the budget stopped it."""
+    pricing = pricing or Budget(ctx, method, None)
+    while state.generation < generation:
+        ask = method.ask(ctx, state, generation)
+        told, complete = _answer(ctx, ask, pricing, state)
+        if not complete and (not told.made or generation == 0):  # nothing new to tell (or no start)
+            return state, True
+        state = method.tell(ctx, state, ask, told)
+        if not complete:
+            return state, True
+    return state, False
+
+
+def _answer(ctx: RunContext, ask: Ask, pricing: Budget, state) -> tuple[Told, bool]:
+    """Score `ask.again`, then make, store and score `ask.new` in order while the budget
+    allows: (what to tell, whether everything asked for was done); nothing is scored when even
+    the re-scoring does not fit."""
+    room = pricing.room(state)
+    price = sum(pricing.uncached(ident, ask.sample) for ident in {m.ident for m in ask.again})
+    if price > room:
+        return Told({}, []), False
+    scores = {m.ident: ctx.score(m, ask.sample) for m in ask.again}
+    room -= price
+    made = []
+    joining = pricing.joining(state, ask.sample)
+    for candidate in ask.new:
+        price = pricing.uncached(candidate.member.ident, ask.sample) + joining if candidate.scored else 0
+        if price > room:
+            return Told(scores, made), False
+        room -= price
+        tensors = candidate.make()
+        ctx.store.save(candidate.member.ident, tensors)
+        del tensors  # stored: the candidate's tensors go before it is scored and the next is made
+        if candidate.scored:
+            scores[candidate.member.ident] = ctx.score(candidate.member, ask.sample)
+        made.append(candidate.member)
+    return Told(scores, made), True
+
+
+def _finish_generation(
+    ctx, state, writer: Checkpointer, metrics: MetricsFile, log, generation: int, spent: bool = False
+) -> dict:
     """Checkpoint first (its metrics record included), then delete the individuals neither it
     nor the previous checkpoint needs, then log: whatever is interrupted, both checkpoints on
     disk point at individuals that exist."""
@@ -224,15 +274,22 @@ def _finish_generation(ctx, state, writer: Checkpointer, metrics: MetricsFile, l
         "time": time.time(),
     }
     writer.records.append(record)
-    writer.save(state)
+    _forget_others(ctx, state)
+    writer.save(state, spent=spent)
     previous = _previous_members(ctx)
     for ident in ctx.store.idents():
         if ident not in previous and ident not in {m.ident for m in state.members}:
             ctx.store.delete(ident)
-    ctx.retired.clear()
     metrics.append(record)
     log(record)
     return record
+
+
+def _forget_others(ctx: RunContext, state) -> None:
+    """Drop the cached scores of individuals that left the state (they are never scored again)."""
+    keep = {m.ident for m in state.members}
+    for ident in [i for i in ctx.fitness.cache if i not in keep]:
+        ctx.fitness.forget(ident)
 
 
 def _previous_members(ctx: RunContext) -> set[str]:

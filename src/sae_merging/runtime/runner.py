@@ -26,7 +26,7 @@ from sae_merging.runtime import checkpoint as checkpoints
 from sae_merging.runtime.card import model_card
 from sae_merging.runtime.context import Outcome, RunContext
 from sae_merging.runtime.fitness import FitnessEvaluator
-from sae_merging.runtime.loop import CHECKPOINT_FILE, run_generations
+from sae_merging.runtime.loop import CHECKPOINT_FILE, run_search
 from sae_merging.runtime.outputs import RESULTS_FILE, TEST_ITEMS_FILE
 from sae_merging.runtime.preflight import Plan, RunSettings, device_problem, keys_without_results, preflight
 from sae_merging.runtime.store import IndividualStore
@@ -129,13 +129,8 @@ def _run(cfg: DictConfig, run_dir: Path, clock: RunClock, resumed: dict | None =
 
     summary: dict[str, Any] = {}
     try:  # the logger is finished however the run ends (an interrupted W&B run stays resumable)
-        if hasattr(method, "step"):
-            record = checkpoints.run_record(results_config(cfg))
-            outcome = run_generations(
-                method, ctx, method.state_type, log, budget_examples(cfg), resumed, record
-            )
-        else:
-            outcome = method.run(ctx)
+        record = checkpoints.run_record(results_config(cfg))
+        outcome = run_search(method, ctx, log, budget_examples(cfg), resumed, record)
         results = finish(ctx, cfg, method.name, outcome, tokenizer, clock, resumed)
         logger.log_outputs(run_dir / RESULTS_FILE, run_dir / "model")
         summary = {f"final/{k}": v for k, v in results["test"].items()}
@@ -284,7 +279,7 @@ def finish(
 
 
 def _generations(ctx: RunContext) -> int | None:
-    """The last finished generation (from the checkpoint), None for a method without a loop."""
+    """The last finished generation (from the checkpoint)."""
     path = ctx.run_dir / "checkpoint" / CHECKPOINT_FILE
     return json.loads(path.read_text())["state"]["generation"] if path.is_file() else None
 

@@ -41,13 +41,7 @@ def selection_cost(ctx: RunContext, members: Sequence[Member], last: Sample) -> 
     """The (candidate, example) pairs `select(ctx, members, last)` will score: those of the
     rule's sample that are not cached yet."""
     sample = choice_sample(ctx, last)
-    unique = {m.ident: m for m in members}
-    return sum(
-        e.uid not in ctx.fitness.cache.get(ident, {})
-        for ident in unique
-        for _, examples in sample.values()
-        for e in examples
-    )
+    return sum(ctx.fitness.uncached(ident, sample) for ident in {m.ident for m in members})
 
 
 def all_draws_scores(ctx: RunContext, member: Member, last: Sample) -> Scores:

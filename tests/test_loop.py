@@ -1,0 +1,87 @@
+"""The loop's budget on a toy method (no model): every candidate is priced before it is made,
+an unaffordable one is never made, the method is told the prefix that fit, the choice's cost is
+kept in reserve, and nothing is rolled back."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from sae_merging.methods.base import Strategy
+from sae_merging.runtime.context import Ask, Candidate, PopulationState
+from sae_merging.runtime.fitness import FitnessCounters, Scores
+from sae_merging.runtime.loop import Budget, run_generation
+
+SAMPLE = {"t": (None, [SimpleNamespace(uid=f"t/{i}") for i in range(10)])}  # 10 examples a candidate
+
+
+class Fitness:
+    def __init__(self) -> None:
+        self.cache, self.counters = {}, FitnessCounters()
+
+    def uncached(self, ident, sample) -> int:
+        return sum(
+            e.uid not in self.cache.get(ident, {}) for _, examples in sample.values() for e in examples
+        )
+
+    def score(self, ident, sample) -> Scores:
+        self.counters.examples_scored += self.uncached(ident, sample)
+        self.cache.setdefault(ident, {}).update({e.uid: True for _, ex in sample.values() for e in ex})
+        return Scores({"t": [True] * 10})
+
+
+class ThreePerGeneration(Strategy):
+    """Asks for three candidates per generation; notes which ones the loop made."""
+
+    steps, name = 5, "toy"
+
+    def __init__(self) -> None:
+        self.made: list[str] = []
+
+    def ask(self, ctx, state, generation):
+        def make(member):
+            return lambda: self.made.append(member.ident) or {}
+
+        members = [state.new_member("toy", generation) for _ in range(3)]
+        return Ask(SAMPLE, new=[Candidate(m, make(m)) for m in members], note=generation)
+
+    def tell(self, ctx, state, ask, told):
+        state.members += told.made
+        state.generation = ask.note
+        return state
+
+    def candidates(self, ctx, state):
+        return state.members[-1:], SAMPLE  # the newest is the choice's one candidate
+
+
+def _ctx():
+    fitness = Fitness()
+    return SimpleNamespace(
+        fitness=fitness,
+        selection="last_draw",
+        store=SimpleNamespace(save=lambda ident, tensors: None),
+        score=lambda member, sample: fitness.score(member.ident, sample),
+    )
+
+
+def test_candidates_are_made_only_while_their_price_fits():
+    method, ctx = ThreePerGeneration(), _ctx()
+    state, spent = run_generation(method, ctx, PopulationState(), 0, Budget(ctx, method, 55))
+    assert not spent and method.made == ["g000-0000", "g000-0001", "g000-0002"]
+    state, spent = run_generation(method, ctx, state, 1, Budget(ctx, method, 55))
+    # 30 scored, 25 left: two more candidates (20) fit, the third (10) would pass 55
+    assert spent and len(method.made) == 5 and ctx.fitness.counters.examples_scored == 50
+    assert [m.ident for m in state.members] == method.made and state.generation == 1  # told the prefix
+
+
+def test_nothing_is_made_when_the_first_candidate_does_not_fit():
+    method, ctx = ThreePerGeneration(), _ctx()
+    state, _ = run_generation(method, ctx, PopulationState(), 0, Budget(ctx, method, 30))
+    state, spent = run_generation(method, ctx, state, 1, Budget(ctx, method, 39))
+    assert spent and len(method.made) == 3 and state.generation == 0  # generation 1 never told
+
+
+def test_without_a_budget_every_candidate_is_made():
+    method, ctx = ThreePerGeneration(), _ctx()
+    state, spent = run_generation(method, ctx, PopulationState(), 0)
+    assert not spent and len(method.made) == 3 and ctx.fitness.counters.examples_scored == 30
+    assert [m.ident for m in state.members] == method.made
