@@ -94,8 +94,8 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
 
 
-class _Unchecked:
-    """Stands for an object whose class has no settings."""
+class _Unchecked(Settings):
+    """Stands for an object whose class has no settings: nothing of it is checked."""
 
     def __init__(self, target: str) -> None:
         self.target = target
@@ -282,9 +282,9 @@ def preflight(
     warnings: list[str] = []
     models, method = objects.get("model"), objects.get("method")
     for name in ("model", "task"):  # the files, once their objects are valid
-        if hasattr(objects.get(name), "problems"):
+        if objects.get(name) is not None:
             problems += objects[name].problems()
-    if models is not None and hasattr(method, "problems"):
+    if models is not None and method is not None:
         problems += method.problems(models)
     tasks = objects.get("task")
     if run is not None and run.selection == "validation" and not getattr(tasks, "has_validation", True):
@@ -292,7 +292,7 @@ def preflight(
             "selection='validation': the task pool holds out no validation set; set "
             "task.validation_size (e.g. {TASK: 200}) or choose selection=all_draws or last_draw"
         )
-    if not problems and hasattr(method, "warnings"):
+    if not problems and method is not None:
         warnings += method.warnings(models)
     if run_dir is not None and (problem := folder_problem(Path(run_dir))):
         problems.append(problem)

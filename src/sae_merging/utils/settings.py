@@ -67,6 +67,16 @@ class Settings:
     def __post_init__(self) -> None:
         pass
 
+    def problems(self, *context: Any) -> list[str]:
+        """What is wrong with what these valid settings name (files, models), checked before any
+        weights load; `context`: what the check needs (a method: the model pool; a task: its
+        config key). Nothing by default."""
+        return []
+
+    def warnings(self, *context: Any) -> list[str]:
+        """Legal but costly choices, said before the run starts. Nothing by default."""
+        return []
+
 
 S = TypeVar("S", bound=Settings)
 R = TypeVar("R")
