@@ -73,6 +73,12 @@ def _unshared(tensors: Tensors) -> bool:
     return len(set(storages)) == len(storages)
 
 
+def _readable(tensors: Tensors) -> bool:
+    """Whether reading a few entries of each tensor costs only those entries (in memory, or a
+    mapped file), not a whole tensor computed (an archive member unpacked)."""
+    return not isinstance(tensors, LazyTensors) or tensors.mapped
+
+
 class _Loaded(dict):
     """A parent read into memory by `ChildRecipe.parent`: nobody else holds it."""
 
@@ -212,7 +218,8 @@ class _Merge:
         self.fused = recipe.elementwise and not (pruning and pruner.needs_base)
         self.scratch = [Scratch(), Scratch(), Scratch()]  # parent A's chunks, B's, the child's counts
         self.search = None
-        if pruning and self.fused and dense is None and pruner.granularity == "global":
+        sampled = all(_readable(parent) for parent in (parent_a, parent_b))
+        if pruning and self.fused and dense is None and pruner.granularity == "global" and sampled:
             self.search = self._search()
 
     def _search(self) -> RidingSearch | None:

@@ -388,10 +388,16 @@ class ThresholdSearch:
         self.inside: int | None = None  # entries in [lo, hi), once known
 
     def request(self) -> CountRequest:
+        """What the next pass counts. The first one also counts below `lo + 1` and collects
+        only above it: where the threshold is a key many entries share (the zeros of a model
+        already pruned to the rate), that count settles it in one pass, and the tie is never
+        collected."""
         lo, hi = self.lo, self.hi
         if hi - lo <= MAX_KEYS:
             return CountRequest(self.space, tuple(range(lo, hi + 1)))
-        if self.inside is None or self.inside <= MAX_CANDIDATES:
+        if self.inside is None:
+            return CountRequest(self.space, (lo, lo + 1, hi), (lo + 1, hi))
+        if self.inside <= MAX_CANDIDATES:
             return CountRequest(self.space, (lo, hi), (lo, hi))
         return CountRequest(self.space, tuple(_splits(self.sample, lo, hi)))
 
