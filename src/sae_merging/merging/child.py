@@ -44,7 +44,8 @@ from sae_merging.merging import functions
 from sae_merging.pruning import magnitude
 from sae_merging.pruning.magnitude import MagnitudePruner, ModelPlan, RidingSearch, SamplePositions, Scratch
 from sae_merging.utils.settings import bare
-from sae_merging.utils.tensorfiles import LazyTensors, numel, peek, release
+from sae_merging.utils import packed
+from sae_merging.utils.tensorfiles import LazyTensors, numel, peek, release, stored
 from sae_merging.utils.timing import Timer
 
 RELEASE_ENTRIES = 1 << 22  # entries between page releases of a mapped parent within a tensor
@@ -247,14 +248,16 @@ class _Merge:
         return RidingSearch(torch.cat(parts), names, dtypes, sizes, k, estimated=True)
 
     def run(self) -> tuple[dict[str, torch.Tensor], RidingSearch | None]:
+        # a streamed parent is read as stored: a packed archive member unpacked chunk by chunk
+        read = stored if self.fused else peek
         for name in list(self.a):
-            tensor_a = self.a[name] if isinstance(self.a, dict) else peek(self.a, name)
-            tensor_b = self.given_up.pop(name) if self.given_up is not None else peek(self.b, name)
+            tensor_a = self.a[name] if isinstance(self.a, dict) else read(self.a, name)
+            tensor_b = self.given_up.pop(name) if self.given_up is not None else read(self.b, name)
             same = tensor_b.shape == tensor_a.shape
             if self.fused and same:
                 merged = self._chunked(name, tensor_a, tensor_b)
             else:
-                merged = self._whole(name, tensor_a, tensor_b)
+                merged = self._whole(name, packed.dense(tensor_a), packed.dense(tensor_b))
                 if self.search is not None and name in self.search.index:
                     for _, part in magnitude.chunks(merged):
                         self.search.count(name, part, self.scratch[2])

@@ -45,7 +45,8 @@ import numpy as np
 import torch
 
 from sae_merging.pruning.settings import MagnitudePrunerSettings
-from sae_merging.utils.tensorfiles import LazyTensors, numel, peek, release
+from sae_merging.utils.packed import PackedTensor
+from sae_merging.utils.tensorfiles import LazyTensors, numel, peek, release, stored
 
 CHUNK = 1 << 20  # entries per step of every pass (buffers of a few MB: cache-sized, few calls)
 SAMPLE = 1 << 20  # magnitudes sampled to bracket the threshold (all of them in smaller models)
@@ -118,13 +119,18 @@ class Scratch:
         return buffer[:n]
 
 
-def chunks(tensor: torch.Tensor, device: torch.device | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+def chunks(
+    tensor: torch.Tensor | PackedTensor, device: torch.device | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
     """(start, flat slice) pairs covering the tensor, CHUNK entries each (copied to `device`
-    when given and elsewhere; else views)."""
-    flat = tensor.detach().reshape(-1)
-    size = CHUNK
-    for start in range(0, flat.numel(), size):
-        part = flat[start : start + size]
+    when given and elsewhere; else views; a packed tensor unpacked chunk by chunk into one
+    buffer, each chunk valid until the next)."""
+    if isinstance(tensor, PackedTensor):
+        parts = tensor.chunks(CHUNK)
+    else:
+        flat = tensor.detach().reshape(-1)
+        parts = ((start, flat[start : start + CHUNK]) for start in range(0, flat.numel(), CHUNK))
+    for start, part in parts:
         yield start, part if device is None else part.to(device)
 
 
@@ -297,8 +303,11 @@ class SamplePositions:
         return (starts[:, None] + torch.arange(SAMPLE_BLOCK)).reshape(-1)
 
 
-def sample_of(tensor: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-    """float32 magnitudes of the tensor at `positions` (None: everywhere)."""
+def sample_of(tensor: torch.Tensor | PackedTensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """float32 magnitudes of the tensor at `positions` (None: everywhere; a packed tensor reads
+    only those entries)."""
+    if isinstance(tensor, PackedTensor):
+        return tensor.at(positions).float().abs()
     flat = tensor.detach().reshape(-1)
     return (flat if positions is None else flat[positions]).float().abs()
 
@@ -432,6 +441,25 @@ class ThresholdSearch:
         return None
 
 
+def _count_tensor(
+    tensor: torch.Tensor | PackedTensor, request: CountRequest, scratch: Scratch
+) -> tuple[list[int], list[torch.Tensor]]:
+    """One tensor's counts of `request`, and its collected keys in parts: a packed tensor's
+    over its values alone, its zeros (key 0, below every positive key) added."""
+    values, zeros = (tensor.values, tensor.zeros) if isinstance(tensor, PackedTensor) else (tensor, 0)
+    row, found = [0] * len(request.thresholds), []
+    for _, chunk in chunks(values):
+        part, inside = request.count(chunk, scratch)
+        row = [a + b for a, b in zip(row, part, strict=True)]
+        if inside is not None:
+            found.append(inside)
+    if zeros:
+        row = [count + zeros if key > 0 else count for count, key in zip(row, request.thresholds, strict=True)]
+        if request.collect is not None and request.collect[0] == 0:  # (a view: no memory until kept)
+            found.append(torch.zeros(1, dtype=torch.int32).expand(zeros))
+    return row, found
+
+
 def _count_pass(
     tensors: TensorPasses, request: CountRequest, scratch: Scratch
 ) -> tuple[list[list[int]], list[torch.Tensor] | None]:
@@ -441,16 +469,10 @@ def _count_pass(
     candidates: list[torch.Tensor] | None = [] if request.collect is not None else None
     collected = 0
     for tensor in tensors():
-        row = [0] * len(request.thresholds)
-        found = []
-        for _, chunk in chunks(tensor):
-            part, inside = request.count(chunk, scratch)
-            row = [a + b for a, b in zip(row, part, strict=True)]
-            if inside is not None and candidates is not None:
-                collected += inside.numel()
-                found.append(inside)
+        row, found = _count_tensor(tensor, request, scratch)
         counts.append(row)
         if candidates is not None:
+            collected += sum(part.numel() for part in found)
             if collected > MAX_CANDIDATES:
                 candidates = None
             else:
@@ -571,11 +593,14 @@ class ModelPlan:
         return cls(cuts, zeros)
 
 
-def _read_pass(tensors: Mapping[str, torch.Tensor], names: Sequence[str], read) -> Iterator[torch.Tensor]:
-    """`read(name, tensor)` of each named tensor, read without a copy where the model is a
-    mapped file, each one's pages released once the consumer moves past it."""
+def _read_pass(
+    tensors: Mapping[str, torch.Tensor], names: Sequence[str], read=None
+) -> Iterator[torch.Tensor | PackedTensor]:
+    """Each named tensor as stored (a packed one as it lies: nothing unpacked), or `read(name,
+    tensor)` of it; read without a copy where the model is a mapped file, each one's pages
+    released once the consumer moves past it."""
     for name in names:
-        yield read(name, peek(tensors, name))
+        yield stored(tensors, name) if read is None else read(name, peek(tensors, name))
         release(tensors, name)
 
 
@@ -649,7 +674,8 @@ class MagnitudePruner(MagnitudePrunerSettings):
         model is a mapped file)."""
         names = [name for name in tensors if self.prunable(name)]
         sizes = [numel(tensors, name) for name in names]
-        plan = self.plan(lambda: _read_pass(tensors, names, self.ranked), rate, sizes)
+        read = self.ranked if self.needs_base else None
+        plan = self.plan(lambda: _read_pass(tensors, names, read), rate, sizes)
         return ModelPlan.of(names, sizes, plan, counts_zeros=not self.needs_base)
 
     def prune(self, tensors: Mapping[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
