@@ -364,10 +364,22 @@ class CountRequest:
         counts = [_count_below(keys, key, self.space, scratch) for key in self.thresholds]
         if self.collect is None:
             return counts, None
-        inside = keys >= self.collect[0]
-        if self.collect[1] < self.space.limit:  # (the limit itself overflows 16-bit keys)
-            inside &= keys < self.collect[1]
-        return counts, keys[inside].to(torch.int32).cpu()  # (few: kept on the CPU)
+        low, high = self.collect
+        below = dict(zip(self.thresholds, counts, strict=True))
+        if low in below and high in below and below[low] == below[high]:  # none inside
+            return counts, torch.empty(0, dtype=torch.int32)
+        if keys.device.type != "cpu":
+            inside = keys >= low
+            if high < self.space.limit:  # (the limit itself overflows 16-bit keys)
+                inside &= keys < high
+            return counts, keys[inside].to(torch.int32).cpu()  # (few: kept on the CPU)
+        # on the CPU by NumPy into reused bool buffers, the few keys inside taken by `compress`
+        # (a boolean index of a torch tensor costs several times the comparisons)
+        values, n = keys.numpy(), keys.numel()
+        inside = np.greater_equal(values, low, out=scratch.get("inside", torch.bool, n).numpy())
+        if high < self.space.limit:
+            inside &= np.less(values, high, out=scratch.get("below", torch.bool, n).numpy())
+        return counts, torch.from_numpy(np.compress(inside, values)).to(torch.int32)
 
 
 class ThresholdSearch:
