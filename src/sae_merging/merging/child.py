@@ -74,12 +74,6 @@ def _unshared(tensors: Tensors) -> bool:
     return len(set(storages)) == len(storages)
 
 
-def _readable(tensors: Tensors) -> bool:
-    """Whether reading a few entries of each tensor costs only those entries (in memory, or a
-    mapped file), not a whole tensor computed (an archive member unpacked)."""
-    return not isinstance(tensors, LazyTensors) or tensors.mapped
-
-
 class _Loaded(dict):
     """A parent read into memory by `ChildRecipe.parent`: nobody else holds it."""
 
@@ -219,8 +213,7 @@ class _Merge:
         self.fused = recipe.elementwise and not (pruning and pruner.needs_base)
         self.scratch = [Scratch(), Scratch(), Scratch()]  # parent A's chunks, B's, the child's counts
         self.search = None
-        sampled = all(_readable(parent) for parent in (parent_a, parent_b))
-        if pruning and self.fused and dense is None and pruner.granularity == "global" and sampled:
+        if pruning and self.fused and dense is None and pruner.granularity == "global":
             self.search = self._search()
 
     def _search(self) -> RidingSearch | None:
@@ -238,8 +231,7 @@ class _Merge:
             where = positions(size)
             values = []
             for parent, plan in ((self.a, self.plan_a), (self.b, self.plan_b)):
-                flat = peek(parent, name).reshape(-1)
-                sample = (flat if where is None else flat[where]).clone()
+                sample = packed.entries(stored(parent, name), where)  # (a packed one: those alone)
                 release(parent, name)
                 values.append(self.recipe.pruner.apply(plan, name, sample, in_place=True))
             merged = self.merger(values[0], values[1], self.weight[name])

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from sae_merging.pruning.settings import MagnitudePrunerSettings
-from sae_merging.utils.packed import PackedTensor
+from sae_merging.utils.packed import PackedTensor, entries
 from sae_merging.utils.tensorfiles import LazyTensors, numel, peek, release, stored
 
 CHUNK = 1 << 20  # entries per step of every pass (buffers of a few MB: cache-sized, few calls)
@@ -306,10 +306,7 @@ class SamplePositions:
 def sample_of(tensor: torch.Tensor | PackedTensor, positions: torch.Tensor | None) -> torch.Tensor:
     """float32 magnitudes of the tensor at `positions` (None: everywhere; a packed tensor reads
     only those entries)."""
-    if isinstance(tensor, PackedTensor):
-        return tensor.at(positions).float().abs()
-    flat = tensor.detach().reshape(-1)
-    return (flat if positions is None else flat[positions]).float().abs()
+    return entries(tensor, positions).float().abs()
 
 
 def _bracket(

@@ -39,13 +39,20 @@ def _layout(tensors: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.dtype,
 
 
 def _stored(
-    tensors: Mapping[str, torch.Tensor], shapes: dict[str, list[int]]
+    tensors: Mapping[str, torch.Tensor], shapes: dict[str, list[int]], layout=None
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """The (name, tensor) entries of the file, a tensor as is or as its mask and values; each
-    tensor's shape is noted in `shapes` as it passes (a lazy mapping is read once)."""
+    """The (name, tensor) entries of the file, a tensor as is or as its mask and values (as
+    `layout` has it when given: not counted twice); each tensor's shape is noted in `shapes` as
+    it passes (a lazy mapping is read once)."""
+    kept = None
+    if layout is not None:
+        kept = {entry[: -len(_VALUES)]: shape[0] for entry, _, shape in layout if entry.endswith(_VALUES)}
     for name, tensor in tensors.items():
         shapes[name] = list(tensor.shape)
-        packed = pack(tensor)
+        if kept is None:
+            packed = pack(tensor)
+        else:
+            packed = pack(tensor, kept[name]) if name in kept else None
         if packed is None:
             yield name, tensor
         else:
@@ -73,7 +80,7 @@ class IndividualStore:
         shapes: dict[str, list[int]] = {}
         with atomic_directory(self.path(ident)) as tmp:
             layout = None if isinstance(tensors, LazyTensors) else _layout(tensors)
-            write_tensors(tmp / TENSORS_FILE, _stored(tensors, shapes), layout=layout)
+            write_tensors(tmp / TENSORS_FILE, _stored(tensors, shapes, layout), layout=layout)
             (tmp / META_FILE).write_text(
                 json.dumps({"shapes": shapes, "order": list(shapes), **(meta or {})})
             )

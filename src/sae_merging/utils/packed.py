@@ -36,11 +36,12 @@ def packed_size(tensor: torch.Tensor) -> int | None:
     return kept if compact_bytes < flat.numel() * flat.element_size() else None
 
 
-def pack(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(bitmask, values) of a tensor, or None when the dense form is not larger. NumPy on the
-    bit patterns, in cache-sized parts: `compress` of a part into its place in the values (5x
-    faster than one boolean-mask index of the whole tensor, which mispredicts at every zero)."""
-    kept = packed_size(tensor)
+def pack(tensor: torch.Tensor, kept: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(bitmask, values) of a tensor, or None when the dense form is not larger (`kept`: its
+    `packed_size`, when known). NumPy on the bit patterns, in cache-sized parts: `compress` of
+    a part into its place in the values (5x faster than one boolean-mask index of the whole
+    tensor, which mispredicts at every zero)."""
+    kept = packed_size(tensor) if kept is None else kept
     if kept is None:
         return None
     flat = tensor.detach().reshape(-1).cpu()
@@ -126,6 +127,15 @@ class PackedTensor:
 def unpack(mask: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
     """The dense tensor of a packed one (an owned copy)."""
     return PackedTensor(mask, values, shape).dense()
+
+
+def entries(tensor: torch.Tensor | PackedTensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """A tensor's (or a packed one's) entries at sorted flat `positions` (None: all), flat and
+    owned."""
+    if isinstance(tensor, PackedTensor):
+        return tensor.at(positions)
+    flat = tensor.detach().reshape(-1)
+    return (flat if positions is None else flat[positions]).clone()
 
 
 def dense(tensor: torch.Tensor | PackedTensor) -> torch.Tensor:
