@@ -16,8 +16,11 @@ import pstats
 import time
 from pathlib import Path
 
-# (stage, module path part, function): cumulative seconds of that function
+# (stage, module path part, function): cumulative seconds of that function (a method named
+# Class.method, told apart from same-named ones by its line); a list of them: the first less
+# the rest
 STAGES = [
+    ("parent A read into memory (unpacked)", "merging/child.py", "parents"),
     ("parents' thresholds (sample + one counting pass each)", "pruning/magnitude.py", "model_plan"),
     ("eq. 5's measures (from the plans' zero counts)", "methods/sae.py", "ratios"),
     (
@@ -26,6 +29,10 @@ STAGES = [
         "_search",
     ),
     ("merge pass: parents' chunks pruned, mixed, child counted", "merging/child.py", "run"),
+    (
+        "  of which parent B unpacked chunk by chunk",
+        [("utils/packed.py", "PackedTensor.chunks"), ("utils/packed.py", "PackedTensor.dense")],
+    ),
     ("  of which mixing (eq. 4)", "merging/functions.py", "linear"),
     ("  of which the parents' zeroing", "pruning/magnitude.py", "_mask_into"),
     ("  of which the child's counting", "pruning/magnitude.py", "RidingSearch.count"),
@@ -43,15 +50,23 @@ def _benchmark():
 def _cumulative(stats: dict, path: str, function: str) -> float:
     line = None
     if "." in function:  # a method: told apart from same-named ones by its line
-        from sae_merging.pruning import magnitude
+        import importlib
 
+        module = importlib.import_module("sae_merging." + path.removesuffix(".py").replace("/", "."))
         owner, function = function.split(".")
-        line = inspect.getsourcelines(getattr(getattr(magnitude, owner), function))[1]
+        line = inspect.getsourcelines(getattr(getattr(module, owner), function))[1]
     return sum(
         v[3]
         for (f, lineno, name), v in stats.items()
         if path in f and name == function and (line is None or lineno == line)
     )
+
+
+def _stage(stats: dict, spec) -> float:
+    if isinstance(spec[1], list):
+        first, *rest = spec[1]
+        return _cumulative(stats, *first) - sum(_cumulative(stats, *r) for r in rest)
+    return _cumulative(stats, spec[1], spec[2])
 
 
 def main() -> None:
@@ -84,8 +99,9 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.2f}"
     )
     print("| stage | seconds |\n|---|---:|")
-    for label, path, function in STAGES:
-        print(f"| {label} | {_cumulative(stats, path, function):.2f} |")
+    for spec in STAGES:
+        print(f"| {spec[0]} | {_stage(stats, spec):.2f} |")
+    print(f"| **total under cProfile** | **{total:.2f}** |")
 
 
 if __name__ == "__main__":
