@@ -11,13 +11,16 @@ A child is made in four steps, each an option of `ChildRecipe`:
 4. **Prune the child** to the rate.
 
 As passes: each parent's plan is one sample plus one counting pass (`MagnitudePruner.
-model_plan`), read from the mapped file without a copy where the parent is one; the weight
-rule reads the plans' zero counts (no tensor, for zero-count scoring); then **one pass per
-tensor** does the rest of steps 1-4 chunk by chunk for an elementwise merger: both parents'
-chunks pruned by their plans into small buffers, merged into the child's tensor, and counted
-for the child's global threshold (a search started from the merged values at the sample
-positions, `RidingSearch`); the child is then zeroed where it lies by the exact cuts. A
-merger that needs whole tensors (slerp) gets them pruned whole, and the child is planned after.
+model_plan`), read as the parent is stored: from the mapped file without a copy where it is
+one, and an archive member's packed tensors not unpacked at all (the count runs over their
+values, their zeros come from the mask, the sample reads the sampled entries alone,
+`utils.packed.PackedTensor`); the weight rule reads the plans' zero counts (no tensor, for
+zero-count scoring); then **one pass per tensor** does the rest of steps 1-4 chunk by chunk
+for an elementwise merger: both parents' chunks (a packed one's unpacked chunk by chunk)
+pruned by their plans into small buffers, merged into the child's tensor, and counted for the
+child's global threshold (a search started from the merged values at the sample positions,
+`RidingSearch`); the child is then zeroed where it lies by the exact cuts. A merger that
+needs whole tensors (slerp) gets them pruned whole, and the child is planned after.
 
 Two regimes, one result. A parent given as a `LazyTensors` is *streamed*: never held whole,
 read tensor by tensor in each pass (mapped views of its file where it has one). A parent given
@@ -43,8 +46,8 @@ import torch
 from sae_merging.merging import functions
 from sae_merging.pruning import magnitude
 from sae_merging.pruning.magnitude import MagnitudePruner, ModelPlan, RidingSearch, SamplePositions, Scratch
-from sae_merging.utils.settings import bare
 from sae_merging.utils import packed
+from sae_merging.utils.settings import bare
 from sae_merging.utils.tensorfiles import LazyTensors, numel, peek, release, stored
 from sae_merging.utils.timing import Timer
 

@@ -463,7 +463,9 @@ def _count_tensor(
         if inside is not None:
             found.append(inside)
     if zeros:
-        row = [count + zeros if key > 0 else count for count, key in zip(row, request.thresholds, strict=True)]
+        row = [
+            count + zeros if key > 0 else count for count, key in zip(row, request.thresholds, strict=True)
+        ]
         if request.collect is not None and request.collect[0] == 0:  # (a view: no memory until kept)
             found.append(torch.zeros(1, dtype=torch.int32).expand(zeros))
     return row, found
