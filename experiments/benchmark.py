@@ -31,7 +31,7 @@ or busy machine moves both sides alike:
    prunable weights: `torch.count_nonzero` of each mapped tensor (the reference of the floor).
    Shown too: a chunked float32 sum pass (conversion into a preallocated buffer, then sum), the
    threshold search alone, and writing an unpruned copy of the model (read + write, no
-   selection: what the file write costs by itself).
+   threshold: what the file write costs by itself).
 3. Fitness evaluation throughput (examples/s) of the built-in evaluator against lm-eval's HF
    backend on the default lab's math expert and the same examples of both lab tasks.
 evaluator. The built-in evaluator against lm-eval's HF backend on a real model,

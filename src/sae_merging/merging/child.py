@@ -183,10 +183,10 @@ class ChildRecipe:
         if search is None:
             return self.pruner.prune_(child, rate).zero_counts
         names = list(search.index)
-        selection = search.finish(lambda: (child[name] for name in names))
+        threshold = search.finish(lambda: (child[name] for name in names))
         k = search.search.k
         counts = {}
-        for name, cut in zip(names, selection.cuts(k), strict=True):
+        for name, cut in zip(names, threshold.cuts(k), strict=True):
             child[name] = cut.prune(child[name], in_place=True)
             counts[name] = (child[name].numel(), cut.zeros)
         return counts

@@ -257,11 +257,12 @@ class PrunePlan:
 
 
 @dataclass(frozen=True)
-class Selection:
-    """The k-th smallest key and, per tensor, how many keys are below it and equal to it."""
+class Threshold:
+    """The k-th smallest magnitude key over all tensors (`kth_magnitude`) and, per tensor, how
+    many keys are below it and equal to it."""
 
     space: KeySpace
-    threshold: int
+    key: int
     below: tuple[int, ...]
     ties: tuple[int, ...]
 
@@ -272,15 +273,15 @@ class Selection:
         for below, ties in zip(self.below, self.ties, strict=True):
             quota = min(ties, remaining)
             remaining -= quota
-            zeros = below + quota if self.threshold > 0 else ties
-            cuts.append(TensorCut(self.space, self.threshold, ties, quota, zeros))
+            zeros = below + quota if self.key > 0 else ties
+            cuts.append(TensorCut(self.space, self.key, ties, quota, zeros))
         return tuple(cuts)
 
 
 class SamplePositions:
     """Where the stratified sample lies, tensor after tensor: random blocks of SAMPLE_BLOCK
     entries, one per stratum, about SAMPLE entries in all (every entry when the tensors hold no
-    more; the selection is then exact from the sample). Seeded, so tensors of the same sizes
+    more; the threshold is then exact from the sample). Seeded, so tensors of the same sizes
     get the same positions."""
 
     def __init__(self, total: int) -> None:
@@ -380,9 +381,9 @@ class CountRequest:
 
 
 class ThresholdSearch:
-    """`select`'s search, pass by pass: `request()` says what the next counting pass over all
-    tensors must count, `update()` takes its per-tensor results and returns the Selection once
-    it is exact. (A caller already streaming over the tensors can count the first pass there.)"""
+    """`kth_magnitude`'s search, pass by pass: `request()` says what the next counting pass over
+    all tensors must count, `update()` takes its per-tensor results and returns the Threshold
+    once it is exact. (A caller already streaming over the tensors can count the first pass there.)"""
 
     def __init__(
         self,
@@ -424,7 +425,7 @@ class ThresholdSearch:
         request: CountRequest,
         counts: Sequence[Sequence[int]],
         candidates: Sequence[torch.Tensor] | None,
-    ) -> Selection | None:
+    ) -> Threshold | None:
         """Per-tensor counts of `request` (and its collected keys per tensor, None when they
         overflowed MAX_CANDIDATES)."""
         if len(counts) != len(self.sizes):
@@ -436,11 +437,11 @@ class ThresholdSearch:
         hi = min(key for key in points if key > lo)
         if hi == lo + 1:
             ties = tuple(b - a for a, b in zip(below[lo], below[hi], strict=True))
-            return Selection(self.space, lo, tuple(below[lo]), ties)
+            return Threshold(self.space, lo, tuple(below[lo]), ties)
         if request.collect == (lo, hi) and candidates is not None:
             rank = self.k - sum(below[lo])
             key = int(torch.cat(list(candidates)).sort().values[rank - 1])
-            return Selection(
+            return Threshold(
                 self.space,
                 key,
                 tuple(b + int((c < key).sum()) for b, c in zip(below[lo], candidates, strict=True)),
@@ -491,7 +492,7 @@ def _count_pass(
     return counts, candidates
 
 
-def select(tensors: TensorPasses, k: int, total: int | None = None) -> Selection:
+def kth_magnitude(tensors: TensorPasses, k: int, total: int | None = None) -> Threshold:
     """The k-th smallest magnitude key (1-based) over all tensors yielded by `tensors()`, which
     is called at least twice (sample, count) and may stream from mapped files. `total` is their
     entry count (found by one more call when not given)."""
@@ -509,16 +510,16 @@ def select(tensors: TensorPasses, k: int, total: int | None = None) -> Selection
     scratch = Scratch()
     while True:
         request = search.request()
-        selection = search.update(request, *_count_pass(tensors, request, scratch))
-        if selection is not None:
-            return selection
+        threshold = search.update(request, *_count_pass(tensors, request, scratch))
+        if threshold is not None:
+            return threshold
 
 
 def kth_smallest_magnitude(tensors: TensorPasses, k: int) -> tuple[float, int]:
     """(value, rank) of the k-th smallest |w| (1-based k) over all tensors yielded by
     `tensors()`, where `rank` = how many entries are smaller."""
-    selection = select(tensors, k)
-    return selection.space.value(selection.threshold), sum(selection.below)
+    threshold = kth_magnitude(tensors, k)
+    return threshold.space.value(threshold.key), sum(threshold.below)
 
 
 def plan_cuts(tensors: TensorPasses, k: int, sizes: Sequence[int]) -> tuple[TensorCut, ...] | None:
@@ -528,14 +529,14 @@ def plan_cuts(tensors: TensorPasses, k: int, sizes: Sequence[int]) -> tuple[Tens
         return None
     if k >= total:
         return tuple(TensorCut(KeySpace(torch.float32), 1 << 31, zeros=n) for n in sizes)
-    return select(tensors, k, total).cuts(k)
+    return kth_magnitude(tensors, k, total).cuts(k)
 
 
 class RidingSearch:
     """A global threshold search whose first counting pass rides along another pass that
     produces the values (a merge): started from a sample of them (exact, or `estimated`), it
     counts each produced chunk by its tensor's name (from any thread), and `finish` gives the
-    exact selection, with more counting passes over the finished values when the sample's
+    exact threshold, with more counting passes over the finished values when the sample's
     bracket missed."""
 
     def __init__(
@@ -569,18 +570,18 @@ class RidingSearch:
                 if self.collected > MAX_CANDIDATES:  # too many to keep: counts still help
                     self.candidates, self.collected = [[] for _ in self.candidates], None
 
-    def finish(self, passes: TensorPasses | None = None) -> Selection | None:
-        """The selection from the counted pass; when that was not enough, None, or (given
+    def finish(self, passes: TensorPasses | None = None) -> Threshold | None:
+        """The threshold from the counted pass; when that was not enough, None, or (given
         `passes` over the finished values, in the names' order) the exact one after more passes."""
         candidates = None
         if self.request.collect is not None and self.collected is not None:
             candidates = [torch.cat(c) if c else torch.empty(0, dtype=torch.int32) for c in self.candidates]
-        selection = self.search.update(self.request, self.counts, candidates)
+        threshold = self.search.update(self.request, self.counts, candidates)
         scratch = Scratch()
-        while selection is None and passes is not None:
+        while threshold is None and passes is not None:
             request = self.search.request()
-            selection = self.search.update(request, *_count_pass(passes, request, scratch))
-        return selection
+            threshold = self.search.update(request, *_count_pass(passes, request, scratch))
+        return threshold
 
 
 @dataclass(frozen=True)
