@@ -1,4 +1,5 @@
-"""Where SAE's child spends its time, stage by stage: the benchmark's SAE job (section 1:
+"""Where SAE's child spends its time, stage by stage: the benchmark's SAE job (measurement 1,
+`bench/merge_passes.py`:
 `method=sae`'s child of two synthetic bf16 checkpoints held as archive members pruned to its
 rate, made by `SAE._make_child` and stored in the archive) under cProfile,
 one torch thread, after two warm-up children. Prints a Markdown table of cumulative seconds.
@@ -41,12 +42,6 @@ STAGES = [
 ]
 
 
-def _benchmark():
-    import benchmark  # experiments/benchmark.py: this script's folder is on sys.path
-
-    return benchmark
-
-
 def _cumulative(stats: dict, path: str, function: str) -> float:
     line = None
     if "." in function:  # a method: told apart from same-named ones by its line
@@ -74,25 +69,25 @@ def main() -> None:
     parser.add_argument("--params", type=float, default=0.22e9)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sae-benchmark"))
     args = parser.parse_args()
-    benchmark = _benchmark()
     import torch
+    from bench import common, merge_passes  # experiments/bench/: beside this script
 
     torch.set_num_threads(1)
-    files = benchmark.build_checkpoints(args.workdir / f"llama-{args.params / 1e6:.0f}M", args.params)
-    sae = benchmark.sae_method()
-    archive = benchmark.sae_archive(sae, files[1], files[2], files[1].parent / "sae-archive")
+    files = common.build_checkpoints(args.workdir / f"llama-{args.params / 1e6:.0f}M", args.params)
+    sae = merge_passes.sae_method()
+    archive = merge_passes.sae_archive(sae, files[1], files[2], files[1].parent / "sae-archive")
     out = args.workdir / f"profile-child-{os.getpid()}"
     for _ in range(2):
-        benchmark._remove(out)
-        benchmark.sae_child(sae, archive, out)
-    benchmark._remove(out)
+        common.remove_output(out)
+        merge_passes.sae_child(sae, archive, out)
+    common.remove_output(out)
     profile = cProfile.Profile()
     started = time.perf_counter()
     profile.enable()
-    benchmark.sae_child(sae, archive, out)
+    merge_passes.sae_child(sae, archive, out)
     profile.disable()
     total = time.perf_counter() - started
-    benchmark._remove(out)
+    common.remove_output(out)
     stats = pstats.Stats(profile).stats
     print(
         f"SAE child of 2 x {files[1].stat().st_size / 1e9:.2f} GB bf16: {total:.2f} s under cProfile, "
