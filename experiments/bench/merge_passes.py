@@ -1,17 +1,16 @@
-"""Measurement 1: The merge passes against a file copy of one model (read 1 + write 1): the streaming task
-arithmetic that the merge command runs (base + 2 experts: read 3 + write 1, twice the
-file copy's bytes, so 2x its time is the physical limit), alone and with its global pruning
-to 50% in the same call, and SAE's child (2 parents read, both pruned to 60%, merged by
-eq. 4/5, the child pruned and stored in the archive: the code `method=sae` runs, `SAE.child`
-through `merging.child`), against that task-arithmetic pass (floor 1.5). The merge alone
-and with pruning run interleaved in one subprocess (which goes first alternates, at least 2
-rounds), the SAE child in its own.
-Each merge runs in a fresh subprocess that reports its peak RSS above the RSS it had just
-before the run (after imports), against one model's size: the kernel's high-water mark
-(VmHWM, what ru_maxrss reports), reset before each run; ru_maxrss itself where /proc is
-missing. The output goes to a new file, as in a real run, so page-cache allocation is
-included (a virtual machine may make that slow when its memory was idle: the first run's
-time is shown too). `--device cuda` makes the SAE child on the GPU (`ChildRecipe.on`).
+"""Measurement 1: the merge passes against a file copy of one model (read 1 + write 1): the
+streaming task arithmetic that the merge command runs (base + 2 experts: read 3 + write 1, twice
+the file copy's bytes, so 2x its time is the physical limit), alone and with its global pruning
+to 50% in the same call, and SAE's child (2 parents read, both pruned to 60%, merged by eq. 4/5,
+the child pruned and stored in the archive: the code `method=sae` runs, `SAE.child` through
+`merging.child`), against that task-arithmetic pass (floor 1.5). The merge alone and with
+pruning run interleaved in one subprocess (which goes first alternates, at least 2 rounds), the
+SAE child in its own. Each merge runs in a fresh subprocess that reports its peak RSS above the
+RSS it had just before the run (after imports), against one model's size: the kernel's high-
+water mark (VmHWM, what ru_maxrss reports), reset before each run; ru_maxrss itself where /proc
+is missing. The output goes to a new file, as in a real run, so page-cache allocation is
+included (a virtual machine may make that slow when its memory was idle: the first run's time is
+shown too). `--device cuda` makes the SAE child on the GPU (`ChildRecipe.on`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Measurement 2: Global magnitude pruning of the base to 60% (the exact threshold, then every prunable tensor
-zeroed, chunk by chunk: the plan SAE prunes its parents by) against one pass over its
-prunable weights: `torch.count_nonzero` of each mapped tensor (the reference of the floor).
-Shown too: a chunked float32 sum pass (conversion into a preallocated buffer, then sum), the
-threshold search alone, and writing an unpruned copy of the model (read + write, no
+"""Measurement 2: global magnitude pruning of the base to 60% (the exact threshold, then every
+prunable tensor zeroed, chunk by chunk: the plan SAE prunes its parents by) against one pass
+over its prunable weights: `torch.count_nonzero` of each mapped tensor (the reference of the
+floor). Shown too: a chunked float32 sum pass (conversion into a preallocated buffer, then sum),
+the threshold search alone, and writing an unpruned copy of the model (read + write, no
 threshold: what the file write costs by itself).
 """
 

@@ -1,6 +1,6 @@
-"""Measurement 6: The thread policy's measurement: seconds per step of the lab's training loop
-(`lab.training.train`, what the lab build runs; default lab shapes) at 1 thread and at
-every core, interleaved, with the load average before and after.
+"""Measurement 6: the thread policy's measurement: seconds per step of the lab's training loop
+(`lab.training.train`, what the lab build runs; default lab shapes) at 1 thread and at every
+core, interleaved, with the load average before and after.
 """
 
 from __future__ import annotations
