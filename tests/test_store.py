@@ -69,6 +69,23 @@ def test_file_digest_reads_in_blocks_and_equals_the_whole_files_hash(tmp_path):
     assert file_digest(path) == expected
 
 
+def _refuse(why: str):
+    def refuse(*_):
+        raise AssertionError(f"a tensor was unpacked {why}")
+
+    return refuse
+
+
+def _refusing_member(tmp_path, monkeypatch, model: dict, why: str):
+    """`model` stored as an archive member and opened; unpacking any tensor fails the test."""
+    from sae_merging.runtime import store as store_module
+
+    store = IndividualStore(tmp_path)
+    store.save("m", model)
+    monkeypatch.setattr(store_module, "unpack", _refuse(why))
+    return store.open("m")
+
+
 def test_a_members_sizes_are_read_from_its_meta_without_unpacking(tmp_path, monkeypatch):
     """Planning a pruning of an archive member counts its tensors' entries from the stored
     shapes: no tensor is read for them."""
@@ -76,15 +93,8 @@ def test_a_members_sizes_are_read_from_its_meta_without_unpacking(tmp_path, monk
     from sae_merging.utils.tensorfiles import numel
 
     model = MagnitudePruner("global").prune(_model(torch.bfloat16), 0.6)
-    store = IndividualStore(tmp_path)
-    store.save("m", model)
-    opened = store.open("m")
-
-    def refuse(*_):
-        raise AssertionError("a tensor was unpacked to learn its size")
-
-    monkeypatch.setattr(store_module, "unpack", refuse)
-    monkeypatch.setattr(store_module.TensorFile, "get", refuse)
+    opened = _refusing_member(tmp_path, monkeypatch, model, "to learn its size")
+    monkeypatch.setattr(store_module.TensorFile, "get", _refuse("to learn its size"))
     assert {name: numel(opened, name) for name in opened} == {n: t.numel() for n, t in model.items()}
 
 
@@ -124,7 +134,6 @@ def test_a_members_plan_reads_it_packed_and_equals_the_dense_plan(tmp_path, monk
     rate it was stored at (the threshold is its zeros), below it and above it; with samples
     smaller than the model and several counting passes."""
     from sae_merging.pruning import magnitude
-    from sae_merging.runtime import store as store_module
 
     monkeypatch.setattr(magnitude, "CHUNK", 1000)
     monkeypatch.setattr(magnitude, "SAMPLE", 512)
@@ -135,14 +144,7 @@ def test_a_members_plan_reads_it_packed_and_equals_the_dense_plan(tmp_path, monk
         name: _sparse(torch.bfloat16, t.numel(), i).reshape(t.shape)
         for i, (name, t) in enumerate(_model(torch.bfloat16).items())
     }
-    store = IndividualStore(tmp_path)
-    store.save("m", model)
-    opened = store.open("m")
-
-    def refuse(*_):
-        raise AssertionError("a tensor was unpacked to plan its pruning")
-
-    monkeypatch.setattr(store_module, "unpack", refuse)
+    opened = _refusing_member(tmp_path, monkeypatch, model, "to plan its pruning")
     for rate in (0.3, 0.6, 0.8):
         assert pruner.model_plan(opened, rate) == pruner.model_plan(model, rate), rate
 
