@@ -110,7 +110,7 @@ class PackedTensor:
             part = target[: stop - start] if out is None else target[start:stop]
             first = start % 8  # (a chunk may start inside a byte)
             kept = np.unpackbits(mask[start // 8 : (stop + 7) // 8], count=stop - start + first)
-            where = np.flatnonzero(kept[first:])
+            where = np.nonzero(kept[first:].view(bool))[0]  # (on bools: 5x `flatnonzero` of bytes)
             part.fill(0)
             part[where] = values[done : done + where.size]
             done += where.size
