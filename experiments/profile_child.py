@@ -21,7 +21,7 @@ from pathlib import Path
 # Class.method, told apart from same-named ones by its line); a list of them: the first less
 # the rest
 STAGES = [
-    ("parent A read into memory (unpacked)", "merging/child.py", "parents"),
+    ("parent A read into memory (when loaded: not a packed member)", "merging/child.py", "parents"),
     ("parents' thresholds (sample + one counting pass each)", "pruning/magnitude.py", "model_plan"),
     ("eq. 5's measures (from the plans' zero counts)", "methods/sae.py", "ratios"),
     (
@@ -31,7 +31,7 @@ STAGES = [
     ),
     ("merge pass: parents' chunks pruned, mixed, child counted", "merging/child.py", "run"),
     (
-        "  of which parent B unpacked chunk by chunk",
+        "  of which the parents unpacked chunk by chunk",
         [("utils/packed.py", "PackedTensor.chunks"), ("utils/packed.py", "PackedTensor.dense")],
     ),
     ("  of which mixing (eq. 4)", "merging/functions.py", "linear"),

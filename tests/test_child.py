@@ -299,3 +299,30 @@ def test_run_context_children_follow_the_runs_device(parents, tmp_path):
         child = sae._make_child(ctx, *members, 0.55, 0.4, 0.6, None)
     assert made == [torch.device("cpu")]
     _assert_same(child.tensors, sae.child(a, b, 0.55, 0.4, 0.6).tensors)
+
+
+def test_packed_archive_members_are_read_as_stored_at_any_size(parents, tmp_path, monkeypatch):
+    """Below the streaming threshold, parents stored packed (pruned archive members) are not
+    loaded: both are read as stored (counted and sampled packed, unpacked chunk by chunk by the
+    merge, never a whole tensor unpacked), and the child equals the in-memory child."""
+    from sae_merging.runtime import store as store_module
+
+    a, b = parents
+    sae = _sae()
+    pa, pb = (sae.pruner.prune(m, 0.6) for m in (a, b))
+    store = IndividualStore(tmp_path / "archive")
+    store.save("a", pa)
+    store.save("b", pb)
+    expected = sae.child(pa, pb, 0.55, 0.4, 0.6)
+
+    def refuse(*_):
+        raise AssertionError("a packed tensor was unpacked whole")
+
+    monkeypatch.setattr(store_module, "unpack", refuse)
+    ctx = SimpleNamespace(store=store, timer=Timer(), device=torch.device("cpu"))
+    first, _ = sae.recipe.parents(store.open("a"), store.nbytes("a"), store.open("b"))
+    assert isinstance(first, LazyTensors) and first.packs  # not loaded
+    members = [Member(ident=i, origin="test") for i in "ab"]
+    made = sae._make_child(ctx, *members, 0.55, 0.4, 0.6, None)
+    _assert_same(made.tensors, expected.tensors)
+    assert made.weights == expected.weights

@@ -113,13 +113,14 @@ class IndividualStore:
                 return unpack(stored.view(name + _MASK), stored.view(name + _VALUES), shapes[name])
 
         def packed(name: str) -> PackedTensor | None:
-            stored = TensorFile(path)  # kept open by the views (closed when they are dropped)
-            if name in stored.entries:
-                stored.close()
+            if name not in packed_names:
                 return None
+            stored = TensorFile(path)  # kept open by the views (closed when they are dropped)
             return PackedTensor(stored.view(name + _MASK), stored.view(name + _VALUES), shapes[name], stored)
 
-        return LazyTensors(meta["order"], read, shapes=shapes, packed=packed)
+        with TensorFile(path) as stored:
+            packed_names = {name for name in meta["order"] if name + _MASK in stored.entries}
+        return LazyTensors(meta["order"], read, shapes=shapes, packed=packed if packed_names else None)
 
     def nbytes(self, ident: str) -> int:
         return sum(f.stat().st_size for f in self.path(ident).iterdir())

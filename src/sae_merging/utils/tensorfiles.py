@@ -434,6 +434,12 @@ class LazyTensors(Mapping[str, torch.Tensor]):
             raise KeyError(name)
         return self._view(name)
 
+    @property
+    def packs(self) -> bool:
+        """Whether some tensors are stored packed and read as such (`stored`): a pass that
+        counts or samples them unpacks nothing, and a merge pass unpacks them chunk by chunk."""
+        return self._packed is not None
+
     def stored(self, name: str) -> torch.Tensor | PackedTensor:
         """The tensor to read, as it is stored: its `PackedTensor` where the mapping holds it
         packed (an archive member's pruned tensor: nothing unpacked), else `peek(name)`."""
