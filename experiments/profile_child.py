@@ -1,4 +1,5 @@
-"""Where SAE's child spends its time, stage by stage: the benchmark's SAE job (section 1:
+"""Where SAE's child spends its time, stage by stage: the benchmark's SAE job (measurement 1,
+`bench/merge_passes.py`:
 `method=sae`'s child of two synthetic bf16 checkpoints held as archive members pruned to its
 rate, made by `SAE._make_child` and stored in the archive) under cProfile,
 one torch thread, after two warm-up children. Prints a Markdown table of cumulative seconds.
@@ -16,8 +17,11 @@ import pstats
 import time
 from pathlib import Path
 
-# (stage, module path part, function): cumulative seconds of that function
+# (stage, module path part, function): cumulative seconds of that function (a method named
+# Class.method, told apart from same-named ones by its line); a list of them: the first less
+# the rest
 STAGES = [
+    ("parent A read into memory (when loaded: not a packed member)", "merging/child.py", "parents"),
     ("parents' thresholds (sample + one counting pass each)", "pruning/magnitude.py", "model_plan"),
     ("eq. 5's measures (from the plans' zero counts)", "methods/sae.py", "ratios"),
     (
@@ -26,6 +30,10 @@ STAGES = [
         "_search",
     ),
     ("merge pass: parents' chunks pruned, mixed, child counted", "merging/child.py", "run"),
+    (
+        "  of which the parents unpacked chunk by chunk",
+        [("utils/packed.py", "PackedTensor.chunks"), ("utils/packed.py", "PackedTensor.dense")],
+    ),
     ("  of which mixing (eq. 4)", "merging/functions.py", "linear"),
     ("  of which the parents' zeroing", "pruning/magnitude.py", "_mask_into"),
     ("  of which the child's counting", "pruning/magnitude.py", "RidingSearch.count"),
@@ -34,19 +42,14 @@ STAGES = [
 ]
 
 
-def _benchmark():
-    import benchmark  # experiments/benchmark.py: this script's folder is on sys.path
-
-    return benchmark
-
-
 def _cumulative(stats: dict, path: str, function: str) -> float:
     line = None
     if "." in function:  # a method: told apart from same-named ones by its line
-        from sae_merging.pruning import magnitude
+        import importlib
 
+        module = importlib.import_module("sae_merging." + path.removesuffix(".py").replace("/", "."))
         owner, function = function.split(".")
-        line = inspect.getsourcelines(getattr(getattr(magnitude, owner), function))[1]
+        line = inspect.getsourcelines(getattr(getattr(module, owner), function))[1]
     return sum(
         v[3]
         for (f, lineno, name), v in stats.items()
@@ -54,38 +57,46 @@ def _cumulative(stats: dict, path: str, function: str) -> float:
     )
 
 
+def _stage(stats: dict, spec) -> float:
+    if isinstance(spec[1], list):
+        first, *rest = spec[1]
+        return _cumulative(stats, *first) - sum(_cumulative(stats, *r) for r in rest)
+    return _cumulative(stats, spec[1], spec[2])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=float, default=0.22e9)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sae-benchmark"))
     args = parser.parse_args()
-    benchmark = _benchmark()
     import torch
+    from bench import common, merge_passes  # experiments/bench/: beside this script
 
     torch.set_num_threads(1)
-    files = benchmark.build_checkpoints(args.workdir / f"llama-{args.params / 1e6:.0f}M", args.params)
-    sae = benchmark.sae_method()
-    archive = benchmark.sae_archive(sae, files[1], files[2], files[1].parent / "sae-archive")
+    files = common.build_checkpoints(args.workdir / f"llama-{args.params / 1e6:.0f}M", args.params)
+    sae = merge_passes.sae_method()
+    archive = merge_passes.sae_archive(sae, files[1], files[2], files[1].parent / "sae-archive")
     out = args.workdir / f"profile-child-{os.getpid()}"
     for _ in range(2):
-        benchmark._remove(out)
-        benchmark.sae_child(sae, archive, out)
-    benchmark._remove(out)
+        common.remove_output(out)
+        merge_passes.sae_child(sae, archive, out)
+    common.remove_output(out)
     profile = cProfile.Profile()
     started = time.perf_counter()
     profile.enable()
-    benchmark.sae_child(sae, archive, out)
+    merge_passes.sae_child(sae, archive, out)
     profile.disable()
     total = time.perf_counter() - started
-    benchmark._remove(out)
+    common.remove_output(out)
     stats = pstats.Stats(profile).stats
     print(
         f"SAE child of 2 x {files[1].stat().st_size / 1e9:.2f} GB bf16: {total:.2f} s under cProfile, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
     print("| stage | seconds |\n|---|---:|")
-    for label, path, function in STAGES:
-        print(f"| {label} | {_cumulative(stats, path, function):.2f} |")
+    for spec in STAGES:
+        print(f"| {spec[0]} | {_stage(stats, spec):.2f} |")
+    print(f"| **total under cProfile** | **{total:.2f}** |")
 
 
 if __name__ == "__main__":

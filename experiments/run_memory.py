@@ -39,28 +39,23 @@ OVERRIDES = [
 ]
 
 
-def _benchmark():
-    import benchmark  # experiments/benchmark.py: this script's folder is on sys.path
-
-    return benchmark
-
-
 def worker(folders: list[str], extra: list[str]) -> dict:
     """The run in this process: baseline RSS, peak RSS, wall seconds."""
-    benchmark = _benchmark()
+    from bench import common  # experiments/bench/: beside this script
+
     from sae_merging.runtime import runner
 
     overrides = [*OVERRIDES, f"model.base={folders[0]}", f"model.experts=[{folders[1]},{folders[2]}]", *extra]
-    config = benchmark.lab_config(overrides)
-    exact = benchmark._measure_memory()
-    baseline = benchmark._memory("VmRSS")
+    config = common.lab_config(overrides)
+    exact = common.reset_peak_rss()
+    baseline = common.proc_memory("VmRSS")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="run-memory-") as tmp:
         runner.run(config, Path(tmp) / "run")
         lines = (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()
     return {
         "baseline": baseline,
-        "peak": benchmark._memory("VmHWM"),
+        "peak": common.proc_memory("VmHWM"),
         "exact": exact,
         "seconds": time.perf_counter() - started,
         "generations": len(lines),
@@ -78,9 +73,10 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.overrides)))
         return
-    benchmark = _benchmark()
-    files = benchmark.build_checkpoints(args.workdir / f"llama-{args.params / 1e6:.0f}M", args.params)
-    folders = benchmark.model_folders(args.workdir / f"llama-{args.params / 1e6:.0f}M", files)
+    from bench import commands, common  # experiments/bench/: beside this script
+
+    files = common.build_checkpoints(args.workdir / f"llama-{args.params / 1e6:.0f}M", args.params)
+    folders = commands.model_folders(args.workdir / f"llama-{args.params / 1e6:.0f}M", files)
     env = {**os.environ, "SAE_MERGING_DATA": args.data}
     load = os.getloadavg()
     command = [sys.executable, __file__, "--worker", *map(str, folders), *args.overrides]

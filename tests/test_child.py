@@ -4,9 +4,7 @@ row makes exactly the child `method=sae` makes."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -188,37 +186,30 @@ def test_m2n2_crossover_goes_through_the_child_path(parents, tmp_path):
         _assert_same(m2n2._crossover(ctx, *members, split, 0.3), expected)
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "experiments" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("benchmark", module)  # (its dataclasses look their module up)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("stream", [False, True])
 def test_benchmark_child_is_method_sae_child(parents, tmp_path, stream):
     """The benchmark's SAE row (parents from checkpoint files, stored as archive members pruned
     to its rate) makes the child that `method=sae` makes from the same parents pruned and
     stored in its archive, at the same rate and scores."""
-    benchmark = _benchmark()
+    from bench import common, merge_passes  # experiments/bench/ (pytest's pythonpath)
+
     a, b = parents
     files = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
     for model, file in zip((a, b), files, strict=True):
         write_tensors(file, model.items())
-    sae = benchmark.sae_method()
+    sae = merge_passes.sae_method()
     assert isinstance(sae, SAE) and sae.pruner.granularity == "global"
     if stream:  # the recipe is frozen; parents this small stream only below a zero threshold
         object.__setattr__(sae.recipe, "stream_above_gb", 0.0)
-    archive = benchmark.sae_archive(sae, *files, tmp_path / "benchmark-archive")
-    got = benchmark.sae_child(sae, archive, tmp_path / "out", 0.5, 0.4)
+    archive = merge_passes.sae_archive(sae, *files, tmp_path / "benchmark-archive")
+    got = merge_passes.sae_child(sae, archive, tmp_path / "out", 0.5, 0.4)
     store = IndividualStore(tmp_path / "archive")
-    store.save("a", sae.pruner.prune(a, benchmark.RATE))
-    store.save("b", sae.pruner.prune(b, benchmark.RATE))
+    store.save("a", sae.pruner.prune(a, common.RATE))
+    store.save("b", sae.pruner.prune(b, common.RATE))
     _assert_same(archive.load("a"), store.load("a"))
     ctx = SimpleNamespace(store=store, timer=Timer(), device=torch.device("cpu"))
     members = [Member(ident=i, origin="test") for i in "ab"]
-    expected = sae._make_child(ctx, *members, 0.5, 0.4, benchmark.RATE, None).tensors
+    expected = sae._make_child(ctx, *members, 0.5, 0.4, common.RATE, None).tensors
     _assert_same(got, expected)
     _assert_same(IndividualStore(tmp_path / "out").load("child"), expected)
 
@@ -308,3 +299,30 @@ def test_run_context_children_follow_the_runs_device(parents, tmp_path):
         child = sae._make_child(ctx, *members, 0.55, 0.4, 0.6, None)
     assert made == [torch.device("cpu")]
     _assert_same(child.tensors, sae.child(a, b, 0.55, 0.4, 0.6).tensors)
+
+
+def test_packed_archive_members_are_read_as_stored_at_any_size(parents, tmp_path, monkeypatch):
+    """Below the streaming threshold, parents stored packed (pruned archive members) are not
+    loaded: both are read as stored (counted and sampled packed, unpacked chunk by chunk by the
+    merge, never a whole tensor unpacked), and the child equals the in-memory child."""
+    from sae_merging.runtime import store as store_module
+
+    a, b = parents
+    sae = _sae()
+    pa, pb = (sae.pruner.prune(m, 0.6) for m in (a, b))
+    store = IndividualStore(tmp_path / "archive")
+    store.save("a", pa)
+    store.save("b", pb)
+    expected = sae.child(pa, pb, 0.55, 0.4, 0.6)
+
+    def refuse(*_):
+        raise AssertionError("a packed tensor was unpacked whole")
+
+    monkeypatch.setattr(store_module, "unpack", refuse)
+    ctx = SimpleNamespace(store=store, timer=Timer(), device=torch.device("cpu"))
+    first, _ = sae.recipe.parents(store.open("a"), store.nbytes("a"), store.open("b"))
+    assert isinstance(first, LazyTensors) and first.packs  # not loaded
+    members = [Member(ident=i, origin="test") for i in "ab"]
+    made = sae._make_child(ctx, *members, 0.55, 0.4, 0.6, None)
+    _assert_same(made.tensors, expected.tensors)
+    assert made.weights == expected.weights

@@ -82,7 +82,7 @@ def test_bad_granularity_is_refused():
         MagnitudePruner("per-row")
 
 
-# --- the streaming selection: sampled brackets, chunked passes, exact ties ----------------------
+# --- the streaming threshold: sampled brackets, chunked passes, exact ties ----------------------
 
 
 def _prune_like_reference(tensors: list[torch.Tensor], rate: float) -> None:
@@ -118,7 +118,7 @@ def streaming_scale(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
 @pytest.mark.parametrize("rate", [0.0, 0.05, 0.5, 0.6, 0.97, 1.0])
-def test_sampled_selection_matches_sort_reference(streaming_scale, dtype, rate):
+def test_sampled_threshold_matches_sort_reference(streaming_scale, dtype, rate):
     _prune_like_reference(_weights(dtype), rate)
 
 
@@ -173,12 +173,12 @@ def test_plan_is_order_independent_and_streams(streaming_scale, tmp_path):
     assert sum(cut.zeros for cut in plan.cuts) == sum(int((t == 0).sum()) for t in expected.values())
 
 
-def test_selection_reports_per_tensor_counts():
+def test_threshold_reports_per_tensor_counts():
     tensors = [torch.tensor([3.0, -1.0, 1.0, 0.0]), torch.tensor([1.0, 2.0, -1.0])]
-    selection = magnitude.select(lambda: tensors, 3)
-    assert selection.space.value(selection.threshold) == 1.0
-    assert selection.below == (1, 0) and selection.ties == (2, 2)
-    cuts = selection.cuts(3)
+    threshold = magnitude.kth_magnitude(lambda: tensors, 3)
+    assert threshold.space.value(threshold.key) == 1.0
+    assert threshold.below == (1, 0) and threshold.ties == (2, 2)
+    cuts = threshold.cuts(3)
     assert [c.quota for c in cuts] == [2, 0]  # ties go to the first tensor first
     assert [c.zeros for c in cuts] == [3, 0]
 

@@ -69,6 +69,23 @@ def test_file_digest_reads_in_blocks_and_equals_the_whole_files_hash(tmp_path):
     assert file_digest(path) == expected
 
 
+def _refuse(why: str):
+    def refuse(*_):
+        raise AssertionError(f"a tensor was unpacked {why}")
+
+    return refuse
+
+
+def _refusing_member(tmp_path, monkeypatch, model: dict, why: str):
+    """`model` stored as an archive member and opened; unpacking any tensor fails the test."""
+    from sae_merging.runtime import store as store_module
+
+    store = IndividualStore(tmp_path)
+    store.save("m", model)
+    monkeypatch.setattr(store_module, "unpack", _refuse(why))
+    return store.open("m")
+
+
 def test_a_members_sizes_are_read_from_its_meta_without_unpacking(tmp_path, monkeypatch):
     """Planning a pruning of an archive member counts its tensors' entries from the stored
     shapes: no tensor is read for them."""
@@ -76,13 +93,76 @@ def test_a_members_sizes_are_read_from_its_meta_without_unpacking(tmp_path, monk
     from sae_merging.utils.tensorfiles import numel
 
     model = MagnitudePruner("global").prune(_model(torch.bfloat16), 0.6)
-    store = IndividualStore(tmp_path)
-    store.save("m", model)
-    opened = store.open("m")
-
-    def refuse(*_):
-        raise AssertionError("a tensor was unpacked to learn its size")
-
-    monkeypatch.setattr(store_module, "unpack", refuse)
-    monkeypatch.setattr(store_module.TensorFile, "get", refuse)
+    opened = _refusing_member(tmp_path, monkeypatch, model, "to learn its size")
+    monkeypatch.setattr(store_module.TensorFile, "get", _refuse("to learn its size"))
     assert {name: numel(opened, name) for name in opened} == {n: t.numel() for n, t in model.items()}
+
+
+def _sparse(dtype: torch.dtype, n: int, seed: int) -> torch.Tensor:
+    """A tensor with 60% zeros, some -0.0 among the rest, on a coarse grid (many ties)."""
+    generator = torch.Generator().manual_seed(seed)
+    tensor = ((torch.randn(n, generator=generator) * 4).round() / 64).to(dtype)
+    tensor[torch.rand(n, generator=generator) < 0.6] = 0
+    tensor[torch.rand(n, generator=generator) < 0.02] = -0.0
+    return tensor
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_packed_tensor_reads_equal_the_dense_tensor(dtype):
+    """A packed tensor read where it lies gives the dense tensor's bits: its entries at sorted
+    positions, its chunks at any size (a chunk may start inside a mask byte), unpacked whole,
+    and its zero count (+0.0 only)."""
+    from sae_merging.utils.packed import PackedTensor, pack
+
+    width = torch.int16 if dtype == torch.bfloat16 else torch.int32
+    for n in (9, 1000, 40_001):
+        tensor = _sparse(dtype, n, n)
+        packed = PackedTensor(*pack(tensor), (n,))
+        assert torch.equal(packed.dense().view(width), tensor.view(width))
+        assert packed.zeros == int((tensor.view(width) == 0).sum())
+        positions = torch.randperm(n, generator=torch.Generator().manual_seed(1))[: n // 3].sort().values
+        assert torch.equal(packed.at(positions).view(width), tensor[positions].view(width))
+        for size in (13, 1024):
+            got = torch.cat([chunk.clone() for _, chunk in packed.chunks(size)])
+            assert torch.equal(got.view(width), tensor.view(width))
+
+
+@pytest.mark.parametrize("granularity", ["global", "local"])
+def test_a_members_plan_reads_it_packed_and_equals_the_dense_plan(tmp_path, monkeypatch, granularity):
+    """Planning a pruning of an archive member counts its packed tensors' values and takes their
+    zeros from the mask, never unpacking one, and gives the plan of its dense tensors: at the
+    rate it was stored at (the threshold is its zeros), below it and above it; with samples
+    smaller than the model and several counting passes."""
+    from sae_merging.pruning import magnitude
+
+    monkeypatch.setattr(magnitude, "CHUNK", 1000)
+    monkeypatch.setattr(magnitude, "SAMPLE", 512)
+    monkeypatch.setattr(magnitude, "SAMPLE_BLOCK", 16)
+    monkeypatch.setattr(magnitude, "MAX_CANDIDATES", 64)
+    pruner = MagnitudePruner(granularity)
+    model = {
+        name: _sparse(torch.bfloat16, t.numel(), i).reshape(t.shape)
+        for i, (name, t) in enumerate(_model(torch.bfloat16).items())
+    }
+    opened = _refusing_member(tmp_path, monkeypatch, model, "to plan its pruning")
+    for rate in (0.3, 0.6, 0.8):
+        assert pruner.model_plan(opened, rate) == pruner.model_plan(model, rate), rate
+
+
+def test_a_packed_tensors_counts_and_collected_keys_equal_the_dense_ones():
+    """A counting pass over a packed tensor (its values, its zeros added as key 0) counts and
+    collects what the pass over the dense tensor does, the zeros included in a range from 0."""
+    from sae_merging.pruning.magnitude import CountRequest, KeySpace, Scratch, _count_tensor
+    from sae_merging.utils.packed import PackedTensor, pack
+
+    tensor = _sparse(torch.bfloat16, 5000, 3)
+    packed = PackedTensor(*pack(tensor), tensor.shape)
+    space = KeySpace(torch.bfloat16)
+    for request in (
+        CountRequest(space, (0, 1, 2000, 16000, space.limit), (0, 16000)),
+        CountRequest(space, (1, 15600), (1, 15600)),
+    ):
+        rows, found = zip(*(_count_tensor(t, request, Scratch()) for t in (packed, tensor)), strict=True)
+        assert rows[0] == rows[1]
+        keys = [torch.cat(f).sort().values for f in found]
+        assert torch.equal(keys[0], keys[1]) and keys[0].numel() > 0

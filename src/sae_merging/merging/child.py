@@ -11,19 +11,23 @@ A child is made in four steps, each an option of `ChildRecipe`:
 4. **Prune the child** to the rate.
 
 As passes: each parent's plan is one sample plus one counting pass (`MagnitudePruner.
-model_plan`), read from the mapped file without a copy where the parent is one; the weight
-rule reads the plans' zero counts (no tensor, for zero-count scoring); then **one pass per
-tensor** does the rest of steps 1-4 chunk by chunk for an elementwise merger: both parents'
-chunks pruned by their plans into small buffers, merged into the child's tensor, and counted
-for the child's global threshold (a search started from the merged values at the sample
-positions, `RidingSearch`); the child is then zeroed where it lies by the exact cuts. A
-merger that needs whole tensors (slerp) gets them pruned whole, and the child is planned after.
+model_plan`), read as the parent is stored: from the mapped file without a copy where it is
+one, and an archive member's packed tensors not unpacked at all (the count runs over their
+values, their zeros come from the mask, the sample reads the sampled entries alone,
+`utils.packed.PackedTensor`); the weight rule reads the plans' zero counts (no tensor, for
+zero-count scoring); then **one pass per tensor** does the rest of steps 1-4 chunk by chunk
+for an elementwise merger: both parents' chunks (a packed one's unpacked chunk by chunk)
+pruned by their plans into small buffers, merged into the child's tensor, and counted for the
+child's global threshold (a search started from the merged values at the sample positions,
+`RidingSearch`); the child is then zeroed where it lies by the exact cuts. A merger that
+needs whole tensors (slerp) gets them pruned whole, and the child is planned after.
 
 Two regimes, one result. A parent given as a `LazyTensors` is *streamed*: never held whole,
 read tensor by tensor in each pass (mapped views of its file where it has one). A parent given
 as a dict is held in memory. `parents()` streams both parents above `stream_above_gb`, and a
-mapped one at any size; below it a parent whose reads cost a computation (an archive member
-unpacked, an average) is read into memory once. A parent the recipe loaded is given up as the
+mapped one or a packed archive member (read as stored, `reads_packed`) at any size; below it a
+parent whose reads cost a computation (a dense archive member copied, an average) is read into
+memory once. A parent the recipe loaded is given up as the
 merge pass goes: the child is built in the first one's place (each tensor overwritten by the
 child's) and the second one's tensors are dropped once merged. So making a child holds one
 model and a few chunks, never two parents and the child. Every step is a function of one entry
@@ -43,8 +47,9 @@ import torch
 from sae_merging.merging import functions
 from sae_merging.pruning import magnitude
 from sae_merging.pruning.magnitude import MagnitudePruner, ModelPlan, RidingSearch, SamplePositions, Scratch
+from sae_merging.utils import packed
 from sae_merging.utils.settings import bare
-from sae_merging.utils.tensorfiles import LazyTensors, numel, peek, release
+from sae_merging.utils.tensorfiles import LazyTensors, numel, peek, release, stored
 from sae_merging.utils.timing import Timer
 
 RELEASE_ENTRIES = 1 << 22  # entries between page releases of a mapped parent within a tensor
@@ -117,13 +122,20 @@ class ChildRecipe:
         """Whether a model of `nbytes` is streamed rather than held in memory."""
         return nbytes > self.stream_above_gb * 1e9
 
+    @property
+    def reads_packed(self) -> bool:
+        """Whether a merge pass reads a packed parent as stored, chunk by chunk (an elementwise
+        merger, its plans ranking the weights themselves)."""
+        return self.elementwise and not (self.pruner is not None and self.pruner.needs_base)
+
     def parent(self, tensors: LazyTensors, nbytes: int) -> Tensors:
         """A model as the recipe takes it (a parent, a base, a re-dense source): the lazy
-        tensors themselves when the model is large enough to stream or is a mapped file (a pass
-        over it copies nothing), else all of them read into memory (a copy the recipe owns, so
-        it is pruned where it lies instead of beside a second copy, and given up tensor by
-        tensor as a child is made of it)."""
-        if self.streams(nbytes) or tensors.mapped:
+        tensors themselves when the model is large enough to stream, is a mapped file (a pass
+        over it copies nothing) or holds packed tensors the passes read as stored (counted and
+        sampled without unpacking, unpacked chunk by chunk by the merge), else all of them read
+        into memory (a copy the recipe owns, so it is pruned where it lies instead of beside a
+        second copy, and given up tensor by tensor as a child is made of it)."""
+        if self.streams(nbytes) or tensors.mapped or (tensors.packs and self.reads_packed):
             return tensors
         return _Loaded(tensors.items())
 
@@ -179,10 +191,10 @@ class ChildRecipe:
         if search is None:
             return self.pruner.prune_(child, rate).zero_counts
         names = list(search.index)
-        selection = search.finish(lambda: (child[name] for name in names))
+        threshold = search.finish(lambda: (child[name] for name in names))
         k = search.search.k
         counts = {}
-        for name, cut in zip(names, selection.cuts(k), strict=True):
+        for name, cut in zip(names, threshold.cuts(k), strict=True):
             child[name] = cut.prune(child[name], in_place=True)
             counts[name] = (child[name].numel(), cut.zeros)
         return counts
@@ -230,8 +242,7 @@ class _Merge:
             where = positions(size)
             values = []
             for parent, plan in ((self.a, self.plan_a), (self.b, self.plan_b)):
-                flat = peek(parent, name).reshape(-1)
-                sample = (flat if where is None else flat[where]).clone()
+                sample = packed.entries(stored(parent, name), where)  # (a packed one: those alone)
                 release(parent, name)
                 values.append(self.recipe.pruner.apply(plan, name, sample, in_place=True))
             merged = self.merger(values[0], values[1], self.weight[name])
@@ -240,14 +251,16 @@ class _Merge:
         return RidingSearch(torch.cat(parts), names, dtypes, sizes, k, estimated=True)
 
     def run(self) -> tuple[dict[str, torch.Tensor], RidingSearch | None]:
+        # a streamed parent is read as stored: a packed archive member unpacked chunk by chunk
+        read = stored if self.fused else peek
         for name in list(self.a):
-            tensor_a = self.a[name] if isinstance(self.a, dict) else peek(self.a, name)
-            tensor_b = self.given_up.pop(name) if self.given_up is not None else peek(self.b, name)
+            tensor_a = self.a[name] if isinstance(self.a, dict) else read(self.a, name)
+            tensor_b = self.given_up.pop(name) if self.given_up is not None else read(self.b, name)
             same = tensor_b.shape == tensor_a.shape
             if self.fused and same:
                 merged = self._chunked(name, tensor_a, tensor_b)
             else:
-                merged = self._whole(name, tensor_a, tensor_b)
+                merged = self._whole(name, packed.dense(tensor_a), packed.dense(tensor_b))
                 if self.search is not None and name in self.search.index:
                     for _, part in magnitude.chunks(merged):
                         self.search.count(name, part, self.scratch[2])

@@ -263,8 +263,8 @@ def stream_task_arithmetic(
 
             _parallel(merge, _blocks(layout), threads)
             if pruner is not None and k > 0:
-                selection = counts.finish() if counts is not None else None
-                cuts = dict(zip(prunable, selection.cuts(k), strict=True)) if selection else None
+                threshold = counts.finish() if counts is not None else None
+                cuts = dict(zip(prunable, threshold.cuts(k), strict=True)) if threshold else None
                 _prune_written(writer, pruner, rate, cuts, threads)
         except BaseException:
             writer.abort()

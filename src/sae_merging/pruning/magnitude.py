@@ -45,7 +45,8 @@ import numpy as np
 import torch
 
 from sae_merging.pruning.settings import MagnitudePrunerSettings
-from sae_merging.utils.tensorfiles import LazyTensors, numel, peek, release
+from sae_merging.utils.packed import PackedTensor, entries
+from sae_merging.utils.tensorfiles import LazyTensors, numel, peek, release, stored
 
 CHUNK = 1 << 20  # entries per step of every pass (buffers of a few MB: cache-sized, few calls)
 SAMPLE = 1 << 20  # magnitudes sampled to bracket the threshold (all of them in smaller models)
@@ -118,13 +119,18 @@ class Scratch:
         return buffer[:n]
 
 
-def chunks(tensor: torch.Tensor, device: torch.device | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+def chunks(
+    tensor: torch.Tensor | PackedTensor, device: torch.device | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
     """(start, flat slice) pairs covering the tensor, CHUNK entries each (copied to `device`
-    when given and elsewhere; else views)."""
-    flat = tensor.detach().reshape(-1)
-    size = CHUNK
-    for start in range(0, flat.numel(), size):
-        part = flat[start : start + size]
+    when given and elsewhere; else views; a packed tensor unpacked chunk by chunk into one
+    buffer, each chunk valid until the next)."""
+    if isinstance(tensor, PackedTensor):
+        parts = tensor.chunks(CHUNK)
+    else:
+        flat = tensor.detach().reshape(-1)
+        parts = ((start, flat[start : start + CHUNK]) for start in range(0, flat.numel(), CHUNK))
+    for start, part in parts:
         yield start, part if device is None else part.to(device)
 
 
@@ -251,11 +257,12 @@ class PrunePlan:
 
 
 @dataclass(frozen=True)
-class Selection:
-    """The k-th smallest key and, per tensor, how many keys are below it and equal to it."""
+class Threshold:
+    """The k-th smallest magnitude key over all tensors (`kth_magnitude`) and, per tensor, how
+    many keys are below it and equal to it."""
 
     space: KeySpace
-    threshold: int
+    key: int
     below: tuple[int, ...]
     ties: tuple[int, ...]
 
@@ -266,15 +273,15 @@ class Selection:
         for below, ties in zip(self.below, self.ties, strict=True):
             quota = min(ties, remaining)
             remaining -= quota
-            zeros = below + quota if self.threshold > 0 else ties
-            cuts.append(TensorCut(self.space, self.threshold, ties, quota, zeros))
+            zeros = below + quota if self.key > 0 else ties
+            cuts.append(TensorCut(self.space, self.key, ties, quota, zeros))
         return tuple(cuts)
 
 
 class SamplePositions:
     """Where the stratified sample lies, tensor after tensor: random blocks of SAMPLE_BLOCK
     entries, one per stratum, about SAMPLE entries in all (every entry when the tensors hold no
-    more; the selection is then exact from the sample). Seeded, so tensors of the same sizes
+    more; the threshold is then exact from the sample). Seeded, so tensors of the same sizes
     get the same positions."""
 
     def __init__(self, total: int) -> None:
@@ -297,10 +304,10 @@ class SamplePositions:
         return (starts[:, None] + torch.arange(SAMPLE_BLOCK)).reshape(-1)
 
 
-def sample_of(tensor: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-    """float32 magnitudes of the tensor at `positions` (None: everywhere)."""
-    flat = tensor.detach().reshape(-1)
-    return (flat if positions is None else flat[positions]).float().abs()
+def sample_of(tensor: torch.Tensor | PackedTensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """float32 magnitudes of the tensor at `positions` (None: everywhere; a packed tensor reads
+    only those entries)."""
+    return entries(tensor, positions).float().abs()
 
 
 def _bracket(
@@ -355,16 +362,28 @@ class CountRequest:
         counts = [_count_below(keys, key, self.space, scratch) for key in self.thresholds]
         if self.collect is None:
             return counts, None
-        inside = keys >= self.collect[0]
-        if self.collect[1] < self.space.limit:  # (the limit itself overflows 16-bit keys)
-            inside &= keys < self.collect[1]
-        return counts, keys[inside].to(torch.int32).cpu()  # (few: kept on the CPU)
+        low, high = self.collect
+        below = dict(zip(self.thresholds, counts, strict=True))
+        if low in below and high in below and below[low] == below[high]:  # none inside
+            return counts, torch.empty(0, dtype=torch.int32)
+        if keys.device.type != "cpu":
+            inside = keys >= low
+            if high < self.space.limit:  # (the limit itself overflows 16-bit keys)
+                inside &= keys < high
+            return counts, keys[inside].to(torch.int32).cpu()  # (few: kept on the CPU)
+        # on the CPU by NumPy into reused bool buffers, the few keys inside taken by `compress`
+        # (a boolean index of a torch tensor costs several times the comparisons)
+        values, n = keys.numpy(), keys.numel()
+        inside = np.greater_equal(values, low, out=scratch.get("inside", torch.bool, n).numpy())
+        if high < self.space.limit:
+            inside &= np.less(values, high, out=scratch.get("below", torch.bool, n).numpy())
+        return counts, torch.from_numpy(np.compress(inside, values)).to(torch.int32)
 
 
 class ThresholdSearch:
-    """`select`'s search, pass by pass: `request()` says what the next counting pass over all
-    tensors must count, `update()` takes its per-tensor results and returns the Selection once
-    it is exact. (A caller already streaming over the tensors can count the first pass there.)"""
+    """`kth_magnitude`'s search, pass by pass: `request()` says what the next counting pass over
+    all tensors must count, `update()` takes its per-tensor results and returns the Threshold
+    once it is exact. (A caller already streaming over the tensors can count the first pass there.)"""
 
     def __init__(
         self,
@@ -388,10 +407,16 @@ class ThresholdSearch:
         self.inside: int | None = None  # entries in [lo, hi), once known
 
     def request(self) -> CountRequest:
+        """What the next pass counts. The first one also counts below `lo + 1` and collects
+        only above it: where the threshold is a key many entries share (the zeros of a model
+        already pruned to the rate), that count settles it in one pass, and the tie is never
+        collected."""
         lo, hi = self.lo, self.hi
         if hi - lo <= MAX_KEYS:
             return CountRequest(self.space, tuple(range(lo, hi + 1)))
-        if self.inside is None or self.inside <= MAX_CANDIDATES:
+        if self.inside is None:
+            return CountRequest(self.space, (lo, lo + 1, hi), (lo + 1, hi))
+        if self.inside <= MAX_CANDIDATES:
             return CountRequest(self.space, (lo, hi), (lo, hi))
         return CountRequest(self.space, tuple(_splits(self.sample, lo, hi)))
 
@@ -400,7 +425,7 @@ class ThresholdSearch:
         request: CountRequest,
         counts: Sequence[Sequence[int]],
         candidates: Sequence[torch.Tensor] | None,
-    ) -> Selection | None:
+    ) -> Threshold | None:
         """Per-tensor counts of `request` (and its collected keys per tensor, None when they
         overflowed MAX_CANDIDATES)."""
         if len(counts) != len(self.sizes):
@@ -412,11 +437,11 @@ class ThresholdSearch:
         hi = min(key for key in points if key > lo)
         if hi == lo + 1:
             ties = tuple(b - a for a, b in zip(below[lo], below[hi], strict=True))
-            return Selection(self.space, lo, tuple(below[lo]), ties)
+            return Threshold(self.space, lo, tuple(below[lo]), ties)
         if request.collect == (lo, hi) and candidates is not None:
             rank = self.k - sum(below[lo])
             key = int(torch.cat(list(candidates)).sort().values[rank - 1])
-            return Selection(
+            return Threshold(
                 self.space,
                 key,
                 tuple(b + int((c < key).sum()) for b, c in zip(below[lo], candidates, strict=True)),
@@ -424,6 +449,27 @@ class ThresholdSearch:
             )
         self.lo, self.hi, self.inside = lo, hi, sum(below[hi]) - sum(below[lo])
         return None
+
+
+def _count_tensor(
+    tensor: torch.Tensor | PackedTensor, request: CountRequest, scratch: Scratch
+) -> tuple[list[int], list[torch.Tensor]]:
+    """One tensor's counts of `request`, and its collected keys in parts: a packed tensor's
+    over its values alone, its zeros (key 0, below every positive key) added."""
+    values, zeros = (tensor.values, tensor.zeros) if isinstance(tensor, PackedTensor) else (tensor, 0)
+    row, found = [0] * len(request.thresholds), []
+    for _, chunk in chunks(values):
+        part, inside = request.count(chunk, scratch)
+        row = [a + b for a, b in zip(row, part, strict=True)]
+        if inside is not None:
+            found.append(inside)
+    if zeros:
+        row = [
+            count + zeros if key > 0 else count for count, key in zip(row, request.thresholds, strict=True)
+        ]
+        if request.collect is not None and request.collect[0] == 0:  # (a view: no memory until kept)
+            found.append(torch.zeros(1, dtype=torch.int32).expand(zeros))
+    return row, found
 
 
 def _count_pass(
@@ -435,16 +481,10 @@ def _count_pass(
     candidates: list[torch.Tensor] | None = [] if request.collect is not None else None
     collected = 0
     for tensor in tensors():
-        row = [0] * len(request.thresholds)
-        found = []
-        for _, chunk in chunks(tensor):
-            part, inside = request.count(chunk, scratch)
-            row = [a + b for a, b in zip(row, part, strict=True)]
-            if inside is not None and candidates is not None:
-                collected += inside.numel()
-                found.append(inside)
+        row, found = _count_tensor(tensor, request, scratch)
         counts.append(row)
         if candidates is not None:
+            collected += sum(part.numel() for part in found)
             if collected > MAX_CANDIDATES:
                 candidates = None
             else:
@@ -452,7 +492,7 @@ def _count_pass(
     return counts, candidates
 
 
-def select(tensors: TensorPasses, k: int, total: int | None = None) -> Selection:
+def kth_magnitude(tensors: TensorPasses, k: int, total: int | None = None) -> Threshold:
     """The k-th smallest magnitude key (1-based) over all tensors yielded by `tensors()`, which
     is called at least twice (sample, count) and may stream from mapped files. `total` is their
     entry count (found by one more call when not given)."""
@@ -470,16 +510,16 @@ def select(tensors: TensorPasses, k: int, total: int | None = None) -> Selection
     scratch = Scratch()
     while True:
         request = search.request()
-        selection = search.update(request, *_count_pass(tensors, request, scratch))
-        if selection is not None:
-            return selection
+        threshold = search.update(request, *_count_pass(tensors, request, scratch))
+        if threshold is not None:
+            return threshold
 
 
 def kth_smallest_magnitude(tensors: TensorPasses, k: int) -> tuple[float, int]:
     """(value, rank) of the k-th smallest |w| (1-based k) over all tensors yielded by
     `tensors()`, where `rank` = how many entries are smaller."""
-    selection = select(tensors, k)
-    return selection.space.value(selection.threshold), sum(selection.below)
+    threshold = kth_magnitude(tensors, k)
+    return threshold.space.value(threshold.key), sum(threshold.below)
 
 
 def plan_cuts(tensors: TensorPasses, k: int, sizes: Sequence[int]) -> tuple[TensorCut, ...] | None:
@@ -489,14 +529,14 @@ def plan_cuts(tensors: TensorPasses, k: int, sizes: Sequence[int]) -> tuple[Tens
         return None
     if k >= total:
         return tuple(TensorCut(KeySpace(torch.float32), 1 << 31, zeros=n) for n in sizes)
-    return select(tensors, k, total).cuts(k)
+    return kth_magnitude(tensors, k, total).cuts(k)
 
 
 class RidingSearch:
     """A global threshold search whose first counting pass rides along another pass that
     produces the values (a merge): started from a sample of them (exact, or `estimated`), it
     counts each produced chunk by its tensor's name (from any thread), and `finish` gives the
-    exact selection, with more counting passes over the finished values when the sample's
+    exact threshold, with more counting passes over the finished values when the sample's
     bracket missed."""
 
     def __init__(
@@ -530,18 +570,18 @@ class RidingSearch:
                 if self.collected > MAX_CANDIDATES:  # too many to keep: counts still help
                     self.candidates, self.collected = [[] for _ in self.candidates], None
 
-    def finish(self, passes: TensorPasses | None = None) -> Selection | None:
-        """The selection from the counted pass; when that was not enough, None, or (given
+    def finish(self, passes: TensorPasses | None = None) -> Threshold | None:
+        """The threshold from the counted pass; when that was not enough, None, or (given
         `passes` over the finished values, in the names' order) the exact one after more passes."""
         candidates = None
         if self.request.collect is not None and self.collected is not None:
             candidates = [torch.cat(c) if c else torch.empty(0, dtype=torch.int32) for c in self.candidates]
-        selection = self.search.update(self.request, self.counts, candidates)
+        threshold = self.search.update(self.request, self.counts, candidates)
         scratch = Scratch()
-        while selection is None and passes is not None:
+        while threshold is None and passes is not None:
             request = self.search.request()
-            selection = self.search.update(request, *_count_pass(passes, request, scratch))
-        return selection
+            threshold = self.search.update(request, *_count_pass(passes, request, scratch))
+        return threshold
 
 
 @dataclass(frozen=True)
@@ -565,11 +605,14 @@ class ModelPlan:
         return cls(cuts, zeros)
 
 
-def _read_pass(tensors: Mapping[str, torch.Tensor], names: Sequence[str], read) -> Iterator[torch.Tensor]:
-    """`read(name, tensor)` of each named tensor, read without a copy where the model is a
-    mapped file, each one's pages released once the consumer moves past it."""
+def _read_pass(
+    tensors: Mapping[str, torch.Tensor], names: Sequence[str], read=None
+) -> Iterator[torch.Tensor | PackedTensor]:
+    """Each named tensor as stored (a packed one as it lies: nothing unpacked), or `read(name,
+    tensor)` of it; read without a copy where the model is a mapped file, each one's pages
+    released once the consumer moves past it."""
     for name in names:
-        yield read(name, peek(tensors, name))
+        yield stored(tensors, name) if read is None else read(name, peek(tensors, name))
         release(tensors, name)
 
 
@@ -643,7 +686,8 @@ class MagnitudePruner(MagnitudePrunerSettings):
         model is a mapped file)."""
         names = [name for name in tensors if self.prunable(name)]
         sizes = [numel(tensors, name) for name in names]
-        plan = self.plan(lambda: _read_pass(tensors, names, self.ranked), rate, sizes)
+        read = self.ranked if self.needs_base else None
+        plan = self.plan(lambda: _read_pass(tensors, names, read), rate, sizes)
         return ModelPlan.of(names, sizes, plan, counts_zeros=not self.needs_base)
 
     def prune(self, tensors: Mapping[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:

@@ -1,8 +1,9 @@
 """The on-disk home of individuals: one folder each, written atomically.
 
 An individual's tensors are stored compactly when that is smaller: a pruned tensor as a packed
-bitmask of its non-zeros plus the non-zero values (at 60% sparsity in bf16 that is 46% of the
-dense bytes), a dense one as is. Loading gives back bit-identical tensors.
+bitmask of its non-zeros plus the non-zero values (`utils.packed`), a dense one as is. Loading
+gives back bit-identical tensors; an opened individual also hands out its packed tensors as
+they lie (`LazyTensors.stored`), so a pass that counts or samples them unpacks nothing.
 """
 
 from __future__ import annotations
@@ -12,50 +13,15 @@ import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sae_merging.utils.files import atomic_directory, folder_digests
+from sae_merging.utils.packed import PackedTensor, pack, packed_size, unpack
 from sae_merging.utils.tensorfiles import LazyTensors, TensorFile, write_tensors
 
 _MASK, _VALUES = "::mask", "::values"
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "meta.json"
-
-
-def packed_size(tensor: torch.Tensor) -> int | None:
-    """How many values the compact form of a tensor holds, None when the dense form is not
-    larger (non-zero bit patterns: a -0.0 is kept as a value, so loading is bit-exact)."""
-    flat = tensor.detach().reshape(-1).cpu()
-    kept = int(np.count_nonzero(_bits(flat).numpy()))
-    compact_bytes = (flat.numel() + 7) // 8 + kept * flat.element_size()
-    return kept if compact_bytes < flat.numel() * flat.element_size() else None
-
-
-PACK_PART = 1 << 18  # entries per step of `pack` (a multiple of 8: the mask's bytes split evenly)
-
-
-def pack(tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    """Bitmask + values of a tensor, or None when the dense form is not larger. NumPy on the
-    bit patterns, in cache-sized parts: `compress` of a part into its place in the values (5x
-    faster than one boolean-mask index of the whole tensor, which mispredicts at every zero)."""
-    kept = packed_size(tensor)
-    if kept is None:
-        return None
-    flat = tensor.detach().reshape(-1).cpu()
-    bits = _bits(flat).numpy()
-    values = np.empty(kept, dtype=bits.dtype)
-    mask = np.empty((bits.size + 7) // 8, dtype=np.uint8)
-    nonzero = np.empty(min(PACK_PART, bits.size), dtype=bool)
-    done = 0
-    for start in range(0, bits.size, PACK_PART):
-        part = bits[start : start + PACK_PART]
-        where = np.not_equal(part, 0, out=nonzero[: part.size])
-        count = int(np.count_nonzero(where))
-        np.compress(where, part, out=values[done : done + count])
-        mask[start // 8 : (start + part.size + 7) // 8] = np.packbits(where)
-        done += count
-    return {_MASK: torch.from_numpy(mask), _VALUES: torch.from_numpy(values).view(flat.dtype)}
 
 
 def _layout(tensors: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
@@ -72,34 +38,25 @@ def _layout(tensors: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.dtype,
     return layout
 
 
-def _bits(flat: torch.Tensor) -> torch.Tensor:
-    """The entries' bit patterns as integers of the same width (bool as is)."""
-    if flat.dtype == torch.bool:
-        return flat
-    width = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[flat.element_size()]
-    return flat.view(width)
-
-
-def unpack(mask: torch.Tensor, values: torch.Tensor, shape: list[int]) -> torch.Tensor:
-    n = int(np.prod(shape)) if shape else 1
-    nonzero = np.unpackbits(mask.numpy(), count=n).view(bool)
-    flat = torch.zeros(n, dtype=values.dtype)
-    _bits(flat).numpy()[nonzero] = _bits(values).numpy()
-    return flat.reshape(shape)
-
-
 def _stored(
-    tensors: Mapping[str, torch.Tensor], shapes: dict[str, list[int]]
+    tensors: Mapping[str, torch.Tensor], shapes: dict[str, list[int]], layout=None
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """The (name, tensor) entries of the file, a tensor as is or as its mask and values; each
-    tensor's shape is noted in `shapes` as it passes (a lazy mapping is read once)."""
+    """The (name, tensor) entries of the file, a tensor as is or as its mask and values (as
+    `layout` has it when given: not counted twice); each tensor's shape is noted in `shapes` as
+    it passes (a lazy mapping is read once)."""
+    kept = None
+    if layout is not None:
+        kept = {entry[: -len(_VALUES)]: shape[0] for entry, _, shape in layout if entry.endswith(_VALUES)}
     for name, tensor in tensors.items():
         shapes[name] = list(tensor.shape)
-        packed = pack(tensor)
+        if kept is None:
+            packed = pack(tensor)
+        else:
+            packed = pack(tensor, kept[name]) if name in kept else None
         if packed is None:
             yield name, tensor
         else:
-            yield from ((name + key, value) for key, value in packed.items())
+            yield from zip((name + _MASK, name + _VALUES), packed, strict=True)
 
 
 class IndividualStore:
@@ -123,7 +80,7 @@ class IndividualStore:
         shapes: dict[str, list[int]] = {}
         with atomic_directory(self.path(ident)) as tmp:
             layout = None if isinstance(tensors, LazyTensors) else _layout(tensors)
-            write_tensors(tmp / TENSORS_FILE, _stored(tensors, shapes), layout=layout)
+            write_tensors(tmp / TENSORS_FILE, _stored(tensors, shapes, layout), layout=layout)
             (tmp / META_FILE).write_text(
                 json.dumps({"shapes": shapes, "order": list(shapes), **(meta or {})})
             )
@@ -155,7 +112,15 @@ class IndividualStore:
                     return stored.get(name)
                 return unpack(stored.view(name + _MASK), stored.view(name + _VALUES), shapes[name])
 
-        return LazyTensors(meta["order"], read, shapes=shapes)
+        def packed(name: str) -> PackedTensor | None:
+            if name not in packed_names:
+                return None
+            stored = TensorFile(path)  # kept open by the views (closed when they are dropped)
+            return PackedTensor(stored.view(name + _MASK), stored.view(name + _VALUES), shapes[name], stored)
+
+        with TensorFile(path) as stored:
+            packed_names = {name for name in meta["order"] if name + _MASK in stored.entries}
+        return LazyTensors(meta["order"], read, shapes=shapes, packed=packed if packed_names else None)
 
     def nbytes(self, ident: str) -> int:
         return sum(f.stat().st_size for f in self.path(ident).iterdir())

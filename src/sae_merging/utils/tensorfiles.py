@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from sae_merging.utils.packed import PackedTensor
+
 DTYPE_CODES = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -408,6 +410,7 @@ class LazyTensors(Mapping[str, torch.Tensor]):
         view: Callable[[str], torch.Tensor] | None = None,
         release: Callable[..., None] | None = None,
         shapes: Mapping[str, Sequence[int]] | None = None,
+        packed: Callable[[str], PackedTensor | None] | None = None,
     ) -> None:
         self._names = list(names)
         self._known = set(self._names)
@@ -415,6 +418,7 @@ class LazyTensors(Mapping[str, torch.Tensor]):
         self._view = view
         self._release = release
         self._shapes = shapes  # known without reading (an archive member's meta), or None
+        self._packed = packed  # a tensor's packed form where it is stored packed, else None
 
     @property
     def mapped(self) -> bool:
@@ -429,6 +433,18 @@ class LazyTensors(Mapping[str, torch.Tensor]):
         if name not in self._known:
             raise KeyError(name)
         return self._view(name)
+
+    @property
+    def packs(self) -> bool:
+        """Whether some tensors are stored packed and read as such (`stored`): a pass that
+        counts or samples them unpacks nothing, and a merge pass unpacks them chunk by chunk."""
+        return self._packed is not None
+
+    def stored(self, name: str) -> torch.Tensor | PackedTensor:
+        """The tensor to read, as it is stored: its `PackedTensor` where the mapping holds it
+        packed (an archive member's pruned tensor: nothing unpacked), else `peek(name)`."""
+        packed = self._packed(name) if self._packed is not None and name in self._known else None
+        return self.peek(name) if packed is None else packed
 
     def release(self, name: str, start: int = 0, stop: int | None = None) -> None:
         """The pages `peek(name)` mapped (of its flat entries [start, stop), or all) leave the
@@ -465,6 +481,11 @@ def numel(tensors: Mapping[str, torch.Tensor], name: str) -> int:
 def peek(tensors: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
     """A tensor of any model mapping, to read only (`LazyTensors.peek`: no copy where mapped)."""
     return tensors.peek(name) if isinstance(tensors, LazyTensors) else tensors[name]
+
+
+def stored(tensors: Mapping[str, torch.Tensor], name: str) -> torch.Tensor | PackedTensor:
+    """A tensor of any model mapping, to read only, as it is stored (`LazyTensors.stored`)."""
+    return tensors.stored(name) if isinstance(tensors, LazyTensors) else tensors[name]
 
 
 def release(tensors: Mapping[str, torch.Tensor], name: str, start: int = 0, stop: int | None = None) -> None:
