@@ -5,7 +5,6 @@ start-up: a config error is reported before torch is imported)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from conftest import FIXTURES, compose_config
 from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
-from sae_merging.runtime import cli
+from sae_merging.runtime import cli, merge_command
 from sae_merging.runtime.preflight import preflight
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -491,11 +490,6 @@ def test_a_large_archive_is_legal_but_warned(tmp_path):
 
 # --- the merge command -------------------------------------------------------------------------
 
-_MERGE = importlib.util.spec_from_file_location(
-    "merge_checkpoints", ROOT / "experiments" / "merge_checkpoints.py"
-)
-merge_command = importlib.util.module_from_spec(_MERGE)
-_MERGE.loader.exec_module(merge_command)
 
 MERGE_CASES = {
     "prune not a rate": (["--prune", "1.5"], "error: --prune 1.5: must be a finite number in [0, 1)"),

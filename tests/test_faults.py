@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -15,14 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from sae_merging.runtime import merge_command as merge_checkpoints
 from sae_merging.utils import paths
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "merge_checkpoints", ROOT / "experiments" / "merge_checkpoints.py"
-)
-merge_checkpoints = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(merge_checkpoints)
 
 
 def _digest(folder: Path) -> dict[str, str]:

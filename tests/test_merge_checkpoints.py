@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,9 @@ from transformers import AutoModelForCausalLM
 from sae_merging.merging.functions import task_arithmetic
 from sae_merging.models.io import load_state_dict
 from sae_merging.pruning.magnitude import MagnitudePruner
+from sae_merging.runtime import merge_command as merge_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "merge_checkpoints", ROOT / "experiments" / "merge_checkpoints.py"
-)
-merge_checkpoints = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(merge_checkpoints)
 
 
 @pytest.mark.parametrize("prune,granularity", [(None, "global"), (0.5, "global"), (0.3, "local")])
