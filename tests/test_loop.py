@@ -85,3 +85,38 @@ def test_without_a_budget_every_candidate_is_made():
     state, spent = run_generation(method, ctx, PopulationState(), 0)
     assert not spent and len(method.made) == 3 and ctx.fitness.counters.examples_scored == 30
     assert [m.ident for m in state.members] == method.made
+
+
+class KeepsTheBest(ThreePerGeneration):
+    """The same asks; the choice compares one candidate (an archive of one place)."""
+
+    def __init__(self, capacity) -> None:
+        super().__init__()
+        self.places = capacity
+
+    def capacity(self, state):
+        return self.places
+
+
+VALIDATION = [SimpleNamespace(uid=f"v/{i}") for i in range(5)]  # the choice scores 5 examples
+
+
+def _validation_ctx():
+    ctx = _ctx()
+    ctx.selection, ctx.seed = "validation", 0
+    ctx.tasks = SimpleNamespace(
+        tasks=[SimpleNamespace(name="t")], validation_set=lambda task, seed: VALIDATION
+    )
+    return ctx
+
+
+def test_a_full_candidate_set_reserves_only_what_a_newcomer_adds():
+    """Each candidate costs 10; the choice 5 per candidate. Without a capacity every newcomer
+    reserves 5 (15 each: two fit in 35); with one place, the first reserves 5 and the others,
+    which can only take its place, nothing more (15 + 10 + 10 = 35: all three fit)."""
+    unbounded, ctx = KeepsTheBest(None), _validation_ctx()
+    run_generation(unbounded, ctx, PopulationState(), 0, Budget(ctx, unbounded, 35))
+    assert len(unbounded.made) == 2
+    one_place, ctx = KeepsTheBest(1), _validation_ctx()
+    run_generation(one_place, ctx, PopulationState(), 0, Budget(ctx, one_place, 35))
+    assert len(one_place.made) == 3 and ctx.fitness.counters.examples_scored == 30  # + 5 for the choice

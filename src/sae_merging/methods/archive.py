@@ -49,6 +49,9 @@ class Archive(Strategy):
         leaver, state.members[loser] = state.members[loser], child
         return leaver
 
+    def capacity(self, state: PopulationState) -> int:
+        return self.archive_size
+
     def sample_of(self, ctx: RunContext, generation: int) -> Sample:
         """The optimization sample of a generation (generation 0 always scores on draw 0)."""
         return ctx.generation_sample(generation, self.redraw_opt)

@@ -41,6 +41,10 @@ class Method(Protocol):
     def details(self, state: Any, chosen: Member) -> dict[str, Any]:
         """What results.json's `details` records of the choice."""
 
+    def capacity(self, state: Any) -> int | None:
+        """The most candidates the final choice can ever compare (an archive's places), None for
+        no limit: the budget stops reserving for newcomers once the set is full."""
+
 
 class Strategy:
     """The defaults of `Method` a method may inherit: a `PopulationState`, the budget decides
@@ -54,3 +58,6 @@ class Strategy:
 
     def details(self, state: Any, chosen: Member) -> dict[str, Any]:
         return {}
+
+    def capacity(self, state: Any) -> int | None:
+        return None

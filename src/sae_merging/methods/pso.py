@@ -221,6 +221,10 @@ class PSO(PSOSettings, Strategy):
     def details(self, state: PSOState, chosen: Member) -> dict[str, Any]:
         return {"swarm_size": len(state.particles), "leader": state.leader}
 
+    def capacity(self, state: PSOState) -> int | None:
+        """One personal best per particle, once the swarm exists."""
+        return len(state.particles) or None
+
     # --- pieces ----------------------------------------------------------------------------
 
     def _moves(self, ctx: RunContext, state: PSOState, generation: int, sample) -> Ask:

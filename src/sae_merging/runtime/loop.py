@@ -13,17 +13,18 @@ state, so the resumed run computes exactly what an uninterrupted one would.
 
 With an example budget (`budget.examples=N`) the loop ignores the method's step count (unless
 it has `fixed_steps`, a grid) and prices what it is asked before doing it: re-scoring
-individuals costs their uncached examples (all of them or none are scored), a new candidate
-its sample's examples. It keeps in
-reserve what the final choice will score (`selection_cost` of the current candidates, plus the
-choice's examples for every new candidate, which may join them). Candidates are made in order
-while their price fits; the method is told those that were (a prefix) and asked nothing more:
-the search is over, with at most N examples scored, search and choice together, and less than
-one candidate's price left unspent (plus the reserve for the candidates of that round that did
-not join). A generation the method finished with what it was told (SAE's children, PSO's
-moves: a round told in part) is recorded as usual; one left unfinished (M2N2 between its
-children) writes no metrics line. Either way the checkpoint marks the search spent, so a
-resumed run goes straight to the choice.
+individuals costs their uncached examples (all of them or none are scored), a new candidate its
+sample's examples. It keeps in reserve what the final choice will score (`selection_cost` of
+the current candidates, plus the choice's examples for every new candidate that may join them:
+all of it while the method's `capacity` leaves places open, then only what it costs beyond the
+cheapest current candidate, whose place it would take). Candidates are made in order while
+their price fits; the method is told those that were (a prefix) and asked nothing more: the
+search is over, with at most N examples scored, search and choice together, and less than one
+candidate's price left unspent (plus the reserve for the candidates of that round that did not
+join). A generation the method finished with what it was told (SAE's children, PSO's moves: a
+round told in part) is recorded as usual; one left unfinished (M2N2 between its children)
+writes no metrics line. Either way the checkpoint marks the search spent, so a resumed run goes
+straight to the choice.
 """
 
 from __future__ import annotations
@@ -115,6 +116,18 @@ class Budget:
     def uncached(self, ident: str, sample: Sample) -> int:
         """The examples of `sample` scoring `ident` computes (0 without a budget: not priced)."""
         return 0 if self.examples is None else self.ctx.fitness.uncached(ident, sample)
+
+    def seats(self, state) -> tuple[int | None, int | None]:
+        """(open places among the final choice's candidates, None: no limit; the smallest choice
+        cost of a current candidate, None: none). A newcomer to a full set (an archive, a swarm's personal
+        bests) takes a member's place, so it adds at most its own choice cost less that one."""
+        capacity = self.method.capacity(state)
+        if self.examples is None or capacity is None:
+            return None, 0
+        members, last = self.method.candidates(self.ctx, state)
+        sample = choice_sample(self.ctx, last)
+        costs = [self.ctx.fitness.uncached(ident, sample) for ident in {m.ident for m in members}]
+        return max(0, capacity - len(costs)), min(costs, default=None)
 
     def joining(self, state, sample: Sample) -> int:
         """What choosing among the candidates costs more for a new one scored on `sample`: the
@@ -243,8 +256,18 @@ def _answer(ctx: RunContext, ask: Ask, pricing: Budget, state) -> tuple[Told, bo
     room -= price
     made = []
     joining = pricing.joining(state, ask.sample)
+    open_seats, cheapest = pricing.seats(state)
     for candidate in ask.new:
-        price = pricing.uncached(candidate.member.ident, ask.sample) + joining if candidate.scored else 0
+        price = 0
+        if candidate.scored:
+            if open_seats is None or open_seats > 0:
+                reserve = joining
+                if open_seats is not None:
+                    open_seats -= 1
+                    cheapest = joining if cheapest is None else min(cheapest, joining)
+            else:  # the set is full: the newcomer replaces a member (one at least this cheap) or leaves
+                reserve = max(0, joining - cheapest)
+            price = pricing.uncached(candidate.member.ident, ask.sample) + reserve
         if price > room:
             return Told(scores, made), False
         room -= price
