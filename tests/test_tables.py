@@ -263,3 +263,28 @@ def test_two_references_and_the_mechanism_columns(tmp_path):
     assert "| sae | 0.1200 ± 0.0520 |" in text and "67% (1.3)" in text
     assert text.count("paired differences in accuracy points") == 2
     assert (out / "paired.png").is_file()
+
+
+def test_lab_runs_get_their_builds_reference_rows(tmp_path, micro_lab, micro_lab_config):
+    """Runs of one lab build show that build's reference rows (from its build.json, values as
+    there); runs of two builds, or not of the lab, show none."""
+    build = json.loads((micro_lab.root / "build.json").read_text())
+    records = []
+    for seed in (0, 1):
+        folder = tmp_path / f"run{seed}"
+        _hydra_files(folder, [f"seed={seed}"], {"lab": micro_lab_config, "seed": seed})
+        records.append({"run": str(folder)})
+    references = tables.lab_references(records)
+    assert references["test_accuracy"] == build["test_accuracy"]
+    text = tables.markdown(["lab-math", "lab-multilingual"], [], "t", references=references)
+    base = build["test_accuracy"]["base"]
+    mean = 100 * (base["lab-math"] + base["lab-multilingual"]) / 2
+    assert (
+        f"| base | {100 * base['lab-math']:.1f} | {100 * base['lab-multilingual']:.1f} | {mean:.1f} |" in text
+    )
+    other = tmp_path / "other"
+    _hydra_files(other, ["seed=2"], {"lab": {**micro_lab_config, "expert_overlap": 0.123}})
+    assert tables.lab_references([*records, {"run": str(other)}]) is None
+    plain = tmp_path / "plain"
+    _hydra_files(plain, ["seed=3"])
+    assert tables.lab_references([{"run": str(plain)}]) is None

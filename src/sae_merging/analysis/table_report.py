@@ -17,7 +17,9 @@ the other way round is not repeated). `--mechanism` adds SAE's mechanism per row
 runs' `metrics.jsonl` (`sae_merging.analysis.mechanism_report`): lambda's spread (each run's mean
 per-generation q95 - q05 and std, mean ± std over runs), the mean omega gap, the share of runs
 keeping each dense expert at the last generation and the mean last generation it was in
-(rows of other methods: "–"). Writes
+(rows of other methods: "–"). Lab runs of one build get that build's reference rows below the
+table (base, each expert, the average, task arithmetic, the multi-task ceiling: `lab_references`),
+so the room the methods had is in view. Writes
 `table.md`, `table.tex`, `table.json`, a bar chart `table.png` (means with 95% CIs) and, with
 paired differences, `paired.png` (the mean column's differences and CIs per reference). A
 folder that is not a finished run (no `results.json`) is refused by name; runs that the sweep
@@ -35,6 +37,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from sae_merging.analysis.run_folders import (
     SEED_KEYS,
@@ -48,6 +51,7 @@ from sae_merging.analysis.run_folders import (
     settings,
 )
 from sae_merging.analysis.stats import paired_bootstrap, paired_t, summary
+from sae_merging.lab.spec import LabSpec
 
 _PARTS = re.compile(r"(\d+(?:\.\d+)?)")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -317,7 +321,61 @@ PAIRED_NOTE = (
 )
 
 
-def markdown(tasks: list[str], rows: list[dict], title: str, paired: list[dict] | None = None) -> str:
+REFERENCE_ROWS = ("base", "math", "multilingual", "average", "task_arithmetic", "multitask")
+
+
+def lab_references(records: list[dict]) -> dict | None:
+    """The reference rows of the lab build the runs were scored in (its build.json): base, each
+    expert, the 50/50 average, task arithmetic at its validation lambda and the multi-task
+    ceiling, so a table shows the room its methods had. None unless every run is a lab run of
+    one build that is on disk (a cached build's path: `lab.cache_dir`, its name and key)."""
+    found = set()
+    for record in records:
+        config = Path(record["run"]) / ".hydra" / "config.yaml"
+        lab = OmegaConf.load(config).get("lab") if config.is_file() else None
+        if lab is None:
+            return None
+        data = OmegaConf.to_container(lab, resolve=True)
+        spec = LabSpec.from_dict(data)
+        found.add(Path(data["cache_dir"]).expanduser() / f"{spec.name}-{spec.key()}" / "build.json")
+    if len(found) != 1 or not (path := found.pop()).is_file():
+        return None
+    build = json.loads(path.read_text())
+    if "test_accuracy" not in build:
+        return None
+    return {
+        "build": str(path),
+        **{k: build.get(k) for k in ("test_accuracy", "normalized_gain", "task_arithmetic")},
+    }
+
+
+def _references_markdown(tasks: list[str], references: dict) -> list[str]:
+    accuracy, gain = references["test_accuracy"], references.get("normalized_gain") or {}
+    lam = (references.get("task_arithmetic") or {}).get("lambda")
+    lines = [
+        "",
+        "Reference rows of the lab build the runs used (one build, the same test items; kept = "
+        "(model − base) / (that task's expert − base)): `" + references["build"] + "`",
+        "",
+        "| reference | " + " | ".join(tasks) + " | mean | kept (" + " / ".join(tasks) + ") |",
+        "|---|" + "---:|" * (len(tasks) + 1) + "---|",
+    ]
+    for name in [n for n in REFERENCE_ROWS if n in accuracy]:
+        values = [100 * accuracy[name][t] for t in tasks]
+        kept = " / ".join("–" if (g := gain.get(name, {}).get(t)) is None else f"{g:.2f}" for t in tasks)
+        label = f"task_arithmetic (lambda {lam:g})" if name == "task_arithmetic" and lam is not None else name
+        cells = " | ".join(f"{v:.1f}" for v in values)
+        lines.append(f"| {label} | {cells} | {sum(values) / len(values):.1f} | {kept} |")
+    return lines
+
+
+def markdown(
+    tasks: list[str],
+    rows: list[dict],
+    title: str,
+    paired: list[dict] | None = None,
+    references: dict | None = None,
+) -> str:
     columns = tasks + ["mean"]
     lines = [
         f"**{title}** (test accuracy %: mean ± sample std over n seeds, [95% t-interval]; best mean in bold)",
@@ -333,6 +391,8 @@ def markdown(tasks: list[str], rows: list[dict], title: str, paired: list[dict] 
             + f" | {len(row['seeds'])} | {row['models_scored']:.0f} | {row['examples_scored']:.0f}"
             + f" | {row['wall_seconds']:.0f} |"
         )
+    if references is not None:
+        lines += _references_markdown(tasks, references)
     if any("mechanism" in row for row in rows):
         lines += _mechanism_markdown(rows)
     blocks: dict[str, list[dict]] = {}
@@ -512,12 +572,16 @@ def main(argv: list[str] | None = None) -> int:
     title = args.title or args.sweeps[0].name
     out = args.out or args.sweeps[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(tasks, rows, title, paired)
+    references = lab_references(records)
+    text = markdown(tasks, rows, title, paired, references)
     (out / "table.md").write_text(text)
     (out / "table.tex").write_text(latex(tasks, rows, title, paired))
     saved = [{k: v for k, v in row.items() if k != "records"} for row in rows]
     (out / "table.json").write_text(
-        json.dumps({"tasks": tasks, "rows": saved, "paired": paired, "missing": missing}, indent=2)
+        json.dumps(
+            {"tasks": tasks, "rows": saved, "paired": paired, "missing": missing, "references": references},
+            indent=2,
+        )
     )
     bar_chart(tasks, rows, title, out / "table.png")
     drawn = paired_chart(paired, out / "paired.png")
