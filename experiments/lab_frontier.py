@@ -60,6 +60,32 @@ VARIANTS: dict[str, dict[str, object]] = {
         "math_expert.train.lr": 1e-3,
         "multilingual_expert.train.lr": 1e-3,
     },
+    "layers_reversed_lr1.5e-3": {
+        "expert_overlap": 0.0,
+        "expert_split": "layers_reversed",
+        "math_expert.train.lr": 1.5e-3,
+        "multilingual_expert.train.lr": 1.5e-3,
+    },
+    "layers_reversed_lr2e-3": {
+        "expert_overlap": 0.0,
+        "expert_split": "layers_reversed",
+        "math_expert.train.lr": 2e-3,
+        "multilingual_expert.train.lr": 2e-3,
+    },
+    "layers_reversed_math1.5e-3_ml7e-4": {
+        "expert_overlap": 0.0,
+        "expert_split": "layers_reversed",
+        "math_expert.train.lr": 1.5e-3,
+        "multilingual_expert.train.lr": 7e-4,
+    },
+    "layers_reversed_lr1e-3_replay0.5": {
+        "expert_overlap": 0.0,
+        "expert_split": "layers_reversed",
+        "math_expert.train.lr": 1e-3,
+        "multilingual_expert.train.lr": 1e-3,
+        "math_expert.replay": 0.5,
+        "multilingual_expert.replay": 0.5,
+    },
     "layers_lr2.5e-4": {
         "expert_overlap": 0.0,
         "expert_split": "layers",

@@ -84,6 +84,15 @@ def floors(name: str, report: dict) -> list[tuple[str, str, bool]]:
     ]
 
 
+def floors_table(name: str, report: dict) -> str:
+    """The preset's floors as a Markdown table ("" for other labs)."""
+    rows = "\n".join(
+        f"| {floor} | {measured} | {'met' if met else '**not met**'} |"
+        for floor, measured, met in floors(name, report)
+    )
+    return rows and f"| floor | measured | |\n|---|---|---|\n{rows}"
+
+
 def figure(reports: dict[str, dict], path: Path) -> None:
     """One panel per task: kept gain of each reference row, grouped by preset."""
     import matplotlib
@@ -126,11 +135,8 @@ def main() -> None:
         lab = preset(name)
         report = build_lab(LabSpec.from_dict(lab), lab["cache_dir"], progress=True).report
         reports[name] = report
-        checks = "\n".join(
-            f"| {floor} | {measured} | {'met' if met else '**not met**'} |"
-            for floor, measured, met in floors(name, report)
-        )
-        checks = checks and f"\n\n| floor | measured | |\n|---|---|---|\n{checks}"
+        checks = floors_table(name, report)
+        checks = f"\n\n{checks}" if checks else ""
         sections.append(f"### lab={name}\n\n{report_table(report)}{checks}\n")
     atomic_write_json(args.out / "presets.json", reports)
     atomic_write_text(args.out / "presets.md", "\n".join(sections))

@@ -200,3 +200,47 @@ def test_every_preset_composes_with_its_own_hash():
     assert len({k["base"] for k in dial}) == 1
     assert len({k["multitask"] for k in dial}) == 1
     assert len({(k["math"], k["multilingual"]) for k in dial}) == 3
+
+
+def test_floors_of_the_interference_presets():
+    """experiments/lab_presets.py's floors on a hand-made report: margins, task arithmetic over
+    the better expert, the ceiling over task arithmetic, the average's kept gain, each with the
+    value worked out by hand; a margin under 25 is reported as not met."""
+    import importlib.util
+
+    from sae_merging.lab.build import normalized_gains
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "lab_presets.py"
+    spec = importlib.util.spec_from_file_location("lab_presets", path)
+    presets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(presets)
+
+    def report(math_expert_on_math: float) -> dict:
+        accuracy = {  # (lab-math, lab-multilingual)
+            "base": (0.50, 0.40),
+            "math": (math_expert_on_math, 0.42),
+            "multilingual": (0.52, 0.70),
+            "average": (0.65, 0.50),
+            "multitask": (0.90, 0.80),
+            "task_arithmetic": (0.74, 0.60),
+        }
+        accuracy = {m: {"lab-math": a, "lab-multilingual": b} for m, (a, b) in accuracy.items()}
+        return {"test_accuracy": accuracy, "normalized_gain": normalized_gains(accuracy)}
+
+    # margins 80 - 52 = 28 and 70 - 42 = 28; means: experts 61 and 61, TA 67, multitask 85;
+    # average kept (65 - 50) / 30 = 0.50 and (50 - 40) / 30 = 0.33
+    assert presets.floors("default", report(0.80)) == [
+        ("each expert beats the other on its task by >= 25", "28.0 / 28.0", True),
+        ("task_arithmetic mean >= better expert's + 5", "+6.0", True),
+        ("multitask mean >= task_arithmetic's + 4", "+18.0", True),
+        ("average keeps <= 0.8 of the gain on a task", "0.50 / 0.33", True),
+    ]
+    weak = presets.floors("default", report(0.75))  # margin 23; best expert mean still 61
+    assert weak[0] == ("each expert beats the other on its task by >= 25", "23.0 / 28.0", False)
+    assert presets.floors("high_interference", report(0.80)) == [
+        ("task_arithmetic mean <= better expert's mean", "67.0 vs 61.0", False)
+    ]
+    assert presets.floors("micro", report(0.80)) == []
+    assert "| task_arithmetic mean >= better expert's + 5 | +6.0 | met |" in presets.floors_table(
+        "default", report(0.80)
+    )

@@ -60,10 +60,12 @@ class BaseDataSpec:
             check.integer(name, value, 0)
 
 
-EXPERT_SPLITS = ("entries", "layers", "layers_reversed")  # LabSpec.expert_split; the first is the default
+# LabSpec.expert_split's values; the first is left out of the cache keys (keys from before the knob)
+EXPERT_SPLITS = ("entries", "layers", "layers_reversed")
 
-# the experts' learning rate of lab=default, the interference dial's middle (high_interference: 5e-4)
-EXPERT_LR = 1.5e-4
+# the experts' learning rates of lab=default, the interference dial's middle (the frontier's best
+# point, docs/lab.md; high_interference: 5e-4 both, low_interference: 1.5e-4 both)
+MATH_EXPERT_LR, MULTILINGUAL_EXPERT_LR = 1.5e-3, 7e-4
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class ExpertSpec:
 
     n_train: int = 20000
     replay: float = 0.3
-    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=400, lr=EXPERT_LR, warmup=20))
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=400, lr=MATH_EXPERT_LR, warmup=20))
 
     def __post_init__(self) -> None:
         check.integer("n_train", self.n_train, 1)
@@ -109,7 +111,7 @@ class LabSpec:
     base_train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=1500, lr=3e-3))
     math_expert: ExpertSpec = field(default_factory=ExpertSpec)
     multilingual_expert: ExpertSpec = field(
-        default_factory=lambda: ExpertSpec(train=TrainSpec(steps=800, lr=EXPERT_LR, warmup=20))
+        default_factory=lambda: ExpertSpec(train=TrainSpec(steps=800, lr=MULTILINGUAL_EXPERT_LR, warmup=20))
     )
 
     @classmethod
@@ -117,16 +119,16 @@ class LabSpec:
         """Build from a plain mapping (a Hydra `lab` node), refusing unknown keys."""
         return _from_dict(cls, dict(data))
 
-    # share of each weight's entries that both experts fine-tune; the rest is split at random
-    # between them (each expert's other entries stay at the base's values). 1: both train every
+    # share of each weight's entries that both experts fine-tune; the rest is split between
+    # them by `expert_split` (each expert's other entries stay at the base's values). 1: both train every
     # weight; 0: their task vectors touch disjoint entries. The multi-task model trains all.
-    expert_overlap: float = 1.0
+    expert_overlap: float = 0.0
     # how the entries that are not shared are split between the experts: "entries" (at random,
     # as above) or "layers" (the math expert trains the first half of the decoder layers, the
     # multilingual expert the second half; "layers_reversed": the other way round; weights outside
     # the decoder layers, the embeddings and
     # the final norm, are trained only in their shared share): task vectors disjoint in structure
-    expert_split: str = "entries"
+    expert_split: str = "layers_reversed"
     # the multi-task model (the ceiling): every weight trained on both experts' data for as many
     # steps as the two experts together, with the math expert's batch and warmup at this lr
     # (its own, so that presets whose experts differ in lr share one ceiling)
@@ -146,7 +148,7 @@ class LabSpec:
         return replace(self.math_expert.train, steps=steps, lr=self.multitask_lr)
 
     def _split(self) -> dict:
-        """`expert_split` for the hashes, left out at its default so that the keys of specs
+        """`expert_split` for the hashes, left out when "entries" so that the keys of specs
         written before it existed stay unchanged."""
         return {} if self.expert_split == EXPERT_SPLITS[0] else {"split": self.expert_split}
 
