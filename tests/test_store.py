@@ -166,3 +166,24 @@ def test_a_packed_tensors_counts_and_collected_keys_equal_the_dense_ones():
         assert rows[0] == rows[1]
         keys = [torch.cat(f).sort().values for f in found]
         assert torch.equal(keys[0], keys[1]) and keys[0].numel() > 0
+
+
+def test_a_cut_that_leaves_a_packed_tensor_skips_its_zeroing_and_a_negative_zero_is_still_zeroed():
+    """A threshold-0 cut whose ties are the packed tensor's +0.0 entries changes nothing, so
+    its chunks are the unpacked ones (no zeroing pass); with a -0.0 among the key-0 entries the
+    cut is applied (the -0.0 becomes +0.0): both equal the dense tensor's cut, bit for bit."""
+    from sae_merging.pruning.magnitude import KeySpace, Scratch, TensorCut
+    from sae_merging.utils.packed import PackedTensor, pack
+
+    space = KeySpace(torch.bfloat16)
+    for negative_zeros in (False, True):
+        tensor = _sparse(torch.bfloat16, 5000, 4)
+        if not negative_zeros:
+            tensor[tensor.view(torch.int16) == -32768] = 0.0
+        packed = PackedTensor(*pack(tensor), tensor.shape)
+        key_zero = int((tensor.view(torch.int16) & 0x7FFF).eq(0).sum())
+        cut = TensorCut(space, 0, key_zero, key_zero, key_zero)
+        assert cut.leaves(packed) is not negative_zeros
+        got = torch.cat([part.clone() for _, part in cut.chunks(packed, Scratch())])
+        assert torch.equal(got.view(torch.int16), cut.prune(tensor).view(-1).view(torch.int16))
+        assert int(got.view(torch.int16).eq(-32768).sum()) == 0

@@ -205,7 +205,11 @@ class TensorCut:
         device: torch.device | None = None,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """(start, pruned chunk) pairs, written into the flat `out` or else into a scratch
-        buffer that the next chunk overwrites; each chunk moved to `device` first (when given)."""
+        buffer that the next chunk overwrites; each chunk moved to `device` first (when given).
+        A packed tensor the cut leaves as it is (`leaves`) is yielded as unpacked."""
+        if out is None and isinstance(tensor, PackedTensor) and self.leaves(tensor):
+            yield from chunks(tensor, device)
+            return
         remaining = self.quota
         for start, chunk in chunks(tensor, device):
             n = chunk.numel()
@@ -233,6 +237,13 @@ class TensorCut:
             if first is not None:
                 target[first] = 0
             yield start, target
+
+    def leaves(self, tensor: PackedTensor) -> bool:
+        """Whether the cut changes no bit of a packed tensor: it zeros no key above 0, and the
+        key-0 entries it may zero are all +0.0 already (its ties, every key-0 entry, are the
+        tensor's zero bit patterns: no -0.0 among them). So an archive member pruned to the
+        rate, whose cut is its own zeros, is not zeroed again."""
+        return self.threshold == 0 and (self.quota == 0 or self.ties == tensor.zeros)
 
     def prune(self, tensor: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         """A pruned copy of `tensor`, or `tensor` itself pruned (`in_place`, when contiguous)."""
