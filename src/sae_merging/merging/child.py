@@ -130,12 +130,13 @@ class ChildRecipe:
 
     def parent(self, tensors: LazyTensors, nbytes: int) -> Tensors:
         """A model as the recipe takes it (a parent, a base, a re-dense source): the lazy
-        tensors themselves when the model is large enough to stream, is a mapped file (a pass
-        over it copies nothing) or holds packed tensors the passes read as stored (counted and
+        tensors themselves when the model is large enough to stream, is a mapped file of dense
+        tensors (a pass over it copies nothing) or holds packed tensors the passes read as stored (counted and
         sampled without unpacking, unpacked chunk by chunk by the merge), else all of them read
         into memory (a copy the recipe owns, so it is pruned where it lies instead of beside a
         second copy, and given up tensor by tensor as a child is made of it)."""
-        if self.streams(nbytes) or tensors.mapped or (tensors.packs and self.reads_packed):
+        read_in_place = tensors.packs and self.reads_packed or tensors.mapped and not tensors.packs
+        if self.streams(nbytes) or read_in_place:
             return tensors
         return _Loaded(tensors.items())
 
