@@ -131,8 +131,9 @@ def test_packed_tensor_reads_equal_the_dense_tensor(dtype):
 def test_a_members_plan_reads_it_packed_and_equals_the_dense_plan(tmp_path, monkeypatch, granularity):
     """Planning a pruning of an archive member counts its packed tensors' values and takes their
     zeros from the mask, never unpacking one, and gives the plan of its dense tensors: at the
-    rate it was stored at (the threshold is its zeros), below it and above it; with samples
-    smaller than the model and several counting passes."""
+    rate it was stored at (the threshold is its zeros), below it (global: the plan taken from
+    the stored zeros and -0.0 values, no pass) and above it; with samples smaller than the
+    model and several counting passes."""
     from sae_merging.pruning import magnitude
 
     monkeypatch.setattr(magnitude, "CHUNK", 1000)

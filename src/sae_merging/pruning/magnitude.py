@@ -616,6 +616,20 @@ class ModelPlan:
         return cls(cuts, zeros)
 
 
+def _stored_zeros_plan(tensors: Sequence[torch.Tensor | PackedTensor], k: int) -> PrunePlan | None:
+    """The global plan of packed tensors whose stored zeros (+0.0: key 0) number at least k
+    (an archive member pruned to the rate), without a sample or a counting pass: the threshold
+    is key 0, each tensor's ties its key-0 entries (its zeros and its -0.0 values, counted over
+    the values alone). None when a tensor is not packed or the zeros are too few."""
+    if not tensors or not all(isinstance(t, PackedTensor) for t in tensors):
+        return None
+    if not 0 < k < sum(t.numel() for t in tensors) or sum(t.zeros for t in tensors) < k:
+        return None
+    ties = tuple(t.zeros + t.negative_zeros() for t in tensors)
+    threshold = Threshold(KeySpace.of(t.dtype for t in tensors), 0, (0,) * len(tensors), ties)
+    return PrunePlan(threshold.cuts(k))
+
+
 def _read_pass(
     tensors: Mapping[str, torch.Tensor], names: Sequence[str], read=None
 ) -> Iterator[torch.Tensor | PackedTensor]:
@@ -698,7 +712,11 @@ class MagnitudePruner(MagnitudePrunerSettings):
         names = [name for name in tensors if self.prunable(name)]
         sizes = [numel(tensors, name) for name in names]
         read = self.ranked if self.needs_base else None
-        plan = self.plan(lambda: _read_pass(tensors, names, read), rate, sizes)
+        plan = None
+        if read is None and self.granularity == "global":
+            plan = _stored_zeros_plan([stored(tensors, name) for name in names], round(rate * sum(sizes)))
+        if plan is None:
+            plan = self.plan(lambda: _read_pass(tensors, names, read), rate, sizes)
         return ModelPlan.of(names, sizes, plan, counts_zeros=not self.needs_base)
 
     def prune(self, tensors: Mapping[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:

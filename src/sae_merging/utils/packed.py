@@ -92,6 +92,17 @@ class PackedTensor:
         """Entries whose bit pattern is zero (+0.0; a -0.0 is a value)."""
         return self.numel() - self.values.numel()
 
+    def negative_zeros(self) -> int:
+        """How many values are -0.0 (the sign bit alone), counted chunk by chunk."""
+        values = bits(self.values).numpy()
+        sign = np.array(1, dtype=values.dtype) << (8 * values.itemsize - 1)  # (wraps to the minimum)
+        found = np.empty(min(PACK_PART, values.size), dtype=bool)
+        count = 0
+        for start in range(0, values.size, PACK_PART):
+            part = values[start : start + PACK_PART]
+            count += int(np.count_nonzero(np.equal(part, sign, out=found[: part.size])))
+        return count
+
     def at(self, positions: torch.Tensor | None) -> torch.Tensor:
         """The entries at sorted flat `positions` (None: all, unpacked), reading the mask's
         byte popcounts and the sampled entries' values only."""
