@@ -25,10 +25,10 @@ needs whole tensors (slerp) gets them pruned whole, and the child is planned aft
 Two regimes, one result. A parent given as a `LazyTensors` is *streamed*: never held whole,
 read tensor by tensor in each pass (mapped views of its file where it has one). A parent given
 as a dict is held in memory. `parents()` streams both parents above `stream_above_gb`, and a
-mapped one or a packed archive member (read as stored, `reads_packed`) at any size; below it a
-parent whose reads cost a computation (a dense archive member copied, an average) is read into
-memory once. A parent the recipe loaded is given up as the
-merge pass goes: the child is built in the first one's place (each tensor overwritten by the
+mapped one of dense tensors or a packed archive member (read as stored, `reads_packed`) at any
+size; below it a parent whose reads cost a computation (a packed member for a merger that needs
+whole tensors, an average) is read into memory once. A parent the recipe loaded is given up as
+the merge pass goes: the child is built in the first one's place (each tensor overwritten by the
 child's) and the second one's tensors are dropped once merged. So making a child holds one
 model and a few chunks, never two parents and the child. Every step is a function of one entry
 (elementwise mergers) or one tensor at a time and the pruning plans depend only on the values
