@@ -39,7 +39,7 @@ STAGES = [
         [("utils/packed.py", "PackedTensor.chunks"), ("utils/packed.py", "PackedTensor.dense")],
     ),
     ("  of which mixing (eq. 4)", "merging/functions.py", "linear"),
-    ("  of which the parents' zeroing", "pruning/magnitude.py", "_mask_into"),
+    ("  of which zeroing by cuts (parents' here, child's below)", "pruning/magnitude.py", "_mask_into"),
     ("  of which the child's counting", "pruning/magnitude.py", "RidingSearch.count"),
     ("child's zeroing (exact cuts, in place)", "merging/child.py", "_prune_child"),
     ("writing (archive: count + pack + write + checksum)", "runtime/store.py", "save"),
