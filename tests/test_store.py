@@ -188,3 +188,25 @@ def test_a_cut_that_leaves_a_packed_tensor_skips_its_zeroing_and_a_negative_zero
         got = torch.cat([part.clone() for _, part in cut.chunks(packed, Scratch())])
         assert torch.equal(got.view(torch.int16), cut.prune(tensor).view(-1).view(torch.int16))
         assert int(got.view(torch.int16).eq(-32768).sum()) == 0
+
+
+def test_a_members_dense_tensors_are_read_as_views_and_its_reads_are_its_tensors(tmp_path):
+    """An opened member's dense tensors (an embedding, a norm) are peeked as views of one
+    mapping, not copies (two peeks share their memory); every tensor read by `peek`, item or
+    `stored` equals the saved one bit for bit, after its pages were released too."""
+    from sae_merging.utils.packed import dense
+    from sae_merging.utils.tensorfiles import stored
+
+    model = MagnitudePruner("global").prune(_model(torch.bfloat16), 0.6)  # (embeddings, norms: dense)
+    store = IndividualStore(tmp_path)
+    store.save("m", model)
+    opened = store.open("m")
+    assert opened.mapped and opened.packs
+    for name in ("model.embed_tokens.weight", "model.norm.weight"):
+        assert opened.peek(name).data_ptr() == opened.peek(name).data_ptr()
+        assert opened[name].data_ptr() != opened.peek(name).data_ptr()  # (an item is a copy)
+    for name, tensor in model.items():
+        for read in (opened.peek(name), opened[name], dense(stored(opened, name))):
+            assert torch.equal(read.view(torch.int16), tensor.view(torch.int16)), name
+        opened.release(name)
+        assert torch.equal(opened.peek(name).view(torch.int16), tensor.view(torch.int16)), name
