@@ -22,7 +22,11 @@ from pathlib import Path
 # the rest
 STAGES = [
     ("parent A read into memory (when loaded: not a packed member)", "merging/child.py", "parents"),
-    ("parents' thresholds (sample + one counting pass each)", "pruning/magnitude.py", "model_plan"),
+    (
+        "parents' thresholds (a member pruned to the rate: its stored zeros; else sample + count)",
+        "pruning/magnitude.py",
+        "model_plan",
+    ),
     ("eq. 5's measures (from the plans' zero counts)", "methods/sae.py", "ratios"),
     (
         "child's threshold search started (merged values at the sample positions)",
@@ -35,10 +39,13 @@ STAGES = [
         [("utils/packed.py", "PackedTensor.chunks"), ("utils/packed.py", "PackedTensor.dense")],
     ),
     ("  of which mixing (eq. 4)", "merging/functions.py", "linear"),
-    ("  of which the parents' zeroing", "pruning/magnitude.py", "_mask_into"),
+    ("  of which zeroing by cuts (parents' here, child's below)", "pruning/magnitude.py", "_mask_into"),
     ("  of which the child's counting", "pruning/magnitude.py", "RidingSearch.count"),
     ("child's zeroing (exact cuts, in place)", "merging/child.py", "_prune_child"),
-    ("writing (archive: pack + write)", "runtime/store.py", "save"),
+    ("writing (archive: count + pack + write + checksum)", "runtime/store.py", "save"),
+    ("  of which counting its non-zeros (the file's layout)", "utils/packed.py", "packed_size"),
+    ("  of which packing (`compress` and `packbits`)", "utils/packed.py", "pack"),
+    ("  of which the file write (`pwrite` into the page cache)", "utils/tensorfiles.py", "_pwrite_all"),
 ]
 
 

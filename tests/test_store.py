@@ -131,8 +131,9 @@ def test_packed_tensor_reads_equal_the_dense_tensor(dtype):
 def test_a_members_plan_reads_it_packed_and_equals_the_dense_plan(tmp_path, monkeypatch, granularity):
     """Planning a pruning of an archive member counts its packed tensors' values and takes their
     zeros from the mask, never unpacking one, and gives the plan of its dense tensors: at the
-    rate it was stored at (the threshold is its zeros), below it and above it; with samples
-    smaller than the model and several counting passes."""
+    rate it was stored at (the threshold is its zeros), below it (global: the plan taken from
+    the stored zeros and -0.0 values, no pass) and above it; with samples smaller than the
+    model and several counting passes."""
     from sae_merging.pruning import magnitude
 
     monkeypatch.setattr(magnitude, "CHUNK", 1000)
@@ -166,3 +167,46 @@ def test_a_packed_tensors_counts_and_collected_keys_equal_the_dense_ones():
         assert rows[0] == rows[1]
         keys = [torch.cat(f).sort().values for f in found]
         assert torch.equal(keys[0], keys[1]) and keys[0].numel() > 0
+
+
+def test_a_cut_that_leaves_a_packed_tensor_skips_its_zeroing_and_a_negative_zero_is_still_zeroed():
+    """A threshold-0 cut whose ties are the packed tensor's +0.0 entries changes nothing, so
+    its chunks are the unpacked ones (no zeroing pass); with a -0.0 among the key-0 entries the
+    cut is applied (the -0.0 becomes +0.0): both equal the dense tensor's cut, bit for bit."""
+    from sae_merging.pruning.magnitude import KeySpace, Scratch, TensorCut
+    from sae_merging.utils.packed import PackedTensor, pack
+
+    space = KeySpace(torch.bfloat16)
+    for negative_zeros in (False, True):
+        tensor = _sparse(torch.bfloat16, 5000, 4)
+        if not negative_zeros:
+            tensor[tensor.view(torch.int16) == -32768] = 0.0
+        packed = PackedTensor(*pack(tensor), tensor.shape)
+        key_zero = int((tensor.view(torch.int16) & 0x7FFF).eq(0).sum())
+        cut = TensorCut(space, 0, key_zero, key_zero, key_zero)
+        assert cut.leaves(packed) is not negative_zeros
+        got = torch.cat([part.clone() for _, part in cut.chunks(packed, Scratch())])
+        assert torch.equal(got.view(torch.int16), cut.prune(tensor).view(-1).view(torch.int16))
+        assert int(got.view(torch.int16).eq(-32768).sum()) == 0
+
+
+def test_a_members_dense_tensors_are_read_as_views_and_its_reads_are_its_tensors(tmp_path):
+    """An opened member's dense tensors (an embedding, a norm) are peeked as views of one
+    mapping, not copies (two peeks share their memory); every tensor read by `peek`, item or
+    `stored` equals the saved one bit for bit, after its pages were released too."""
+    from sae_merging.utils.packed import dense
+    from sae_merging.utils.tensorfiles import stored
+
+    model = MagnitudePruner("global").prune(_model(torch.bfloat16), 0.6)  # (embeddings, norms: dense)
+    store = IndividualStore(tmp_path)
+    store.save("m", model)
+    opened = store.open("m")
+    assert opened.mapped and opened.packs
+    for name in ("model.embed_tokens.weight", "model.norm.weight"):
+        assert opened.peek(name).data_ptr() == opened.peek(name).data_ptr()
+        assert opened[name].data_ptr() != opened.peek(name).data_ptr()  # (an item is a copy)
+    for name, tensor in model.items():
+        for read in (opened.peek(name), opened[name], dense(stored(opened, name))):
+            assert torch.equal(read.view(torch.int16), tensor.view(torch.int16)), name
+        opened.release(name)
+        assert torch.equal(opened.peek(name).view(torch.int16), tensor.view(torch.int16)), name

@@ -25,10 +25,10 @@ needs whole tensors (slerp) gets them pruned whole, and the child is planned aft
 Two regimes, one result. A parent given as a `LazyTensors` is *streamed*: never held whole,
 read tensor by tensor in each pass (mapped views of its file where it has one). A parent given
 as a dict is held in memory. `parents()` streams both parents above `stream_above_gb`, and a
-mapped one or a packed archive member (read as stored, `reads_packed`) at any size; below it a
-parent whose reads cost a computation (a dense archive member copied, an average) is read into
-memory once. A parent the recipe loaded is given up as the
-merge pass goes: the child is built in the first one's place (each tensor overwritten by the
+mapped one of dense tensors or a packed archive member (read as stored, `reads_packed`) at any
+size; below it a parent whose reads cost a computation (a packed member for a merger that needs
+whole tensors, an average) is read into memory once. A parent the recipe loaded is given up as
+the merge pass goes: the child is built in the first one's place (each tensor overwritten by the
 child's) and the second one's tensors are dropped once merged. So making a child holds one
 model and a few chunks, never two parents and the child. Every step is a function of one entry
 (elementwise mergers) or one tensor at a time and the pruning plans depend only on the values
@@ -130,12 +130,13 @@ class ChildRecipe:
 
     def parent(self, tensors: LazyTensors, nbytes: int) -> Tensors:
         """A model as the recipe takes it (a parent, a base, a re-dense source): the lazy
-        tensors themselves when the model is large enough to stream, is a mapped file (a pass
-        over it copies nothing) or holds packed tensors the passes read as stored (counted and
+        tensors themselves when the model is large enough to stream, is a mapped file of dense
+        tensors (a pass over it copies nothing) or holds packed tensors the passes read as stored (counted and
         sampled without unpacking, unpacked chunk by chunk by the merge), else all of them read
         into memory (a copy the recipe owns, so it is pruned where it lies instead of beside a
         second copy, and given up tensor by tensor as a child is made of it)."""
-        if self.streams(nbytes) or tensors.mapped or (tensors.packs and self.reads_packed):
+        read_in_place = tensors.packs and self.reads_packed or tensors.mapped and not tensors.packs
+        if self.streams(nbytes) or read_in_place:
             return tensors
         return _Loaded(tensors.items())
 

@@ -205,7 +205,11 @@ class TensorCut:
         device: torch.device | None = None,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """(start, pruned chunk) pairs, written into the flat `out` or else into a scratch
-        buffer that the next chunk overwrites; each chunk moved to `device` first (when given)."""
+        buffer that the next chunk overwrites; each chunk moved to `device` first (when given).
+        A packed tensor the cut leaves as it is (`leaves`) is yielded as unpacked."""
+        if out is None and isinstance(tensor, PackedTensor) and self.leaves(tensor):
+            yield from chunks(tensor, device)
+            return
         remaining = self.quota
         for start, chunk in chunks(tensor, device):
             n = chunk.numel()
@@ -233,6 +237,13 @@ class TensorCut:
             if first is not None:
                 target[first] = 0
             yield start, target
+
+    def leaves(self, tensor: PackedTensor) -> bool:
+        """Whether the cut changes no bit of a packed tensor: it zeros no key above 0, and the
+        key-0 entries it may zero are all +0.0 already (its ties, every key-0 entry, are the
+        tensor's zero bit patterns: no -0.0 among them). So an archive member pruned to the
+        rate, whose cut is its own zeros, is not zeroed again."""
+        return self.threshold == 0 and (self.quota == 0 or self.ties == tensor.zeros)
 
     def prune(self, tensor: torch.Tensor, in_place: bool = False) -> torch.Tensor:
         """A pruned copy of `tensor`, or `tensor` itself pruned (`in_place`, when contiguous)."""
@@ -605,6 +616,20 @@ class ModelPlan:
         return cls(cuts, zeros)
 
 
+def _stored_zeros_plan(tensors: Sequence[torch.Tensor | PackedTensor], k: int) -> PrunePlan | None:
+    """The global plan of packed tensors whose stored zeros (+0.0: key 0) number at least k
+    (an archive member pruned to the rate), without a sample or a counting pass: the threshold
+    is key 0, each tensor's ties its key-0 entries (its zeros and its -0.0 values, counted over
+    the values alone). None when a tensor is not packed or the zeros are too few."""
+    if not tensors or not all(isinstance(t, PackedTensor) for t in tensors):
+        return None
+    if not 0 < k < sum(t.numel() for t in tensors) or sum(t.zeros for t in tensors) < k:
+        return None
+    ties = tuple(t.zeros + t.negative_zeros() for t in tensors)
+    threshold = Threshold(KeySpace.of(t.dtype for t in tensors), 0, (0,) * len(tensors), ties)
+    return PrunePlan(threshold.cuts(k))
+
+
 def _read_pass(
     tensors: Mapping[str, torch.Tensor], names: Sequence[str], read=None
 ) -> Iterator[torch.Tensor | PackedTensor]:
@@ -687,7 +712,11 @@ class MagnitudePruner(MagnitudePrunerSettings):
         names = [name for name in tensors if self.prunable(name)]
         sizes = [numel(tensors, name) for name in names]
         read = self.ranked if self.needs_base else None
-        plan = self.plan(lambda: _read_pass(tensors, names, read), rate, sizes)
+        plan = None
+        if read is None and self.granularity == "global":
+            plan = _stored_zeros_plan([stored(tensors, name) for name in names], round(rate * sum(sizes)))
+        if plan is None:
+            plan = self.plan(lambda: _read_pass(tensors, names, read), rate, sizes)
         return ModelPlan.of(names, sizes, plan, counts_zeros=not self.needs_base)
 
     def prune(self, tensors: Mapping[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:

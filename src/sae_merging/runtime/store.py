@@ -102,25 +102,40 @@ class IndividualStore:
 
     def open(self, ident: str) -> LazyTensors:
         """The tensors as a lazy mapping over the memory-mapped file: each is read (and
-        unpacked) when it is accessed and not kept, so a pass over a model holds one tensor."""
+        unpacked) when it is accessed and not kept, so a pass over a model holds one tensor. A
+        dense tensor is also readable as a view of the mapping (`LazyTensors.peek`, no copy)
+        and a packed one as it lies (`LazyTensors.stored`); `release` drops their pages."""
         meta = self.meta(ident)
-        path, shapes = str(self.path(ident) / TENSORS_FILE), meta["shapes"]
-
-        def read(name: str) -> torch.Tensor:
-            with TensorFile(path) as stored:
-                if name in stored.entries:
-                    return stored.get(name)
-                return unpack(stored.view(name + _MASK), stored.view(name + _VALUES), shapes[name])
+        shapes = meta["shapes"]
+        source = TensorFile(self.path(ident) / TENSORS_FILE)  # unmapped once nothing refers to it
+        packed_names = {name for name in meta["order"] if name + _MASK in source.entries}
 
         def packed(name: str) -> PackedTensor | None:
             if name not in packed_names:
                 return None
-            stored = TensorFile(path)  # kept open by the views (closed when they are dropped)
-            return PackedTensor(stored.view(name + _MASK), stored.view(name + _VALUES), shapes[name], stored)
+            return PackedTensor(source.view(name + _MASK), source.view(name + _VALUES), shapes[name], source)
 
-        with TensorFile(path) as stored:
-            packed_names = {name for name in meta["order"] if name + _MASK in stored.entries}
-        return LazyTensors(meta["order"], read, shapes=shapes, packed=packed if packed_names else None)
+        def read(name: str) -> torch.Tensor:
+            return unpack_copy(name) if name in packed_names else source.get(name)
+
+        def unpack_copy(name: str) -> torch.Tensor:
+            tensor = unpack(source.view(name + _MASK), source.view(name + _VALUES), shapes[name])
+            release(name)
+            return tensor
+
+        def view(name: str) -> torch.Tensor:
+            return unpack_copy(name) if name in packed_names else source.view(name)
+
+        def release(name: str, start: int = 0, stop: int | None = None) -> None:
+            if name not in packed_names:
+                source.release(name, start, stop)
+            elif start == 0 and stop is None:  # (a packed tensor's pages leave whole)
+                source.release(name + _MASK)
+                source.release(name + _VALUES)
+
+        return LazyTensors(
+            meta["order"], read, view, release, shapes=shapes, packed=packed if packed_names else None
+        )
 
     def nbytes(self, ident: str) -> int:
         return sum(f.stat().st_size for f in self.path(ident).iterdir())
