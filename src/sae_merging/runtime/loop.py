@@ -40,7 +40,7 @@ from sae_merging.methods.base import Method
 from sae_merging.runtime import checkpoint as checkpoints
 from sae_merging.runtime.context import Ask, Outcome, RunContext, Sample, Told
 from sae_merging.runtime.outputs import METRICS_FILE
-from sae_merging.runtime.selection import choice_sample, select, selection_cost
+from sae_merging.runtime.selection import choice_costs, choice_sample, select, selection_cost
 from sae_merging.utils.files import atomic_write_text
 from sae_merging.utils.settings import ConfigError
 
@@ -124,9 +124,7 @@ class Budget:
         capacity = self.method.capacity(state)
         if self.examples is None or capacity is None:
             return None, 0
-        members, last = self.method.candidates(self.ctx, state)
-        sample = choice_sample(self.ctx, last)
-        costs = [self.ctx.fitness.uncached(ident, sample) for ident in {m.ident for m in members}]
+        costs = choice_costs(self.ctx, *self.method.candidates(self.ctx, state))
         return max(0, capacity - len(costs)), min(costs, default=None)
 
     def joining(self, state, sample: Sample) -> int:

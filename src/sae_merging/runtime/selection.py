@@ -37,11 +37,16 @@ def choice_sample(ctx: RunContext, default: Sample) -> Sample:
     return validation_sample(ctx) if ctx.selection == "validation" else default
 
 
-def selection_cost(ctx: RunContext, members: Sequence[Member], last: Sample) -> int:
-    """The (candidate, example) pairs `select(ctx, members, last)` will score: those of the
-    rule's sample that are not cached yet."""
+def choice_costs(ctx: RunContext, members: Sequence[Member], last: Sample) -> list[int]:
+    """Per distinct candidate, the examples `select(ctx, members, last)` will score for it:
+    those of the rule's sample that are not cached yet."""
     sample = choice_sample(ctx, last)
-    return sum(ctx.fitness.uncached(ident, sample) for ident in {m.ident for m in members})
+    return [ctx.fitness.uncached(ident, sample) for ident in {m.ident: None for m in members}]
+
+
+def selection_cost(ctx: RunContext, members: Sequence[Member], last: Sample) -> int:
+    """The (candidate, example) pairs `select(ctx, members, last)` will score."""
+    return sum(choice_costs(ctx, members, last))
 
 
 def all_draws_scores(ctx: RunContext, member: Member, last: Sample) -> Scores:
