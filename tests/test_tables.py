@@ -146,9 +146,11 @@ def test_rows_in_natural_order():
     assert sorted(["s_max=0.9", "s_max=0.45"], key=tables.natural_key) == ["s_max=0.45", "s_max=0.9"]
 
 
-def _paired_run(sweep: Path, job: int, method: str, seed: int, correct: dict[str, list[int]]) -> None:
+def _paired_run(
+    sweep: Path, job: int, method: str, seed: int, correct: dict[str, list[int]], extra: tuple[str, ...] = ()
+) -> None:
     folder = sweep / str(job)
-    _hydra_files(folder, [f"method={method}", f"seed={seed}"])
+    _hydra_files(folder, [f"method={method}", f"seed={seed}", *extra])
     test = {t: sum(c) / len(c) for t, c in correct.items()}
     results = {
         "method": method,
@@ -201,6 +203,43 @@ def test_paired_rows_by_seed_and_item(tmp_path):
         assert column["n_seeds"] == 3 and column["ci_low"] <= column["diff"] <= column["ci_high"]
         assert column["half_width"] == pytest.approx((column["ci_high"] - column["ci_low"]) / 2)
     assert "sae − pso" in (out / "table.md").read_text()
+
+
+def test_one_table_per_value_of_by_and_a_summary_side_by_side(tmp_path):
+    """`--by scoring`: one table per value, in the order the sweep declared them (local before
+    global here), each with its own rows and paired differences (by hand); the summary puts each
+    row's mean and each difference's mean side by side; a key no run overrides is refused."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    multirun = {"hydra": {"sweeper": {"params": {"scoring": "local,global", "seed": "0,1"}}}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    correct = {  # per scoring, method, seed: one task's items
+        "local": {"sae": [[1, 1, 0, 0], [1, 1, 1, 0]], "pso": [[1, 0, 0, 0], [1, 1, 0, 0]]},
+        "global": {"sae": [[0, 0, 0, 0], [1, 0, 0, 0]], "pso": [[1, 1, 0, 0], [1, 1, 1, 0]]},
+    }
+    job = 0
+    for scoring, methods in correct.items():
+        for method, seeds in methods.items():
+            for seed, items in enumerate(seeds):
+                _paired_run(sweep, job, method, seed, {"t": items}, (f"scoring={scoring}",))
+                job += 1
+    out = tmp_path / "out"
+    assert tables.main([str(sweep), "--out", str(out), "--by", "scoring"]) == 0
+    saved = json.loads((out / "table.json").read_text())
+    assert list(saved["panels"]) == ["local", "global"]
+    for scoring, panel in saved["panels"].items():
+        assert [row["label"] for row in panel["rows"]] == ["sae", "pso"]
+        sae, pso = correct[scoring]["sae"], correct[scoring]["pso"]
+        diff = 100 * np.mean(np.subtract(sae, pso))
+        (entry,) = panel["paired"]
+        assert entry["columns"]["mean"]["diff"] == pytest.approx(diff)
+        assert panel["rows"][0]["cells"]["mean"]["mean"] == pytest.approx(100 * np.mean(sae))
+        assert (out / f"scoring={scoring}" / "table.md").is_file()
+    text = (out / "table.md").read_text()
+    assert "| setting | scoring=local | scoring=global |" in text
+    assert "| sae − pso | +25.0 [" in text and "-50.0 [" in text
+    assert (out / "panels.png").is_file()
+    assert tables.main([str(sweep), "--out", str(out), "--by", "lab"]) == 2
 
 
 def _metrics(folder: Path, generations: list[tuple[list[str], list[float]]]) -> None:

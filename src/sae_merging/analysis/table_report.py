@@ -1,7 +1,7 @@
 """Turn the run folders of a multirun into a paper-style table.
 
     python analysis/tables.py outputs/tables/table2_ablation [more sweep folders...] \
-        [--out outputs/tables/table2_ablation/report] [--title "Table 2"]
+        [--out outputs/tables/table2_ablation/report] [--title "Table 2"] [--by lab]
 
 Rows are the swept settings other than the seed: which keys a run overrode comes from its
 `.hydra/overrides.yaml`, their values from the config the run saved (`.hydra/config.yaml`, and
@@ -23,7 +23,12 @@ so the room the methods had is in view. Writes
 `table.md`, `table.tex`, `table.json`, a bar chart `table.png` (means with 95% CIs) and, with
 paired differences, `paired.png` (the mean column's differences and CIs per reference). A
 folder that is not a finished run (no `results.json`) is refused by name; runs that the sweep
-defined but that did not finish are listed as missing.
+defined but that did not finish are listed as missing. `--by KEY` (e.g. `--by lab` for the
+cross-regime table) writes one such table per value of that override, in its own folder
+(`<out>/KEY=value/`), each with its own paired differences and lab references, and above them
+a summary putting each row's mean, each build's reference rows and each paired difference
+side by side per value (`table.md`, `table.json`, `panels.png`: means with CIs and the builds'
+better expert, task arithmetic and multi-task ceiling as lines).
 """
 
 from __future__ import annotations
@@ -349,6 +354,11 @@ def lab_references(records: list[dict]) -> dict | None:
     }
 
 
+def _reference_mean(accuracy: dict[str, float]) -> float:
+    """A reference row's mean over its tasks, in %."""
+    return sum(100 * accuracy[task] for task in sorted(accuracy)) / len(accuracy)
+
+
 def _references_markdown(tasks: list[str], references: dict) -> list[str]:
     accuracy, gain = references["test_accuracy"], references.get("normalized_gain") or {}
     lam = (references.get("task_arithmetic") or {}).get("lambda")
@@ -365,7 +375,7 @@ def _references_markdown(tasks: list[str], references: dict) -> list[str]:
         kept = " / ".join("–" if (g := gain.get(name, {}).get(t)) is None else f"{g:.2f}" for t in tasks)
         label = f"task_arithmetic (lambda {lam:g})" if name == "task_arithmetic" and lam is not None else name
         cells = " | ".join(f"{v:.1f}" for v in values)
-        lines.append(f"| {label} | {cells} | {sum(values) / len(values):.1f} | {kept} |")
+        lines.append(f"| {label} | {cells} | {_reference_mean(accuracy[name]):.1f} | {kept} |")
     return lines
 
 
@@ -527,6 +537,166 @@ def paired_chart(paired: list[dict], path: Path) -> bool:
     return True
 
 
+def panel_values(sweep_dirs: list[Path], records: list[dict], key: str) -> list[str]:
+    """The values of `key` the runs have, in the order the first sweep that swept it declared
+    them (its `multirun.yaml`), then the rest in natural order."""
+    have = {r["overrides"].get(key) for r in records} - {None}
+    if not have:
+        raise AggregationError(f"--by {key}: no run overrides {key!r}")
+    if missing := [r["run"] for r in records if key not in r["overrides"]]:
+        raise AggregationError(f"--by {key}: {len(missing)} run(s) do not override it, e.g. {missing[0]}")
+    declared = []
+    for sweep_dir in sweep_dirs:
+        for combo in expected_runs(sweep_dir) or []:
+            declared += [value for k, value in combo if k.lstrip("+") == key and value not in declared]
+    return [v for v in declared if v in have] + sorted(have - set(declared), key=natural_key)
+
+
+def build_table(records: list[dict], labels: list[str | None], mechanism: bool) -> dict:
+    """One table of `records`: its tasks, rows, paired blocks against each reference label
+    (None: the default reference) and the lab build's reference rows."""
+    tasks, rows = aggregate(records)
+    references = [reference_row(rows, label) for label in labels]
+    paired = paired_blocks(tasks, rows, [r for r in references if r is not None])
+    if mechanism:
+        mechanism_cells(rows)
+    return {"tasks": tasks, "rows": rows, "paired": paired, "references": lab_references(records)}
+
+
+def _panel_title(key: str, value: str) -> str:
+    return f"{key}={value}"
+
+
+def panels_markdown(key: str, panels: dict[str, dict], title: str) -> str:
+    """The panels side by side: each row's mean column per panel, the lab builds' reference
+    means per panel, and each paired difference's mean column per panel."""
+    names = list(panels)
+    head = "| {} | " + " | ".join(_panel_title(key, name) for name in names) + " |"
+    rule = "|---|" + "---:|" * len(names)
+    labels = list(dict.fromkeys(row["label"] for table in panels.values() for row in table["rows"]))
+    lines = [
+        f"**{title}** (mean test accuracy over the tasks, %: mean ± sample std [95% t-interval], "
+        "n seeds; one column per " + key + ", full tables below)",
+        "",
+        head.format("setting"),
+        rule,
+    ]
+    for label in labels:
+        cells = []
+        for table in panels.values():
+            row = next((r for r in table["rows"] if r["label"] == label), None)
+            mean = row["cells"]["mean"] if row else None
+            best = row and mean["mean"] == _best(table["rows"], "mean")
+            text = (
+                "–"
+                if row is None
+                else "{mean:.1f} ± {std:.1f} [{ci_low:.1f}, {ci_high:.1f}] n={n}".format(**mean)
+            )
+            cells.append(f"**{text}**" if best else text)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    builds = [table["references"] for table in panels.values()]
+    if any(builds):
+        lines += ["", "The lab builds' reference rows (mean over the tasks, %; kept gain per task):", ""]
+        lines += [head.format("reference"), rule]
+        for name in REFERENCE_ROWS:
+            cells = []
+            for build in builds:
+                accuracy = (build or {}).get("test_accuracy", {}).get(name)
+                if accuracy is None:
+                    cells.append("–")
+                    continue
+                kept = (build.get("normalized_gain") or {}).get(name, {})
+                gains = " / ".join(f"{kept[t]:.2f}" for t in sorted(accuracy) if t in kept)
+                cells.append(f"{_reference_mean(accuracy):.1f} (kept {gains})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    pairs = list(
+        dict.fromkeys(e["label"] for table in panels.values() for e in table["paired"] if "columns" in e)
+    )
+    if pairs:
+        lines += [
+            "",
+            "Paired differences of the mean column per "
+            + key
+            + " (accuracy points, by seed and test item; diff [95% paired bootstrap CI] p; a CI "
+            "containing 0 is no detectable difference):",
+            "",
+            head.format("difference"),
+            rule,
+        ]
+        for label in pairs:
+            cells = []
+            for table in panels.values():
+                entry = next((e for e in table["paired"] if e["label"] == label and "columns" in e), None)
+                if entry is None:
+                    cells.append("–")
+                    continue
+                mean = entry["columns"]["mean"]
+                cells.append(
+                    _paired_cell(mean, "{diff:+.1f} [{ci_low:+.1f}, {ci_high:+.1f}] p{p}")
+                    + f" n={mean['n_seeds']}"
+                )
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def panels_chart(key: str, panels: dict[str, dict], path: Path) -> None:
+    """One panel per value of `key`: each row's mean accuracy with its 95% CI, and the lab
+    build's better expert, task arithmetic and multi-task ceiling as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(row["label"] for table in panels.values() for row in table["rows"]))
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.2 * len(panels), 0.3 * len(labels) + 2.2), sharey=True, squeeze=False
+    )
+    lines = {
+        "better expert": ("math", "multilingual"),
+        "task_arithmetic": ("task_arithmetic",),
+        "multitask": ("multitask",),
+    }
+    for ax, (name, table) in zip(axes[0], panels.items(), strict=True):
+        for y, label in enumerate(labels):
+            row = next((r for r in table["rows"] if r["label"] == label), None)
+            if row is None:
+                continue
+            c = row["cells"]["mean"]
+            error = [[c["mean"] - c["ci_low"]], [c["ci_high"] - c["mean"]]]
+            ax.errorbar([c["mean"]], [y], xerr=error, fmt="o", color="C0", capsize=3)
+        accuracy = (table["references"] or {}).get("test_accuracy", {})
+        for i, (line, names) in enumerate(lines.items()):
+            means = [_reference_mean(accuracy[n]) for n in names if n in accuracy]
+            if means:
+                ax.axvline(max(means), color=f"C{i + 1}", ls="--", lw=1, label=f"build: {line}")
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_title(_panel_title(key, name), fontsize=9)
+        ax.set_xlabel("mean test accuracy (%), 95% CI", fontsize=8)
+    axes[0][0].invert_yaxis()
+    handles, names = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="lower center", ncol=len(handles), fontsize=8)
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
+    else:
+        fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def _write_table(out: Path, table: dict, title: str, missing: list[str]) -> str:
+    tasks, rows, paired = table["tasks"], table["rows"], table["paired"]
+    text = markdown(tasks, rows, title, paired, table["references"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(text)
+    (out / "table.tex").write_text(latex(tasks, rows, title, paired))
+    saved = [{k: v for k, v in row.items() if k != "records"} for row in rows]
+    payload = {"tasks": tasks, "rows": saved, "paired": paired, "missing": missing}
+    (out / "table.json").write_text(json.dumps({**payload, "references": table["references"]}, indent=2))
+    bar_chart(tasks, rows, title, out / "table.png")
+    paired_chart(paired, out / "paired.png")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", nargs="+", type=Path, help="multirun folders (or single run folders)")
@@ -542,6 +712,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--mechanism", action="store_true", help="add SAE's mechanism per row (lambda spread, experts kept)"
+    )
+    parser.add_argument(
+        "--by",
+        default=None,
+        metavar="KEY",
+        help="one table per value of this override (e.g. lab), and a summary of them side by side",
     )
     parser.add_argument(
         "--allow-missing", action="store_true", help="write the table even if runs are missing"
@@ -560,33 +736,47 @@ def main(argv: list[str] | None = None) -> int:
     if not records:
         print("error: no finished runs", file=sys.stderr)
         return 2
-    tasks, rows = aggregate(records)
+    title = args.title or args.sweeps[0].name
+    out = args.out or args.sweeps[0] / "report"
+    labels = args.reference or [None]
     try:
-        references = [reference_row(rows, label) for label in args.reference or [None]]
-        paired = paired_blocks(tasks, rows, [r for r in references if r is not None])
+        if args.by is None:
+            text = _write_table(out, build_table(records, labels, args.mechanism), title, missing)
+            print(text)
+            print(f"written to {out}/table.{{md,tex,json,png}} and paired.png (with paired rows)")
+            return 0
+        values = panel_values(args.sweeps, records, args.by)
+        panels = {
+            value: build_table(
+                [r for r in records if r["overrides"].get(args.by) == value], labels, args.mechanism
+            )
+            for value in values
+        }
     except AggregationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.mechanism:
-        mechanism_cells(rows)
-    title = args.title or args.sweeps[0].name
-    out = args.out or args.sweeps[0] / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    references = lab_references(records)
-    text = markdown(tasks, rows, title, paired, references)
+    texts = [panels_markdown(args.by, panels, title)]
+    for value, table in panels.items():
+        panel_title = f"{title}, {_panel_title(args.by, value)}"
+        texts.append(_write_table(out / _panel_title(args.by, value), table, panel_title, missing))
+    text = "\n".join(texts)
     (out / "table.md").write_text(text)
-    (out / "table.tex").write_text(latex(tasks, rows, title, paired))
-    saved = [{k: v for k, v in row.items() if k != "records"} for row in rows]
-    (out / "table.json").write_text(
-        json.dumps(
-            {"tasks": tasks, "rows": saved, "paired": paired, "missing": missing, "references": references},
-            indent=2,
-        )
-    )
-    bar_chart(tasks, rows, title, out / "table.png")
-    drawn = paired_chart(paired, out / "paired.png")
+    summary_json = {
+        "by": args.by,
+        "panels": {
+            value: {
+                "rows": [{k: v for k, v in row.items() if k != "records"} for row in table["rows"]],
+                "paired": table["paired"],
+                "references": table["references"],
+            }
+            for value, table in panels.items()
+        },
+        "missing": missing,
+    }
+    (out / "table.json").write_text(json.dumps(summary_json, indent=2))
+    panels_chart(args.by, panels, out / "panels.png")
     print(text)
-    print(f"written to {out}/table.{{md,tex,json,png}}" + (" and paired.png" if drawn else ""))
+    print(f"written to {out}/table.{{md,json}}, panels.png, and one folder per {args.by} value")
     return 0
 
 
