@@ -327,3 +327,19 @@ def test_lab_runs_get_their_builds_reference_rows(tmp_path, micro_lab, micro_lab
     plain = tmp_path / "plain"
     _hydra_files(plain, ["seed=3"])
     assert tables.lab_references([{"run": str(plain)}]) is None
+
+
+def test_chosen_origins_counted_per_row():
+    """The row's picks: particles and grid points counted together, experts by name, most
+    frequent first; runs without a recorded pick are not counted."""
+    results = [
+        {"chosen": {"origin": "particle:2"}},
+        {"chosen": {"origin": "particle:0"}},
+        {"chosen": {"origin": "expert:multilingual"}},
+        {"chosen": {"origin": "child"}},
+        {"chosen": {"origin": "expert:multilingual"}},
+        {"chosen": {"origin": "particle:11"}},
+        {},
+    ]
+    assert tables.chosen_origins(results) == {"particle": 3, "expert:multilingual": 2, "child": 1}
+    assert list(tables.chosen_origins(results)) == ["particle", "expert:multilingual", "child"]

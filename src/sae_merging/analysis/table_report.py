@@ -152,8 +152,21 @@ def aggregate(records: list[dict]) -> tuple[list[str], list[dict]]:
             }
         for column in ("models_scored", "examples_scored", "wall_seconds"):
             row[column] = statistics.fmean(r[column] for r in results)
+        row["chosen"] = chosen_origins(results)
         rows.append(row)
     return tasks, rows
+
+
+def chosen_origins(results: list[dict]) -> dict[str, int]:
+    """How many runs chose a model of each origin (a child, an expert, a pruned variant, a
+    particle...; `results.json`'s `chosen.origin`, a particle's or grid point's index dropped),
+    most frequent first: whether a search's pick is a merge or a copy of an expert."""
+    counts: dict[str, int] = defaultdict(int)
+    for result in results:
+        origin = (result.get("chosen") or {}).get("origin")
+        if origin is not None:
+            counts[re.sub(r":\d+$", "", origin)] += 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def reference_row(rows: list[dict], label: str | None = None) -> dict | None:
@@ -390,8 +403,10 @@ def markdown(
     lines = [
         f"**{title}** (test accuracy %: mean ± sample std over n seeds, [95% t-interval]; best mean in bold)",
         "",
-        "| setting | " + " | ".join(columns) + " | n | models scored | examples scored | wall s |",
-        "|---|" + "---:|" * (len(columns) + 4),
+        "| setting | "
+        + " | ".join(columns)
+        + " | n | models scored | examples scored | wall s | chosen (runs) |",
+        "|---|" + "---:|" * (len(columns) + 4) + "---|",
     ]
     for row in rows:
         cells = _cells(rows, row, columns, "{mean:.1f} ± {std:.1f} [{ci_low:.1f}, {ci_high:.1f}]", "**{}**")
@@ -399,7 +414,9 @@ def markdown(
             f"| {row['label']} | "
             + " | ".join(cells)
             + f" | {len(row['seeds'])} | {row['models_scored']:.0f} | {row['examples_scored']:.0f}"
-            + f" | {row['wall_seconds']:.0f} |"
+            + f" | {row['wall_seconds']:.0f} | "
+            + (", ".join(f"{origin} {n}" for origin, n in row["chosen"].items()) or "–")
+            + " |"
         )
     if references is not None:
         lines += _references_markdown(tasks, references)
