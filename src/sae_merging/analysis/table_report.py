@@ -584,75 +584,70 @@ def _panel_title(key: str, value: str) -> str:
     return f"{key}={value}"
 
 
+def _row_cell(table: dict, label: str) -> str | None:
+    row = next((r for r in table["rows"] if r["label"] == label), None)
+    if row is None:
+        return None
+    mean = row["cells"]["mean"]
+    text = "{mean:.1f} ± {std:.1f} [{ci_low:.1f}, {ci_high:.1f}] n={n}".format(**mean)
+    return f"**{text}**" if mean["mean"] == _best(table["rows"], "mean") else text
+
+
+def _reference_cell(table: dict, name: str) -> str | None:
+    build = table["references"] or {}
+    accuracy = build.get("test_accuracy", {}).get(name)
+    if accuracy is None:
+        return None
+    kept = (build.get("normalized_gain") or {}).get(name, {})
+    gains = " / ".join(f"{kept[t]:.2f}" for t in sorted(accuracy) if t in kept)
+    return f"{_reference_mean(accuracy):.1f} (kept {gains})"
+
+
+def _paired_summary_cell(table: dict, label: str) -> str | None:
+    entry = next((e for e in table["paired"] if e["label"] == label and "columns" in e), None)
+    if entry is None:
+        return None
+    mean = entry["columns"]["mean"]
+    return _paired_cell(mean, "{diff:+.1f} [{ci_low:+.1f}, {ci_high:+.1f}] p{p}") + f" n={mean['n_seeds']}"
+
+
 def panels_markdown(key: str, panels: dict[str, dict], title: str) -> str:
     """The panels side by side: each row's mean column per panel, the lab builds' reference
     means per panel, and each paired difference's mean column per panel."""
-    names = list(panels)
-    head = "| {} | " + " | ".join(_panel_title(key, name) for name in names) + " |"
-    rule = "|---|" + "---:|" * len(names)
-    labels = list(dict.fromkeys(row["label"] for table in panels.values() for row in table["rows"]))
+    head = (
+        "| {} | "
+        + " | ".join(_panel_title(key, name) for name in panels)
+        + " |\n|---|"
+        + "---:|" * len(panels)
+    )
+
+    def block(first: str, labels: list[str], cell) -> list[str]:
+        lines = [head.format(first)]
+        for label in labels:
+            cells = [cell(table, label) or "–" for table in panels.values()]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        return lines
+
+    tables = panels.values()
+    labels = list(dict.fromkeys(row["label"] for table in tables for row in table["rows"]))
     lines = [
         f"**{title}** (mean test accuracy over the tasks, %: mean ± sample std [95% t-interval], "
-        "n seeds; one column per " + key + ", full tables below)",
+        f"n seeds; one column per {key}, full tables below)",
         "",
-        head.format("setting"),
-        rule,
+        *block("setting", labels, _row_cell),
     ]
-    for label in labels:
-        cells = []
-        for table in panels.values():
-            row = next((r for r in table["rows"] if r["label"] == label), None)
-            mean = row["cells"]["mean"] if row else None
-            best = row and mean["mean"] == _best(table["rows"], "mean")
-            text = (
-                "–"
-                if row is None
-                else "{mean:.1f} ± {std:.1f} [{ci_low:.1f}, {ci_high:.1f}] n={n}".format(**mean)
-            )
-            cells.append(f"**{text}**" if best else text)
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    builds = [table["references"] for table in panels.values()]
-    if any(builds):
+    if any(table["references"] for table in tables):
         lines += ["", "The lab builds' reference rows (mean over the tasks, %; kept gain per task):", ""]
-        lines += [head.format("reference"), rule]
-        for name in REFERENCE_ROWS:
-            cells = []
-            for build in builds:
-                accuracy = (build or {}).get("test_accuracy", {}).get(name)
-                if accuracy is None:
-                    cells.append("–")
-                    continue
-                kept = (build.get("normalized_gain") or {}).get(name, {})
-                gains = " / ".join(f"{kept[t]:.2f}" for t in sorted(accuracy) if t in kept)
-                cells.append(f"{_reference_mean(accuracy):.1f} (kept {gains})")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    pairs = list(
-        dict.fromkeys(e["label"] for table in panels.values() for e in table["paired"] if "columns" in e)
-    )
+        lines += block("reference", list(REFERENCE_ROWS), _reference_cell)
+    pairs = list(dict.fromkeys(e["label"] for table in tables for e in table["paired"] if "columns" in e))
     if pairs:
         lines += [
             "",
-            "Paired differences of the mean column per "
-            + key
-            + " (accuracy points, by seed and test item; diff [95% paired bootstrap CI] p; a CI "
-            "containing 0 is no detectable difference):",
+            f"Paired differences of the mean column per {key} (accuracy points, by seed and test "
+            "item; diff [95% paired bootstrap CI] p; a CI containing 0 is no detectable difference):",
             "",
-            head.format("difference"),
-            rule,
+            *block("difference", pairs, _paired_summary_cell),
         ]
-        for label in pairs:
-            cells = []
-            for table in panels.values():
-                entry = next((e for e in table["paired"] if e["label"] == label and "columns" in e), None)
-                if entry is None:
-                    cells.append("–")
-                    continue
-                mean = entry["columns"]["mean"]
-                cells.append(
-                    _paired_cell(mean, "{diff:+.1f} [{ci_low:+.1f}, {ci_high:+.1f}] p{p}")
-                    + f" n={mean['n_seeds']}"
-                )
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
