@@ -17,20 +17,24 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR = 2.5
+TASK_FILE = ROOT / "tests" / "fixtures" / "own_tasks" / "opposites.jsonl"
 OVERRIDES = [
     "model=hf",
     "method=sae",
-    "task=paper_local",
-    "task.opt_size={gsm8k: 1, mmlu_prox: 2}",
-    "task.validation_size={mmlu_prox: 0.05}",
-    "task.test_size={gsm8k: 1, mmlu_prox: 3}",
-    "+task.tasks.0.max_new_tokens=8",
-    "budget.examples=48",
+    "task=jsonl",
+    "task.tasks.0.name=opposites",
+    "task.tasks.0.kind=multiple_choice",
+    "+task.opt_size.opposites=2",
+    "task.validation_size=0.2",
+    "+task.test_size.opposites=2",
+    "schedule.steps=1",
     "model.dtype=bfloat16",
     "device=cpu",
     "threads=1",
@@ -39,18 +43,48 @@ OVERRIDES = [
 ]
 
 
+class PeakWatch:
+    """Samples /proc/self/status every `interval` seconds in a thread and keeps, at the highest
+    RSS seen, its anonymous and file-backed shares (mapped checkpoints' pages are file-backed)
+    and where the main thread was: what held the memory at the peak."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval, self.peak = interval, {"VmRSS": 0}
+        self.main = threading.main_thread().ident
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self.stop.set()
+        self.thread.join()
+
+    def _watch(self) -> None:
+        from bench import common  # experiments/bench/: beside this script
+
+        while not self.stop.wait(self.interval):
+            fields = {name: common.proc_memory(name) for name in ("VmRSS", "RssAnon", "RssFile")}
+            if fields["VmRSS"] > self.peak["VmRSS"]:
+                frames = traceback.extract_stack(sys._current_frames()[self.main])
+                where = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames if "sae_merging" in f.filename]
+                self.peak = {**fields, "where": " < ".join(reversed(where[-4:]))}
+
+
 def worker(folders: list[str], extra: list[str]) -> dict:
-    """The run in this process: baseline RSS, peak RSS, wall seconds."""
+    """The run in this process: baseline RSS, peak RSS (and what held it), wall seconds."""
     from bench import common  # experiments/bench/: beside this script
 
     from sae_merging.runtime import runner
 
-    overrides = [*OVERRIDES, f"model.base={folders[0]}", f"model.experts=[{folders[1]},{folders[2]}]", *extra]
+    overrides = [*OVERRIDES, f"task.tasks.0.source={TASK_FILE}", f"model.base={folders[0]}", f"model.experts=[{folders[1]},{folders[2]}]", *extra]
     config = common.lab_config(overrides)
     exact = common.reset_peak_rss()
     baseline = common.proc_memory("VmRSS")
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="run-memory-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="run-memory-") as tmp, PeakWatch() as watch:
         runner.run(config, Path(tmp) / "run")
         lines = (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()
     return {
@@ -59,6 +93,7 @@ def worker(folders: list[str], extra: list[str]) -> dict:
         "exact": exact,
         "seconds": time.perf_counter() - started,
         "generations": len(lines),
+        "sampled": watch.peak,
     }
 
 
@@ -94,6 +129,11 @@ def main() -> None:
     ratio = above / model
     print(f"peak above baseline: {above / 1e9:.2f} GB = {ratio:.2f}x one model (<= {FLOOR}: {verdict})")
     print(f"metrics lines (generations logged): {result['generations']}")
+    sampled = result["sampled"]
+    print(
+        f"highest sampled RSS {sampled['VmRSS'] / 1e9:.2f} GB: anonymous {sampled['RssAnon'] / 1e9:.2f} GB, "
+        f"file-backed {sampled['RssFile'] / 1e9:.2f} GB; at {sampled.get('where')}"
+    )
 
 
 if __name__ == "__main__":
