@@ -83,7 +83,7 @@ class PeakWatch:
                     for f in frames
                     if "sae_merging" in f.filename
                 ]
-                self.peak = {**fields, "where": " < ".join(reversed(where[-4:]))}
+                self.peak = {**fields, "where": " < ".join(reversed(where[-8:]))}
 
 
 def worker(folders: list[str], extra: list[str]) -> dict:
