@@ -599,7 +599,7 @@ def _reference_cell(table: dict, name: str) -> str | None:
     if accuracy is None:
         return None
     kept = (build.get("normalized_gain") or {}).get(name, {})
-    gains = " / ".join(f"{kept[t]:.2f}" for t in sorted(accuracy) if t in kept)
+    gains = " / ".join(f"{kept[t]:.2f}" for t in table["tasks"] if t in kept)
     return f"{_reference_mean(accuracy):.1f} (kept {gains})"
 
 
@@ -637,7 +637,8 @@ def panels_markdown(key: str, panels: dict[str, dict], title: str) -> str:
         *block("setting", labels, _row_cell),
     ]
     if any(table["references"] for table in tables):
-        lines += ["", "The lab builds' reference rows (mean over the tasks, %; kept gain per task):", ""]
+        tasks = " / ".join(dict.fromkeys(t for table in tables for t in table["tasks"]))
+        lines += ["", f"The lab builds' reference rows (mean over the tasks, %; kept gain: {tasks}):", ""]
         lines += block("reference", list(REFERENCE_ROWS), _reference_cell)
     pairs = list(dict.fromkeys(e["label"] for table in tables for e in table["paired"] if "columns" in e))
     if pairs:
