@@ -30,7 +30,7 @@ LAYERS = {
     "runtime.context": 7,
     "runtime.fitness": 7,
     "runtime.store": 7,
-    "runtime.selection": 7,  # the final-choice rules every method's best() uses
+    "runtime.selection": 7,  # the final-choice rules `loop.choose` applies
     "methods": 8,
     "runtime": 9,
     "analysis": 10,

@@ -211,9 +211,8 @@ class M2N2(M2N2Settings, Archive):
     def _summary(
         self, state: M2N2State, scores: dict[str, Scores], accepted: int, ratios: list[float]
     ) -> dict:
-        shares = shared_matrix([scores[m.ident].flat() for m in state.members], self.alpha)
-        fitness = [sum(row) for row in shares]
-        best = max(state.members, key=lambda m: scores[m.ident].mean)
+        fitness = self.competition_values(state.members, scores)
+        best = self.best(state, scores)
         summary = {
             "fitness/best": max(fitness),
             "fitness/mean": statistics.fmean(fitness),

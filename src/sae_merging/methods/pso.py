@@ -53,12 +53,13 @@ from typing import Any
 import torch
 
 from sae_merging.merging import functions as merge_fns
+from sae_merging.methods.archive import RESCORED
 from sae_merging.methods.base import Strategy
 from sae_merging.methods.settings import PSOSettings
 from sae_merging.runtime.context import Ask, Candidate, Member, RunContext, Sample, Told
 
 # the notes of generation 0's two rounds and of a step's re-scoring round
-POSITIONS, VELOCITIES, RESCORED = "positions", "velocities", "rescored"
+POSITIONS, VELOCITIES = "positions", "velocities"
 
 Coefficient = float | torch.Tensor
 

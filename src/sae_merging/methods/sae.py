@@ -310,7 +310,7 @@ class SAE(SAESettings, Archive):
         child and child-minus-parent fitness (`pairs`), the experts still in the archive."""
         span = self.span(state.members)
         fitness = [self.fitness(scores[m.ident], m, span) for m in state.members]
-        best = max(state.members, key=lambda m: scores[m.ident].mean)
+        best = self.best(state, scores)
         sparsity = [m.sparsity for m in state.members]
         experts = [m.origin for m in state.members if m.origin.startswith("expert:")]
         summary = {

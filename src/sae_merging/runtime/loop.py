@@ -297,10 +297,7 @@ def _finish_generation(
     writer.records.append(record)
     _forget_others(ctx, state)
     writer.save(state, spent=spent)
-    previous = _previous_members(ctx)
-    for ident in ctx.store.idents():
-        if ident not in previous and ident not in {m.ident for m in state.members}:
-            ctx.store.delete(ident)
+    _drop_orphans(ctx, state, _previous_members(ctx))
     metrics.append(record)
     log(record)
     return record
@@ -324,7 +321,8 @@ def _previous_members(ctx: RunContext) -> set[str]:
 
 
 def _drop_orphans(ctx: RunContext, state, also_keep: set[str] = frozenset()) -> None:
-    """Individuals written by an interrupted generation are not in the checkpoint: remove them."""
+    """Remove the stored individuals that neither the state nor `also_keep` refers to: those an
+    interrupted generation wrote, and those no checkpoint needs any more."""
     keep = {m.ident for m in state.members} | set(also_keep)
     for ident in ctx.store.idents():
         if ident not in keep:
