@@ -303,9 +303,11 @@ def test_run_context_children_follow_the_runs_device(parents, tmp_path):
 
 def test_packed_archive_members_are_read_as_stored_at_any_size(parents, tmp_path, monkeypatch):
     """Below the streaming threshold, parents stored packed (pruned archive members) are not
-    loaded: both are read as stored (counted and sampled packed, unpacked chunk by chunk by the
-    merge, never a whole tensor unpacked), and the child equals the in-memory child."""
-    from sae_merging.runtime import store as store_module
+    loaded: both are read as stored (counted and sampled packed, with a sample smaller than a
+    tensor, unpacked chunk by chunk by the merge, never a whole tensor unpacked), and the child
+    equals the in-memory child."""
+    from sae_merging.pruning import magnitude
+    from sae_merging.utils.packed import PackedTensor
 
     a, b = parents
     sae = _sae()
@@ -318,7 +320,8 @@ def test_packed_archive_members_are_read_as_stored_at_any_size(parents, tmp_path
     def refuse(*_):
         raise AssertionError("a packed tensor was unpacked whole")
 
-    monkeypatch.setattr(store_module, "unpack", refuse)
+    monkeypatch.setattr(PackedTensor, "dense", refuse)  # every whole unpack goes through it
+    monkeypatch.setattr(magnitude, "SAMPLE", 64)  # the thresholds sample, not read every entry
     ctx = SimpleNamespace(store=store, timer=Timer(), device=torch.device("cpu"))
     first, _ = sae.recipe.parents(store.open("a"), store.nbytes("a"), store.open("b"))
     assert isinstance(first, LazyTensors) and first.packs  # not loaded

@@ -244,3 +244,16 @@ def test_floors_of_the_interference_presets():
     assert "| task_arithmetic mean >= better expert's + 5 | +6.0 | met |" in presets.floors_table(
         "default", report(0.80)
     )
+
+
+def test_one_validation_share_applies_to_every_lab_task():
+    """`task=lab task.validation_size=0.25` (one number) is that share for each task, as a
+    per-task mapping gives it."""
+    from sae_merging.lab.settings import LabTaskPoolSettings
+
+    one = LabTaskPoolSettings(validation_size=0.25)
+    assert one.validation_size == {"lab-math": 0.25, "lab-multilingual": 0.25}
+    assert (
+        one.validation_size
+        == LabTaskPoolSettings(validation_size={"lab-math": 0.25, "lab-multilingual": 0.25}).validation_size
+    )

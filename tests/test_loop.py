@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from sae_merging.methods.base import Strategy
 from sae_merging.runtime.context import Ask, Candidate, PopulationState
-from sae_merging.runtime.fitness import FitnessCounters, Scores
+from sae_merging.runtime.fitness import FitnessCounters, FitnessEvaluator, Scores
 from sae_merging.runtime.loop import Budget, run_generation
 
 SAMPLE = {"t": (None, [SimpleNamespace(uid=f"t/{i}") for i in range(10)])}  # 10 examples a candidate
@@ -18,10 +18,7 @@ class Fitness:
     def __init__(self) -> None:
         self.cache, self.counters = {}, FitnessCounters()
 
-    def uncached(self, ident, sample) -> int:
-        return sum(
-            e.uid not in self.cache.get(ident, {}) for _, examples in sample.values() for e in examples
-        )
+    uncached = FitnessEvaluator.uncached  # the real cache accounting (it reads only `cache`)
 
     def score(self, ident, sample) -> Scores:
         self.counters.examples_scored += self.uncached(ident, sample)

@@ -123,8 +123,8 @@ class LabSpec:
     # them by `expert_split` (each expert's other entries stay at the base's values). 1: both train every
     # weight; 0: their task vectors touch disjoint entries. The multi-task model trains all.
     expert_overlap: float = 0.0
-    # how the entries that are not shared are split between the experts: "entries" (at random,
-    # as above) or "layers" (the math expert trains the first half of the decoder layers, the
+    # how the entries that are not shared are split between the experts: "entries" (at random)
+    # or "layers" (the math expert trains the first half of the decoder layers, the
     # multilingual expert the second half; "layers_reversed": the other way round; weights outside
     # the decoder layers, the embeddings and
     # the final norm, are trained only in their shared share): task vectors disjoint in structure
