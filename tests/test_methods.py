@@ -168,3 +168,24 @@ def test_base_is_required_only_where_used(tmp_path, micro_lab):
     with pytest.raises(ValueError, match="method 'task_arithmetic' needs a base model: set model.base"):
         _run(tmp_path / "no-base", "task_arithmetic", models)
     assert _run(tmp_path / "linear", "linear", models)["examples_scored"] == OPT_EXAMPLES
+
+
+def test_pso_clamp_limits_are_the_task_vectors_rms():
+    """`clamp`'s |v| bound per tensor: clamp x the RMS over both experts' task-vector entries,
+    by hand."""
+    from types import SimpleNamespace
+
+    base = {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "b": torch.tensor([0.0, 1.0])}
+    experts = [
+        {"w": torch.tensor([[2.0, 2.0], [3.0, 2.0]]), "b": torch.tensor([3.0, 1.0])},
+        {"w": torch.tensor([[1.0, 0.0], [3.0, 5.0]]), "b": torch.tensor([0.0, -3.0])},
+    ]
+    ctx = SimpleNamespace(
+        models=SimpleNamespace(expert_names=["math", "multilingual"]),
+        base_tensors=lambda method: base,
+        expert_tensors=lambda k: experts[k],
+    )
+    limits = PSO(clamp=0.5)._limits(ctx)
+    # w: squares 1 + 0 + 0 + 4 and 0 + 4 + 0 + 1 over 8 entries; b: 9 + 0 and 0 + 16 over 4
+    assert limits["w"] == pytest.approx(0.5 * (10 / 8) ** 0.5)
+    assert limits["b"] == pytest.approx(0.5 * (25 / 4) ** 0.5)

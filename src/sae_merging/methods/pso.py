@@ -306,8 +306,9 @@ class PSO(PSOSettings, Strategy):
         return [Candidate(m, make) for m, make in zip(members, makers, strict=True)]
 
     def _dare_copy(self, ctx: RunContext, j: int) -> dict[str, torch.Tensor]:
-        base = ctx.load_base(self.name)
-        expert = ctx.load_expert(j % len(ctx.models.expert_names))
+        """DARE copy j, base and expert read tensor by tensor (neither is loaded whole)."""
+        base = ctx.base_tensors(self.name)
+        expert = ctx.expert_tensors(j % len(ctx.models.expert_names))
         with ctx.timer.section("merge"):
             return {
                 name: merge_fns.dare(
@@ -317,18 +318,15 @@ class PSO(PSOSettings, Strategy):
             }
 
     def _limits(self, ctx: RunContext) -> dict[str, float]:
-        """|v| bound per tensor (`clamp`): clamp times the RMS of the experts' task vectors."""
-        base = ctx.load_base(self.name)
-        squares = dict.fromkeys(base, 0.0)
+        """|v| bound per tensor (`clamp`): clamp times the RMS of the experts' task vectors (one
+        tensor of the base and the experts in memory at a time)."""
         names = ctx.models.expert_names
-        for k in range(len(names)):
-            expert = ctx.load_expert(k)
-            for name, tensor in base.items():
-                squares[name] += float((expert[name].float() - tensor.float()).pow(2).sum())
-        return {
-            name: self.clamp * math.sqrt(total / (len(names) * base[name].numel()))
-            for name, total in squares.items()
-        }
+        experts = [ctx.expert_tensors(k) for k in range(len(names))]
+        limits = {}
+        for name, tensor in ctx.base_tensors(self.name).items():
+            total = sum(float((expert[name].float() - tensor.float()).pow(2).sum()) for expert in experts)
+            limits[name] = self.clamp * math.sqrt(total / (len(names) * tensor.numel()))
+        return limits
 
     def _velocity(self, ctx: RunContext, positions: list[Member], index: int, rms: list[float]):
         """The recipe of particle `index`'s initial velocity (its RMS noted in `rms`)."""
