@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="sae-merging-tests-"))
+# The scratch folder holds a dequantized GGUF (0.5 GB) and every cache the suite writes: left
+# behind, each session would leak it and a CI disk fills up.
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 for _name, _value in {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
