@@ -343,3 +343,21 @@ def test_chosen_origins_counted_per_row():
     ]
     assert tables.chosen_origins(results) == {"particle": 3, "expert:multilingual": 2, "child": 1}
     assert list(tables.chosen_origins(results)) == ["particle", "expert:multilingual", "child"]
+
+
+def test_the_build_report_and_the_tables_round_a_mean_alike():
+    """97.45 and 85.05 average to 91.25: the lab build's printout and a table's reference row
+    say the same (they printed 91.3 and 91.2 when each summed its own way)."""
+    from sae_merging.lab.build import report_table
+
+    accuracy = {"lab-math": 0.9745, "lab-multilingual": 0.8505}
+    report = {
+        "test_accuracy": {"multitask": accuracy},
+        "seconds": {},
+        **{"parameters": 1, "vocab_size": 1, "total_seconds": 0, "torch_threads": 1},
+    }
+    build_row = next(line for line in report_table(report).splitlines() if line.startswith("| multitask"))
+    references = {"build": "b", "test_accuracy": {"multitask": accuracy}}
+    table = tables.markdown(["lab-math", "lab-multilingual"], [], "t", references=references)
+    table_row = next(line for line in table.splitlines() if line.startswith("| multitask"))
+    assert build_row.split(" | ")[:4] == table_row.split(" | ")[:4] == ["| multitask", "97.5", "85.0", "91.2"]

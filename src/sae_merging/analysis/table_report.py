@@ -57,6 +57,7 @@ from sae_merging.analysis.run_folders import (
 )
 from sae_merging.analysis.stats import paired_bootstrap, paired_t, summary
 from sae_merging.lab.spec import LabSpec
+from sae_merging.tasks.base import mean_percent
 
 _PARTS = re.compile(r"(\d+(?:\.\d+)?)")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
@@ -367,11 +368,6 @@ def lab_references(records: list[dict]) -> dict | None:
     }
 
 
-def _reference_mean(accuracy: dict[str, float]) -> float:
-    """A reference row's mean over its tasks, in %."""
-    return sum(100 * accuracy[task] for task in sorted(accuracy)) / len(accuracy)
-
-
 def _references_markdown(tasks: list[str], references: dict) -> list[str]:
     accuracy, gain = references["test_accuracy"], references.get("normalized_gain") or {}
     lam = (references.get("task_arithmetic") or {}).get("lambda")
@@ -388,7 +384,7 @@ def _references_markdown(tasks: list[str], references: dict) -> list[str]:
         kept = " / ".join("–" if (g := gain.get(name, {}).get(t)) is None else f"{g:.2f}" for t in tasks)
         label = f"task_arithmetic (lambda {lam:g})" if name == "task_arithmetic" and lam is not None else name
         cells = " | ".join(f"{v:.1f}" for v in values)
-        lines.append(f"| {label} | {cells} | {_reference_mean(accuracy[name]):.1f} | {kept} |")
+        lines.append(f"| {label} | {cells} | {mean_percent(accuracy[name]):.1f} | {kept} |")
     return lines
 
 
@@ -600,7 +596,7 @@ def _reference_cell(table: dict, name: str) -> str | None:
         return None
     kept = (build.get("normalized_gain") or {}).get(name, {})
     gains = " / ".join(f"{kept[t]:.2f}" for t in table["tasks"] if t in kept)
-    return f"{_reference_mean(accuracy):.1f} (kept {gains})"
+    return f"{mean_percent(accuracy):.1f} (kept {gains})"
 
 
 def _paired_summary_cell(table: dict, label: str) -> str | None:
@@ -679,7 +675,7 @@ def panels_chart(key: str, panels: dict[str, dict], path: Path) -> None:
             ax.errorbar([c["mean"]], [y], xerr=error, fmt="o", color="C0", capsize=3)
         accuracy = (table["references"] or {}).get("test_accuracy", {})
         for i, (line, names) in enumerate(lines.items()):
-            means = [_reference_mean(accuracy[n]) for n in names if n in accuracy]
+            means = [mean_percent(accuracy[n]) for n in names if n in accuracy]
             if means:
                 ax.axvline(max(means), color=f"C{i + 1}", ls="--", lw=1, label=f"build: {line}")
         ax.set_yticks(range(len(labels)), labels, fontsize=8)

@@ -30,7 +30,15 @@ from sae_merging.lab import math_problems, multilingual
 from sae_merging.lab.spec import EXPERTS, MATH_TASK, MULTILINGUAL_TASK, LabSpec
 from sae_merging.lab.tokenizer import build_tokenizer
 from sae_merging.lab.training import encode, train
-from sae_merging.tasks.base import SPLITS, Example, TaskData, read_jsonl, validation_examples, write_jsonl
+from sae_merging.tasks.base import (
+    SPLITS,
+    Example,
+    TaskData,
+    mean_percent,
+    read_jsonl,
+    validation_examples,
+    write_jsonl,
+)
 from sae_merging.utils.files import atomic_directory, atomic_write_json
 from sae_merging.utils.paths import remove_leftovers
 
@@ -110,8 +118,7 @@ def report_table(report: Mapping) -> str:
         "|---|" + "---:|" * (2 * len(tasks) + 1),
     ]
     for model, scores in report["test_accuracy"].items():
-        values = [scores[t] for t in tasks]
-        cells = " | ".join(f"{100 * v:.1f}" for v in values + [sum(values) / len(values)])
+        cells = " | ".join(f"{100 * scores[t]:.1f}" for t in tasks) + f" | {mean_percent(scores):.1f}"
         kept = " | ".join(
             "n/a" if gains.get(model, {}).get(t) is None else f"{gains[model][t]:.2f}" for t in tasks
         )

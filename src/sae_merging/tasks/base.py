@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -197,6 +197,13 @@ def _hub_rows(source: str, config_name: str | None, split: str) -> list[dict]:
             f"not be loaded from the hub ({type(error).__name__}: {error}); offline, pass a local "
             f"path instead: a .jsonl file or a folder holding {split}.jsonl"
         ) from error
+
+
+def mean_percent(accuracy: Mapping[str, float]) -> float:
+    """A model's mean accuracy over its tasks (task -> fraction), in %, summed in task-name
+    order: every report prints the same float, so the same rounding (91.25 is not 91.3 in one
+    table and 91.2 in another)."""
+    return sum(100 * accuracy[task] for task in sorted(accuracy)) / len(accuracy)
 
 
 class Scorer:
