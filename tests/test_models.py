@@ -507,3 +507,25 @@ def test_real_smollm2_gguf_generates_and_round_trips(tmp_path):
     ids = prompt["input_ids"][0].tolist()
     assert torch.equal(logits(reloaded, ids), logits(model, ids))
     assert load_tokenizer(out)("The capital of France is")["input_ids"] == ids
+
+
+def test_a_gguf_config_is_parsed_once_per_file_version(tmp_path, monkeypatch):
+    """transformers parses a GGUF's whole metadata for its config (seconds): a run asks five
+    times, so it is parsed once per file version; each caller still gets its own copy."""
+    calls = []
+
+    def parse(path, gguf_file):
+        calls.append((path, gguf_file))
+        return LlamaConfig(hidden_size=8 * len(calls), num_attention_heads=1, num_key_value_heads=1)
+
+    monkeypatch.setattr(io.AutoConfig, "from_pretrained", parse)
+    io._gguf_config.cache_clear()
+    file = tmp_path / "model.gguf"
+    file.write_bytes(b"v1")
+    first, second = io.load_config(str(file)), io.load_config(str(file))
+    assert len(calls) == 1 and first.hidden_size == second.hidden_size == 8 and first is not second
+    first.hidden_size = 99  # a caller's change stays its own
+    assert io.load_config(str(file)).hidden_size == 8
+    file.write_bytes(b"version 2")  # another file version (its size) is parsed again
+    assert io.load_config(str(file)).hidden_size == 16 and len(calls) == 2
+    io._gguf_config.cache_clear()

@@ -8,6 +8,7 @@ at a time; a GGUF file is dequantized once by transformers (`gguf_file=`).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import torch
@@ -115,9 +116,20 @@ class ModelRef:
 
 
 def load_config(ref: str | ModelRef) -> PretrainedConfig:
+    """The model's config (an owned copy). A GGUF file's is parsed once per process and file
+    version: transformers reads the whole metadata, tokenizer vocabulary included, for it
+    (about 7 s for SmolLM2-135M here), and a run asks for it five times."""
     ref = ModelRef.parse(ref)
-    source = ref.local_dir() if not ref.gguf_file else ref.path
-    return AutoConfig.from_pretrained(source, **ref.load_kwargs())
+    if ref.gguf_file:
+        stat = (Path(ref.path) / ref.gguf_file).stat()
+        return copy.deepcopy(_gguf_config(ref.path, ref.gguf_file, stat.st_size, stat.st_mtime_ns))
+    return AutoConfig.from_pretrained(ref.local_dir(), **ref.load_kwargs())
+
+
+@lru_cache(maxsize=8)
+def _gguf_config(path: str, gguf_file: str, size: int, mtime_ns: int) -> PretrainedConfig:
+    """A GGUF file's config, by its path, size and modification time (see `load_config`)."""
+    return AutoConfig.from_pretrained(path, gguf_file=gguf_file)
 
 
 def load_tokenizer(ref: str | ModelRef) -> PreTrainedTokenizerBase:
