@@ -439,9 +439,20 @@ def test_a_bad_data_file_is_named_before_any_model_loads(
     assert code == 2 and "Traceback" not in err and expected in err, err
 
 
-def test_a_budget_below_one_generation_is_one_line(tmp_path, capsys):
+def test_a_budget_below_one_generation_is_one_line_naming_the_budget_it_needs(tmp_path, capsys, micro_lab):
+    """Refused before anything is scored, with the smallest budget that fits generation 0 and
+    the choice: that budget runs, one less is refused again."""
+    import re
+
     err = _one_line(*_cli(["budget.examples=10"], tmp_path / "run", capsys)[:2])
     assert "budget.examples=10: is below what generation 0" in err
+    needed = int(re.search(r"at least (\d+)\)", err).group(1))
+    assert not [p for p in (tmp_path / "run").rglob("*") if p.is_file() and "checkpoint" in p.parts]
+    err = _one_line(*_cli([f"budget.examples={needed - 1}"], tmp_path / "less", capsys)[:2])
+    assert f"at least {needed})" in err
+    code, err, results = _cli([f"budget.examples={needed}"], tmp_path / "enough", capsys)
+    assert code == 0, err
+    assert results["examples_scored"] <= needed
 
 
 # --- 4. sweeps survive one bad job ------------------------------------------------------------

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from sae_merging.methods.base import Strategy
 from sae_merging.runtime.context import Ask, Candidate, PopulationState
 from sae_merging.runtime.fitness import FitnessCounters, FitnessEvaluator, Scores
 from sae_merging.runtime.loop import Budget, run_generation
+from sae_merging.utils.settings import ConfigError
 
 SAMPLE = {"t": (None, [SimpleNamespace(uid=f"t/{i}") for i in range(10)])}  # 10 examples a candidate
 
@@ -77,6 +80,17 @@ def test_nothing_is_made_when_the_first_candidate_does_not_fit():
     assert spent and len(method.made) == 3 and state.generation == 0  # generation 1 never told
 
 
+def test_a_generation_0_that_does_not_fit_whole_is_refused_before_anything_is_made():
+    """A search needs all of generation 0: 30 examples (3 x 10) plus the choice's 5 on the
+    validation set, refused at 34 naming 35, before a candidate is made; 35 runs it whole."""
+    method, ctx = KeepsTheBest(1), _validation_ctx()
+    with pytest.raises(ConfigError, match=r"budget.examples=34: .* \(at least 35\); raise it"):
+        run_generation(method, ctx, PopulationState(), 0, Budget(ctx, method, 34))
+    assert method.made == [] and ctx.fitness.counters.examples_scored == 0
+    state, spent = run_generation(method, ctx, PopulationState(), 0, Budget(ctx, method, 35))
+    assert not spent and len(method.made) == 3 and state.generation == 0
+
+
 def test_without_a_budget_every_candidate_is_made():
     method, ctx = ThreePerGeneration(), _ctx()
     state, spent = run_generation(method, ctx, PopulationState(), 0)
@@ -112,8 +126,8 @@ def test_a_full_candidate_set_reserves_only_what_a_newcomer_adds():
     reserves 5 (15 each: two fit in 35); with one place, the first reserves 5 and the others,
     which can only take its place, nothing more (15 + 10 + 10 = 35: all three fit)."""
     unbounded, ctx = KeepsTheBest(None), _validation_ctx()
-    run_generation(unbounded, ctx, PopulationState(), 0, Budget(ctx, unbounded, 35))
+    run_generation(unbounded, ctx, PopulationState(generation=0), 1, Budget(ctx, unbounded, 35))
     assert len(unbounded.made) == 2
     one_place, ctx = KeepsTheBest(1), _validation_ctx()
-    run_generation(one_place, ctx, PopulationState(), 0, Budget(ctx, one_place, 35))
+    run_generation(one_place, ctx, PopulationState(generation=0), 1, Budget(ctx, one_place, 35))
     assert len(one_place.made) == 3 and ctx.fitness.counters.examples_scored == 30  # + 5 for the choice

@@ -17,8 +17,9 @@ individuals costs their uncached examples (all of them or none are scored), a ne
 sample's examples. It keeps in reserve what the final choice will score (`selection_cost` of
 the current candidates, plus the choice's examples for every new candidate that may join them:
 all of it while the method's `capacity` leaves places open, then only what it costs beyond the
-cheapest current candidate, whose place it would take). Candidates are made in order while
-their price fits; the method is told those that were (a prefix) and asked nothing more: the
+cheapest current candidate, whose place it would take). Generation 0 must fit whole: a
+budget below it is refused before anything is scored, naming the budget it needs. Candidates
+are made in order while their price fits; the method is told those that were (a prefix) and asked nothing more: the
 search is over, with at most N examples scored, search and choice together, and less than one
 candidate's price left unspent (plus the reserve for the candidates of that round that did not
 join). A generation the method finished with what it was told (SAE's children, PSO's moves: a
@@ -175,14 +176,7 @@ def run_search(
         if (budget is None or method.fixed_steps) and generation > method.steps:
             break
         before = ctx.fitness.counters.examples_scored
-        state, spent = run_generation(method, ctx, state, generation, pricing)
-        if spent and generation == 0:
-            raise ConfigError(
-                [
-                    f"budget.examples={budget}: is below what generation 0 and the final choice alone "
-                    "score; raise it"
-                ]
-            )
+        state, spent = run_generation(method, ctx, state, generation, pricing)  # (generation 0: whole)
         if state.generation < generation:  # cut short before the method finished it: no line
             _forget_others(ctx, state)
             writer.save(state, new_generation=False, spent=True)  # a resumed run goes to the choice
@@ -233,7 +227,7 @@ def run_generation(method: Method, ctx: RunContext, state, generation: int, pric
     pricing = pricing or Budget(ctx, method, None)
     while state.generation < generation:
         ask = method.ask(ctx, state, generation)
-        told, complete = _answer(ctx, ask, pricing, state)
+        told, complete = _answer(ctx, ask, pricing, state, whole=generation == 0)
         if not complete and (not told.made or generation == 0):  # nothing new to tell (or no start)
             return state, True
         state = method.tell(ctx, state, ask, told)
@@ -242,17 +236,44 @@ def run_generation(method: Method, ctx: RunContext, state, generation: int, pric
     return state, False
 
 
-def _answer(ctx: RunContext, ask: Ask, pricing: Budget, state) -> tuple[Told, bool]:
+def _answer(ctx: RunContext, ask: Ask, pricing: Budget, state, whole: bool = False) -> tuple[Told, bool]:
     """Score `ask.again`, then make, store and score `ask.new` in order while the budget
     allows: (what to tell, whether everything asked for was done); nothing is scored when even
-    the re-scoring does not fit."""
+    the re-scoring does not fit. `whole` (generation 0: a search needs all of it): a round that
+    does not fit whole is refused before anything is scored, naming the budget it needs."""
     room = pricing.room(state)
-    price = sum(pricing.uncached(ident, ask.sample) for ident in {m.ident for m in ask.again})
-    if price > room:
+    prices = _prices(ask, pricing, state)
+    if whole and sum(prices) > room:
+        needed = pricing.examples - room + sum(prices)  # (what is scored + the choice's reserve + the round)
+        raise ConfigError(
+            [
+                f"budget.examples={pricing.examples}: is below what generation 0 and the final choice "
+                f"alone score (at least {needed}); raise it"
+            ]
+        )
+    if prices[0] > room:
         return Told({}, []), False
     scores = {m.ident: ctx.score(m, ask.sample) for m in ask.again}
-    room -= price
+    room -= prices[0]
     made = []
+    for candidate, price in zip(ask.new, prices[1:], strict=True):
+        if price > room:
+            return Told(scores, made), False
+        room -= price
+        tensors = candidate.make()
+        ctx.store.save(candidate.member.ident, tensors)
+        del tensors  # stored: the candidate's tensors go before it is scored and the next is made
+        if candidate.scored:
+            scores[candidate.member.ident] = ctx.score(candidate.member, ask.sample)
+        made.append(candidate.member)
+    return Told(scores, made), True
+
+
+def _prices(ask: Ask, pricing: Budget, state) -> list[int]:
+    """What each step of answering `ask` scores, the re-scoring first, then each new candidate:
+    its sample's uncached examples plus what it adds to the final choice (all 0 without a
+    budget). A price depends on the round alone, not on what was made before it."""
+    prices = [sum(pricing.uncached(ident, ask.sample) for ident in {m.ident for m in ask.again})]
     joining = pricing.joining(state, ask.sample)
     open_seats, cheapest = pricing.seats(state)
     for candidate in ask.new:
@@ -266,16 +287,8 @@ def _answer(ctx: RunContext, ask: Ask, pricing: Budget, state) -> tuple[Told, bo
             else:  # the set is full: the newcomer replaces a member (one at least this cheap) or leaves
                 reserve = max(0, joining - cheapest)
             price = pricing.uncached(candidate.member.ident, ask.sample) + reserve
-        if price > room:
-            return Told(scores, made), False
-        room -= price
-        tensors = candidate.make()
-        ctx.store.save(candidate.member.ident, tensors)
-        del tensors  # stored: the candidate's tensors go before it is scored and the next is made
-        if candidate.scored:
-            scores[candidate.member.ident] = ctx.score(candidate.member, ask.sample)
-        made.append(candidate.member)
-    return Told(scores, made), True
+        prices.append(price)
+    return prices
 
 
 def _finish_generation(
