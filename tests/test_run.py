@@ -115,3 +115,23 @@ def test_saved_model_keeps_base_files_and_has_a_model_card(tmp_path, micro_lab):
     for task, score in results["test"].items():
         assert f"| {task} | {score:.4f} |" in card
     assert results["wall_seconds"] >= results["seconds"]["save"] + results["seconds"].get("test", 0.0)
+
+
+def test_a_validation_set_too_small_to_choose_on_is_warned_about():
+    """A task file of 10 items holds out 1 for the choice: every candidate ties on it, and the
+    run says so (only for selection=validation, only for the tasks concerned)."""
+    from types import SimpleNamespace
+
+    from sae_merging.runtime.runner import FEW_CHOICE_ITEMS, few_choice_items
+
+    def task(name, opt):
+        return SimpleNamespace(name=name, split=lambda split: [None] * opt)
+
+    held = {"small": 1, "enough": FEW_CHOICE_ITEMS}
+    tasks = SimpleNamespace(
+        tasks=[task("small", 8), task("enough", 50)], validation_set=lambda t, seed: [None] * held[t.name]
+    )
+    ctx = SimpleNamespace(selection="validation", tasks=tasks, seed=0)
+    (line,) = few_choice_items(ctx)
+    assert line.startswith("task small: the final choice scores 1 validation item(s)") and "of 8 opt" in line
+    assert few_choice_items(SimpleNamespace(selection="last_draw", tasks=tasks, seed=0)) == []

@@ -17,15 +17,15 @@ individuals costs their uncached examples (all of them or none are scored), a ne
 sample's examples. It keeps in reserve what the final choice will score (`selection_cost` of
 the current candidates, plus the choice's examples for every new candidate that may join them:
 all of it while the method's `capacity` leaves places open, then only what it costs beyond the
-cheapest current candidate, whose place it would take). Generation 0 must fit whole: a
-budget below it is refused before anything is scored, naming the budget it needs. Candidates
-are made in order while their price fits; the method is told those that were (a prefix) and asked nothing more: the
-search is over, with at most N examples scored, search and choice together, and less than one
-candidate's price left unspent (plus the reserve for the candidates of that round that did not
-join). A generation the method finished with what it was told (SAE's children, PSO's moves: a
-round told in part) is recorded as usual; one left unfinished (M2N2 between its children)
-writes no metrics line. Either way the checkpoint marks the search spent, so a resumed run goes
-straight to the choice.
+cheapest current candidate, whose place it would take). Generation 0 must fit whole: a budget
+below it is refused before anything is scored, naming the budget it needs. Candidates are made
+in order while their price fits; the method is told those that were (a prefix) and asked
+nothing more: the search is over, with at most N examples scored, search and choice together,
+and less than one candidate's price left unspent (plus the reserve for the candidates of that
+round that did not join). A generation the method finished with what it was told (SAE's
+children, PSO's moves: a round told in part) is recorded as usual; one left unfinished (M2N2
+between its children) writes no metrics line. Either way the checkpoint marks the search spent,
+so a resumed run goes straight to the choice.
 """
 
 from __future__ import annotations

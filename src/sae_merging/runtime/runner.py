@@ -13,6 +13,7 @@ Run folder (Hydra's output dir):
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,30 @@ def prepare(cfg: DictConfig, run_dir: Path):
         progress=cfg.get("progress", True),
         selection=cfg.get("selection", RunSettings.selection),
     )
+    for line in few_choice_items(ctx):
+        print(f"warning: {line}", file=sys.stderr, flush=True)
     return method, ctx, tokenizer
+
+
+FEW_CHOICE_ITEMS = 10  # below this many validation items per task, the final choice is mostly ties
+
+
+def few_choice_items(ctx: RunContext) -> list[str]:
+    """Tasks whose validation set (what selection=validation chooses on) is too small to tell
+    candidates apart: with a handful of items most candidates tie and the rule's tie-break, not
+    accuracy, makes the choice."""
+    if ctx.selection != "validation":
+        return []
+    lines = []
+    for task in ctx.tasks.tasks:
+        n = len(ctx.tasks.validation_set(task, ctx.seed))
+        if n < FEW_CHOICE_ITEMS:
+            lines.append(
+                f"task {task.name}: the final choice scores {n} validation item(s) (task.validation_size "
+                f"of {len(task.split('opt'))} opt items): candidates will mostly tie; "
+                f"{FEW_CHOICE_ITEMS} or more tell them apart"
+            )
+    return lines
 
 
 def budget_examples(cfg: DictConfig) -> int | None:
