@@ -135,3 +135,28 @@ def test_a_validation_set_too_small_to_choose_on_is_warned_about():
     (line,) = few_choice_items(ctx)
     assert line.startswith("task small: the final choice scores 1 validation item(s)") and "of 8 opt" in line
     assert few_choice_items(SimpleNamespace(selection="last_draw", tasks=tasks, seed=0)) == []
+
+
+@pytest.mark.parametrize(
+    ("method", "steps", "warned"),
+    [
+        ("sae", "schedule.steps=2", True),
+        ("pso", "method.steps=2", True),
+        ("m2n2", "method.steps=3", True),
+        ("pso", "schedule.steps=2", False),  # not PSO's step count
+        ("task_arithmetic", "schedule.steps=2", False),  # a grid: its steps are its points
+    ],
+)
+def test_a_step_count_beside_a_budget_is_warned_about(method, steps, warned):
+    """Under budget.examples a search runs until the budget is spent: a step count given beside
+    it is said to be no limit (and nothing is said without a budget)."""
+    from conftest import compose_config
+
+    from sae_merging.runtime.preflight import preflight
+
+    overrides = [f"method={method}", "budget.examples=500", steps]
+    warnings = preflight(compose_config(overrides), None, overrides).warnings
+    said = f"{steps} with budget.examples=500: the search runs until"
+    assert any(w.startswith(said) for w in warnings) == warned
+    without = [f"method={method}", steps]
+    assert not any("budget" in w for w in preflight(compose_config(without), None, without).warnings)

@@ -271,6 +271,22 @@ def task_choice_problem(cfg: DictConfig, overrides: Sequence[str]) -> str | None
     )
 
 
+def _steps_under_a_budget(run, method, overrides: Sequence[str]) -> list[str]:
+    """A search's step count given on the command line beside a budget (SAE's
+    `schedule.steps`, PSO's and M2N2's `method.steps`): the search runs until the budget is
+    spent, so say so. A grid's or an expert's steps are not settings: nothing to say."""
+    examples = run.budget.get("examples") if run is not None else None
+    names = {f.name for f in dataclasses.fields(method)} if dataclasses.is_dataclass(method) else set()
+    keys = ["schedule.steps="] * ("schedule" in names) + ["method.steps="] * ("steps" in names)
+    given = [o for o in overrides if o.lstrip("+").startswith(tuple(keys))] if keys else []
+    if examples is None or not given:
+        return []
+    return [
+        f"{given[-1]} with budget.examples={examples}: the search runs until the budget is spent, "
+        "not for that many generations (budget.examples=null runs the steps)"
+    ]
+
+
 def preflight(
     cfg: DictConfig, run_dir: str | Path | None = None, overrides: Sequence[str] | None = None
 ) -> Plan:
@@ -294,6 +310,7 @@ def preflight(
         )
     if not problems and method is not None:
         warnings += method.warnings(models)
+        warnings += _steps_under_a_budget(run, method, overrides or ())
     if run_dir is not None and (problem := folder_problem(Path(run_dir))):
         problems.append(problem)
     elif run_dir is not None:
