@@ -3,7 +3,7 @@
     python experiments/reproduce.py table2                 # one table at lab scale
     python experiments/reproduce.py all                    # all six tables, 3 seeds each
     python experiments/reproduce.py table1 --scale paper   # paper scale (GPUs, SLURM)
-    python experiments/reproduce.py table1 --aggregate-only
+    python experiments/reproduce.py table1 --aggregate-only [--out DIR]   # reports from finished runs
     python experiments/reproduce.py table2 -- seed=0,1,2,3,4   # extra Hydra overrides
 
 Each table is one or more `experiment=` configs (conf/experiment/), run at `scale=lab` or
@@ -35,7 +35,9 @@ TABLES = {
 }
 
 
-def run_table(name: str, scale: str, overrides: list[str], aggregate_only: bool) -> dict:
+def run_table(
+    name: str, scale: str, overrides: list[str], aggregate_only: bool, out_dir: Path | None = None
+) -> dict:
     title, experiments = TABLES[name]
     prefix = "paper/" if scale == "paper" else ""  # where conf/scale/<scale>.yaml puts the sweeps
     started = time.perf_counter()
@@ -54,7 +56,17 @@ def run_table(name: str, scale: str, overrides: list[str], aggregate_only: bool)
                 raise SystemExit(f"{experiment}: exit status {code} (see the sweep's summary above)")
     seconds = time.perf_counter() - started
     sweeps = [ROOT / "outputs" / "tables" / f"{prefix}{e}" for e in experiments]
-    out = ROOT / "outputs" / "tables" / f"{prefix}{name}"
+    if aggregate_only:  # aggregate what was run; say what was not
+        missing = [s for s in sweeps if not s.is_dir()]
+        for sweep in missing:
+            print(f"note: {sweep} does not exist (not run yet): left out of the report", flush=True)
+        sweeps = [s for s in sweeps if s.is_dir()]
+        if not sweeps:
+            raise SystemExit(
+                f"{name}: no finished sweep to aggregate under {ROOT / 'outputs' / 'tables'}; "
+                f"run it first: python experiments/reproduce.py {name}"
+            )
+    out = out_dir / f"{prefix}{name}" if out_dir else ROOT / "outputs" / "tables" / f"{prefix}{name}"
     args = [str(s) for s in sweeps] + ["--out", str(out), "--title", title]
     code = subprocess.run([sys.executable, str(ROOT / "analysis" / "tables.py"), *args], cwd=ROOT).returncode
     if code != 0:
@@ -71,11 +83,12 @@ def main() -> None:
     parser.add_argument("tables", nargs="+", choices=[*TABLES, "all"])
     parser.add_argument("--scale", choices=["lab", "paper"], default="lab")
     parser.add_argument("--aggregate-only", action="store_true", help="only rebuild the reports")
+    parser.add_argument("--out", type=Path, help="where the reports go (default: outputs/tables/)")
     argv = sys.argv[1:]
     overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     names = list(TABLES) if "all" in args.tables else args.tables
-    timings = [run_table(n, args.scale, overrides, args.aggregate_only) for n in names]
+    timings = [run_table(n, args.scale, overrides, args.aggregate_only, args.out) for n in names]
     for timing in timings:
         print(f"{timing['table']}: {timing['seconds'] / 60:.1f} min")
 

@@ -91,8 +91,9 @@ def test_values_std_and_best(tmp_path):
         {"mean": 90.0, "std": 0.0, "n": 1, "ci_low": 90.0, "ci_high": 90.0}
     )
     text = tables.markdown(tasks, rows, "T")
-    assert "**90.0 ± 0.0 [90.0, 90.0]**" in text and "**55.0 ± 7.1 [-8.5, 118.5]**" in text
-    assert "\\textbf{90.0 $\\pm$ 0.0}" in tables.latex(tasks, rows, "T")
+    # one seed: its value and n, no made-up spread or interval
+    assert "**90.0 (n = 1)**" in text and "**55.0 ± 7.1 [-8.5, 118.5]**" in text and "90.0 ± 0.0" not in text
+    assert "\\textbf{90.0 (n = 1)}" in tables.latex(tasks, rows, "T")
 
 
 def test_missing_and_unfinished_runs_are_named_and_refused(tmp_path, capsys):
@@ -361,3 +362,11 @@ def test_the_build_report_and_the_tables_round_a_mean_alike():
     table = tables.markdown(["lab-math", "lab-multilingual"], [], "t", references=references)
     table_row = next(line for line in table.splitlines() if line.startswith("| multitask"))
     assert build_row.split(" | ")[:4] == table_row.split(" | ")[:4] == ["| multitask", "97.5", "85.0", "91.2"]
+
+
+def test_the_closing_line_names_paired_png_only_when_written(tmp_path):
+    """A report with no pair to chart (one seed) says so instead of naming a missing file."""
+    assert not tables.paired_chart([{"reference": "sae", "label": "pso"}], tmp_path / "paired.png")
+    assert "no paired.png" in tables._written(tmp_path)
+    (tmp_path / "paired.png").write_bytes(b"png")
+    assert tables._written(tmp_path).endswith("and paired.png")

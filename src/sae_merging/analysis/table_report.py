@@ -315,12 +315,12 @@ def _best(rows: list[dict], column: str) -> float:
 
 
 def _cells(rows: list[dict], row: dict, columns: list[str], cell: str, bold: str) -> list[str]:
-    """A row's cells (mean, std, ci_low, ci_high formatted by `cell`); the best mean of a column
-    wrapped in `bold`."""
+    """A row's cells (mean, std, ci_low, ci_high formatted by `cell`; one seed: its value and
+    n = 1, no spread or interval to show); the best mean of a column wrapped in `bold`."""
     texts = []
     for column in columns:
         values = row["cells"][column]
-        text = cell.format(**values)
+        text = f"{values['mean']:.1f} (n = 1)" if values.get("n") == 1 else cell.format(**values)
         texts.append(bold.format(text) if values["mean"] == _best(rows, column) else text)
     return texts
 
@@ -702,8 +702,15 @@ def _write_table(out: Path, table: dict, title: str, missing: list[str]) -> str:
     payload = {"tasks": tasks, "rows": saved, "paired": paired, "missing": missing}
     (out / "table.json").write_text(json.dumps({**payload, "references": table["references"]}, indent=2))
     bar_chart(tasks, rows, title, out / "table.png")
-    paired_chart(paired, out / "paired.png")
+    if not paired_chart(paired, out / "paired.png"):
+        (out / "paired.png").unlink(missing_ok=True)  # (a stale chart of an earlier report)
     return text
+
+
+def _written(out: Path) -> str:
+    """What a report folder holds, as the closing line says it."""
+    chart = " and paired.png" if (out / "paired.png").is_file() else " (no paired.png: no pair has numbers)"
+    return f"written to {out}/table.{{md,tex,json,png}}{chart}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -752,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.by is None:
             text = _write_table(out, build_table(records, labels, args.mechanism), title, missing)
             print(text)
-            print(f"written to {out}/table.{{md,tex,json,png}} and paired.png (with paired rows)")
+            print(_written(out))
             return 0
         values = panel_values(args.sweeps, records, args.by)
         panels = {
