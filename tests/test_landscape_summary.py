@@ -117,3 +117,23 @@ def test_summary_pairs_models_on_the_same_draws(micro_lab, tmp_path):
     )
     text = (out / landscape_report.SUMMARY_FILE).read_text()
     assert "Math expert − SAE-merged" not in text and "SAE-merged − Math expert" in text
+
+
+def test_a_run_that_chose_an_expert_is_flagged_when_used_as_a_merged_model(tmp_path, caplog):
+    """A run folder stands for its chosen model; when that is an expert or a pruned copy of one,
+    its landscape panel is no merge, and the log says so (a merged run: nothing said)."""
+    import json
+    import logging
+
+    from sae_merging.analysis.landscape_report import resolve_model
+
+    for name, origin in (("expert_run", "expert:multilingual"), ("merged_run", "child")):
+        (tmp_path / name / "model").mkdir(parents=True)
+        (tmp_path / name / "model" / "config.json").write_text("{}")
+        (tmp_path / name / "results.json").write_text(json.dumps({"chosen": {"origin": origin}}))
+    with caplog.at_level(logging.WARNING):
+        resolved = resolve_model(str(tmp_path / "expert_run"), lambda: tmp_path)
+        assert resolved == str(tmp_path / "expert_run" / "model")
+        resolve_model(str(tmp_path / "merged_run"), lambda: tmp_path)
+    flagged = [r.getMessage() for r in caplog.records]
+    assert len(flagged) == 1 and "expert_run chose 'expert:multilingual', not a merge" in flagged[0]

@@ -63,8 +63,27 @@ def resolve_model(spec: str, lab_root: Callable[[], Path]) -> str:
         return str(folder)
     path = Path(spec).expanduser()
     if (path / RUN_MODEL_DIR / "config.json").is_file():
+        origin = _chosen_origin(path)
+        if origin is not None and origin.split(":")[0] in UNMERGED_ORIGINS:
+            log.warning(
+                "%s chose %r, not a merge: its panel is that model's (pick a run whose "
+                "results.json says origin 'child' or 'particle' to show a merged model)",
+                spec,
+                origin,
+            )
         return str(path / RUN_MODEL_DIR)
     return spec
+
+
+UNMERGED_ORIGINS = ("expert", "variant")  # a run that chose an expert or a pruned copy of one
+
+
+def _chosen_origin(run: Path) -> str | None:
+    """What a finished run chose, from its results.json (None when it has none)."""
+    try:
+        return json.loads((run / "results.json").read_text())["chosen"]["origin"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def selected_models(cfg: DictConfig) -> dict[str, str]:
