@@ -262,3 +262,19 @@ def test_command_reports_bad_settings_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: redraw_only=true needs")
     assert "Traceback" not in result.stderr
+
+
+def test_a_log_colour_bar_within_one_decade_has_labelled_ticks():
+    """Losses from 0.6 to 3.8 span less than a decade: the bar still says what its colours are
+    (a decade locator labelled nothing), on the contour and the surface alike."""
+    import numpy as np
+
+    from sae_merging.analysis import plots
+
+    coords = np.linspace(-1, 1, 5)
+    a, b = np.meshgrid(coords, coords)
+    panels = [plots.Panel("m", coords, 0.6 + 3.2 * (a**2 + b**2) / 2)]
+    for figure in (plots.loss_contour(panels, "t", "s"), plots.loss_surface(panels, "t", "s")):
+        figure.canvas.draw()
+        labels = [t.get_text() for t in figure.axes[-1].get_yticklabels() if t.get_text()]
+        assert labels == ["0.6", "0.952", "1.51", "2.4", "3.8"], labels  # 0.6 * (3.8 / 0.6) ** (k / 4)

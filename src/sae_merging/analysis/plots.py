@@ -77,11 +77,22 @@ def loss_contour(panels: Sequence[Panel], task: str, subtitle: str, scale: str =
         _label(ax, panel, task)
     bar = fig.colorbar(mappable, ax=axes, shrink=0.9, label=f"loss on {task}")
     if scale == "log":
+        _log_ticks(bar, norm)
+    fig.suptitle(f"Loss landscape on {task}\n{subtitle}")
+    return fig
+
+
+def _log_ticks(bar, norm: colors.LogNorm) -> None:
+    """Labelled ticks on a log colour bar: decades when the range spans one or more, else five
+    values spread evenly in log space (a decade locator labels nothing inside one decade)."""
+    if norm.vmax / norm.vmin >= 10:
         bar.locator = ticker.LogLocator()
         bar.formatter = ticker.LogFormatterSciNotation()
         bar.update_ticks()
-    fig.suptitle(f"Loss landscape on {task}\n{subtitle}")
-    return fig
+        return
+    ticks = np.geomspace(norm.vmin, norm.vmax, 5)
+    bar.set_ticks(ticks, labels=[f"{v:.3g}" for v in ticks])
+    bar.ax.minorticks_off()  # (the log axis' own minor labels would mix in)
 
 
 def loss_surface(panels: Sequence[Panel], task: str, subtitle: str, scale: str = "log"):
@@ -99,11 +110,16 @@ def loss_surface(panels: Sequence[Panel], task: str, subtitle: str, scale: str =
             a, b, transform(values), facecolors=plt.cm.viridis(norm(values)), shade=False, linewidth=0
         )
         ax.set_zlim(*z_range)
-        ax.set_zlabel("log10 loss" if log else "loss")
+        if log:  # the height is log10(loss); its ticks say the loss itself, as the colour bar does
+            ax.zaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{10**v:.3g}"))
+        ax.set_zlabel("loss (log scale)" if log else "loss", labelpad=2)
+        ax.set_box_aspect(None, zoom=0.85)  # room for the z label inside the panel
         ax.view_init(elev=30, azim=-60)
         _label(ax, panel, task)
     mappable = plt.cm.ScalarMappable(norm=norm, cmap="viridis")
-    fig.colorbar(mappable, ax=axes, shrink=0.7, pad=0.08, label=f"loss on {task}")
+    bar = fig.colorbar(mappable, ax=axes, shrink=0.7, pad=0.08, label=f"loss on {task}")
+    if log:
+        _log_ticks(bar, norm)
     fig.suptitle(f"Loss surface on {task}\n{subtitle}")
     return fig
 
