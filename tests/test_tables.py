@@ -370,3 +370,24 @@ def test_the_closing_line_names_paired_png_only_when_written(tmp_path):
     assert "no paired.png" in tables._written(tmp_path)
     (tmp_path / "paired.png").write_bytes(b"png")
     assert tables._written(tmp_path).endswith("and paired.png")
+
+
+def test_a_command_line_override_replaces_the_experiments_sweep_axis(tmp_path):
+    """`run.py -m experiment=... seed=0` on an experiment sweeping seeds 0,1 runs seed 0 alone
+    (Hydra applies the command line after the sweeper's params): only those runs are expected."""
+    from sae_merging.analysis.run_folders import expected_runs
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    multirun = {
+        "hydra": {
+            "sweeper": {"params": {"scoring": "global,local", "seed": "0,1"}},
+            "overrides": {"task": ["seed=0", "lab=micro"]},
+        }
+    }
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    expected = [(("scoring", "global"), ("seed", "0")), (("scoring", "local"), ("seed", "0"))]
+    assert expected_runs(sweep) == expected
+    _run(sweep, 0, ["scoring=global", "seed=0"], {"a": 0.5})
+    _run(sweep, 1, ["scoring=local", "seed=0"], {"a": 0.6})
+    assert tables.load([sweep])[1] == []  # nothing missing

@@ -86,7 +86,10 @@ def expected_runs(sweep_dir: Path) -> list[tuple[tuple[str, str], ...]] | None:
     params = {key: str(values) for key, values in ((hydra.get("sweeper") or {}).get("params") or {}).items()}
     sweeps = parsed_overrides([f"{key}={values}" for key, values in params.items()])
     task_overrides = parsed_overrides(hydra.get("overrides", {}).get("task", []))
-    sweeps += [o for o in task_overrides if o.is_sweep_override()]
+    # the command line's overrides come after the sweeper's params, as Hydra applies them: one of
+    # the same key replaces that axis (`seed=0` on a 10-seed experiment runs seed 0 alone)
+    swept = {o.key_or_group for o in sweeps}
+    sweeps += [o for o in task_overrides if o.is_sweep_override() or o.key_or_group in swept]
     axes = {o.key_or_group: [(o.key_or_group, v) for v in _values(o)] for o in sweeps}
     return [tuple(sorted(combo)) for combo in itertools.product(*axes.values())] if axes else None
 
