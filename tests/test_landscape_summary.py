@@ -137,3 +137,20 @@ def test_a_run_that_chose_an_expert_is_flagged_when_used_as_a_merged_model(tmp_p
         resolve_model(str(tmp_path / "merged_run"), lambda: tmp_path)
     flagged = [r.getMessage() for r in caplog.records]
     assert len(flagged) == 1 and "expert_run chose 'expert:multilingual', not a merge" in flagged[0]
+
+
+def test_replicates_that_would_score_the_same_examples_are_refused():
+    """A split no larger than the summary's batch gives every replicate the same examples: the
+    Hessian measures would repeat exactly (p = 0 from nothing), so the run is refused."""
+    from types import SimpleNamespace
+
+    from sae_merging.analysis.landscape_report import _check_replicates_differ
+
+    def batch(*uids):
+        return [SimpleNamespace(uid=u) for u in uids]
+
+    same = {"lab-math": [batch("a", "b"), batch("b", "a")]}
+    with pytest.raises(ValueError, match=r"every replicate scores the same 2 test examples of lab-math"):
+        _check_replicates_differ(same, 32, "test")
+    _check_replicates_differ({"lab-math": [batch("a", "b"), batch("a", "c")]}, 2, "test")  # they differ
+    _check_replicates_differ({"lab-math": [batch("a", "b")]}, 32, "test")  # one replicate: nothing to vary

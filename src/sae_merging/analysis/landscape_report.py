@@ -167,15 +167,17 @@ def compute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     batches = {name: FixedBatch.from_examples(tokenizer, ex).to(device) for name, ex in examples.items()}
     replicate_batches = {}  # task -> one batch per replicate (batch seed = replicate)
     if "summary" in cfg.analyses:
-        replicate_batches = {
+        drawn = {
             t.name: [
-                FixedBatch.from_examples(
-                    tokenizer,
-                    fixed_examples(t, cfg.batch.split, summary.batch_size, r, t.name in pool.stratify),
-                ).to(device)
+                fixed_examples(t, cfg.batch.split, summary.batch_size, r, t.name in pool.stratify)
                 for r in range(summary.replicates)
             ]
             for t in tasks
+        }
+        _check_replicates_differ(drawn, summary.batch_size, cfg.batch.split)
+        replicate_batches = {
+            name: [FixedBatch.from_examples(tokenizer, ex).to(device) for ex in replicates]
+            for name, replicates in drawn.items()
         }
 
     results: dict[str, Any] = {
@@ -251,6 +253,19 @@ def compute(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     results["load_average"] = {"start": load_start, "end": _load_average()}
     atomic_write_json(out_dir / LANDSCAPE_FILE, results)
     return results
+
+
+def _check_replicates_differ(drawn: dict[str, list], batch_size: int, split: str) -> None:
+    """Refuse replicates that would all score the same examples (a split no larger than the
+    batch): the Hessian measures at the model do not depend on the plane, so they would repeat
+    exactly, and their intervals and p-values would mean nothing."""
+    for task, batches in drawn.items():
+        if len(batches) > 1 and len({frozenset(e.uid for e in b) for b in batches}) == 1:
+            raise ValueError(
+                f"summary: every replicate scores the same {len(batches[0])} {split} examples of "
+                f"{task} (summary.batch_size={batch_size} covers the split): replicates would not "
+                f"vary; set summary.batch_size below {len(batches[0])} or use a larger split"
+            )
 
 
 def _replicates(model, batches, directions: DirectionSpec, spec: SummarySpec, eigen: EigenSpec, step) -> list:
