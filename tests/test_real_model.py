@@ -47,11 +47,6 @@ def fixture_tasks(max_new_tokens: int) -> dict:
     return {task.name: task for task in (gsm8k, mmlu)}
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    return load_model(GGUF), load_tokenizer(GGUF)
-
-
 def test_builtin_answers_equal_lm_eval_item_by_item(smollm2):
     model, tokenizer = smollm2
     stored = json.loads(ANSWERS.read_text())
