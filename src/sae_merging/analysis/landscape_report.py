@@ -32,6 +32,7 @@ from sae_merging.analysis import plots
 from sae_merging.analysis.directions import DirectionSpec, model_direction
 from sae_merging.analysis.hessian import EigenSpec, convexity_grid
 from sae_merging.analysis.loss_plane import FixedBatch, fixed_examples, grid_coordinates, loss_grid, task_loss
+from sae_merging.analysis.run_folders import read_results
 from sae_merging.analysis.summary import SummarySpec, markdown, replicate_measures, summarize
 from sae_merging.models.io import ModelRef, load_model, load_tokenizer
 from sae_merging.utils import threads as thread_policy
@@ -63,7 +64,7 @@ def resolve_model(spec: str, lab_root: Callable[[], Path]) -> str:
         return str(folder)
     path = Path(spec).expanduser()
     if (path / RUN_MODEL_DIR / "config.json").is_file():
-        origin = _chosen_origin(path)
+        origin = ((read_results(path) or {}).get("chosen") or {}).get("origin")
         if origin is not None and origin.split(":")[0] in UNMERGED_ORIGINS:
             log.warning(
                 "%s chose %r, not a merge: its panel is that model's (pick a run whose "
@@ -76,14 +77,6 @@ def resolve_model(spec: str, lab_root: Callable[[], Path]) -> str:
 
 
 UNMERGED_ORIGINS = ("expert", "variant")  # a run that chose an expert or a pruned copy of one
-
-
-def _chosen_origin(run: Path) -> str | None:
-    """What a finished run chose, from its results.json (None when it has none)."""
-    try:
-        return json.loads((run / "results.json").read_text())["chosen"]["origin"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def selected_models(cfg: DictConfig) -> dict[str, str]:

@@ -228,7 +228,7 @@ def run_generation(method: Method, ctx: RunContext, state, generation: int, pric
     while state.generation < generation:
         ask = method.ask(ctx, state, generation)
         told, complete = _answer(ctx, ask, pricing, state, whole=generation == 0)
-        if not complete and (not told.made or generation == 0):  # nothing new to tell (or no start)
+        if not complete and not told.made:  # nothing new to tell (generation 0 fits whole or raises)
             return state, True
         state = method.tell(ctx, state, ask, told)
         if not complete:

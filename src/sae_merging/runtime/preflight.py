@@ -278,7 +278,7 @@ def _steps_under_a_budget(run, method, overrides: Sequence[str]) -> list[str]:
     examples = run.budget.get("examples") if run is not None else None
     names = {f.name for f in dataclasses.fields(method)} if dataclasses.is_dataclass(method) else set()
     keys = ["schedule.steps="] * ("schedule" in names) + ["method.steps="] * ("steps" in names)
-    given = [o for o in overrides if o.lstrip("+").startswith(tuple(keys))] if keys else []
+    given = [o for o in overrides if o.lstrip("+").startswith(tuple(keys))]
     if examples is None or not given:
         return []
     return [
