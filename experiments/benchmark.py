@@ -87,7 +87,8 @@ def main() -> None:
     info = machine()
     print(
         f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} with {info['torch_threads']} "
-        f"threads, CUDA {info['cuda']}, load average {' '.join(f'{x:.2f}' for x in info['load_average'])}"
+        f"threads, CUDA {info['cuda']}, load average {' '.join(f'{x:.2f}' for x in info['load_average'])}, "
+        f"loops {info['child_loops']}"
     )
     rows: list[Row] = []
     results: dict = {"machine": info}

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from sae_merging.utils import kernels
+
 ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = ROOT / "conf"
 HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, VOCAB = 2048, 8192, 32, 8, 32000
@@ -161,4 +163,5 @@ def machine() -> dict:
         "torch": torch.__version__,
         "cuda": torch.cuda.is_available(),
         "load_average": os.getloadavg(),
+        "child_loops": kernels.describe(),  # (SAE_MERGING_KERNELS=0: the NumPy/torch ones)
     }

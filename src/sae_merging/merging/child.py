@@ -47,7 +47,7 @@ import torch
 from sae_merging.merging import functions
 from sae_merging.pruning import magnitude
 from sae_merging.pruning.magnitude import MagnitudePruner, ModelPlan, RidingSearch, SamplePositions, Scratch
-from sae_merging.utils import packed
+from sae_merging.utils import kernels, packed
 from sae_merging.utils.settings import bare
 from sae_merging.utils.tensorfiles import LazyTensors, numel, peek, release, stored
 from sae_merging.utils.timing import Timer
@@ -276,6 +276,8 @@ class _Merge:
         the child's tensor (the loaded parent's own, in place), re-densed, counted."""
         if self.in_place and tensor_a.is_contiguous():
             out = tensor_a
+        elif self.device.type == "cpu":
+            out = kernels.fresh(tensor_a.shape, tensor_a.dtype)
         else:
             out = torch.empty(tensor_a.shape, dtype=tensor_a.dtype, device=self.device)
         flat = out.view(-1)

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from sae_merging.utils import kernels
+
 CHUNK = 1 << 20  # entries per step of the elementwise merges (float32 temporaries of a few MB)
 
 
@@ -66,7 +68,9 @@ SUB_CHUNK = 1 << 18  # entries per float32 step of `linear` (buffers that stay i
 def linear(a: torch.Tensor, b: torch.Tensor, ratio: float, out: torch.Tensor | None = None) -> torch.Tensor:
     """Paper eq. 4: ratio * A + (1 - ratio) * B (into `out` when given: it may be `a`), in
     float32 steps of SUB_CHUNK entries through two reused buffers: the ops and roundings of
-    `ratio * A32 + (1 - ratio) * B32`, bit for bit, without a float32 temporary per op."""
+    `ratio * A32 + (1 - ratio) * B32`, bit for bit, without a float32 temporary per op. bf16 on
+    the CPU goes through one compiled loop where it could be built (`utils.kernels`, the same
+    bits; a NaN result's block is left to torch, whose bf16 NaN pattern depends on its path)."""
     if out is None:
         out = torch.empty(a.shape, dtype=a.dtype, device=a.device)
     elif out.dtype != a.dtype or out.shape != a.shape or not out.is_contiguous():
@@ -74,10 +78,13 @@ def linear(a: torch.Tensor, b: torch.Tensor, ratio: float, out: torch.Tensor | N
             f"out: {out.dtype} {tuple(out.shape)} is not a contiguous {a.dtype} of the inputs' shape"
         )
     flat, flat_a, flat_b = out.view(-1), a.reshape(-1), b.reshape(-1)
-    size = flat.numel()
-    a32 = torch.empty(min(SUB_CHUNK, size), dtype=torch.float32, device=out.device)
+    done, size = 0, flat.numel()
+    on_cpu = a.device.type == b.device.type == out.device.type == "cpu"
+    if on_cpu and a.dtype == b.dtype == torch.bfloat16 and flat_a.is_contiguous() and flat_b.is_contiguous():
+        done = kernels.linear_bf16(flat_a, flat_b, ratio, flat)  # (one compiled loop, same bits)
+    a32 = torch.empty(min(SUB_CHUNK, size - done), dtype=torch.float32, device=out.device)
     b32 = torch.empty_like(a32)
-    for start in range(0, size, SUB_CHUNK):
+    for start in range(done, size, SUB_CHUNK):
         stop = min(start + SUB_CHUNK, size)
         part_a, part_b = a32[: stop - start], b32[: stop - start]
         part_a.copy_(flat_a[start:stop]).mul_(ratio)

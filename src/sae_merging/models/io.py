@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from sae_merging.models.files import hub_folder
-from sae_merging.utils.files import atomic_directory
+from sae_merging.utils.files import atomic_directory, cache_root
 from sae_merging.utils.tensorfiles import (
     SAFETENSORS_FILE,
     SAFETENSORS_INDEX,
@@ -167,7 +167,7 @@ def tied_aliases(config: PretrainedConfig) -> dict[str, str]:
     return {"lm_head.weight": "model.embed_tokens.weight"} if tied else {}
 
 
-GGUF_CACHE = "gguf"  # under $SAE_MERGING_CACHE (default outputs/cache), as the lab's cache
+GGUF_CACHE = "gguf"  # under `files.cache_root()`
 
 
 def dequantize_gguf(gguf: str | os.PathLike, folder: str | os.PathLike) -> Path:
@@ -189,8 +189,7 @@ def dequantized_folder(ref: ModelRef) -> Path:
     $SAE_MERGING_CACHE/gguf by the file's name, size and modification time."""
     gguf = Path(ref.path) / ref.gguf_file
     stat = gguf.stat()
-    root = Path(os.environ.get("SAE_MERGING_CACHE", "outputs/cache")).expanduser()
-    folder = root / GGUF_CACHE / f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    folder = cache_root() / GGUF_CACHE / f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
     if not (folder / SAFETENSORS_FILE).is_file():
         package = str(Path(__file__).resolve().parents[2])
         path = os.pathsep.join(p for p in (package, os.environ.get("PYTHONPATH")) if p)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from sae_merging.pruning.settings import MagnitudePrunerSettings
+from sae_merging.utils import kernels
 from sae_merging.utils.packed import PackedTensor, entries
 from sae_merging.utils.tensorfiles import LazyTensors, numel, peek, release, stored
 
@@ -369,6 +370,13 @@ class CountRequest:
 
     def count(self, chunk: torch.Tensor, scratch: Scratch) -> tuple[list[int], torch.Tensor | None]:
         """One chunk's counts (and collected keys)."""
+        if chunk.dtype == self.space.dtype and self.space.bits == 16 and chunk.device.type == "cpu":
+            patterns = chunk.contiguous().view(torch.int16).numpy()
+            room = scratch.get("collected", torch.int32, patterns.size if self.collect else 0).numpy()
+            counted = kernels.count16(patterns, self.thresholds, self.collect, room)
+            if counted is not None:  # (one compiled loop: the same counts and keys as below)
+                counts, inside = counted
+                return counts, None if inside is None else torch.from_numpy(inside)
         keys = _keys(chunk, self.space, scratch)
         counts = [_count_below(keys, key, self.space, scratch) for key in self.thresholds]
         if self.collect is None:

@@ -19,6 +19,12 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def cache_root() -> Path:
+    """Where derived files are cached (a GGUF's dequantized weights, the compiled kernels):
+    $SAE_MERGING_CACHE, default outputs/cache, as the lab's cache."""
+    return Path(os.environ.get("SAE_MERGING_CACHE", "outputs/cache")).expanduser()
+
+
 def _default_mode(directory: bool) -> int:
     """The mode a plain open/mkdir would give (temporary files start private)."""
     return (0o777 if directory else 0o666) & ~_UMASK

@@ -6,7 +6,8 @@ a pruned individual (`runtime.store`).
 whole tensor: its zero count is the mask's complement, a magnitude count runs over the values
 alone, a sample reads only the sampled entries (ranks from the mask's byte popcounts), and a pass
 unpacks it chunk by chunk into one reused buffer. A -0.0 is a non-zero bit pattern, kept as a
-value, so every read is bit-exact.
+value, so every read is bit-exact. 16-bit tensors are packed and unpacked by compiled loops
+where they could be built (`utils.kernels`: the same bits as the NumPy code here).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+
+from sae_merging.utils import kernels
 
 PACK_PART = 1 << 18  # entries per step of `pack` (a multiple of 8: the mask's bytes split evenly)
 
@@ -48,6 +51,8 @@ def pack(tensor: torch.Tensor, kept: int | None = None) -> tuple[torch.Tensor, t
     patterns = bits(flat).numpy()
     values = np.empty(kept, dtype=patterns.dtype)
     mask = np.empty((patterns.size + 7) // 8, dtype=np.uint8)
+    if patterns.itemsize == 2 and kernels.pack16(patterns, mask, values) is not None:
+        return torch.from_numpy(mask), torch.from_numpy(values).view(flat.dtype)
     nonzero = np.empty(min(PACK_PART, patterns.size), dtype=bool)
     done = 0
     for start in range(0, patterns.size, PACK_PART):
@@ -132,9 +137,14 @@ class PackedTensor:
         else:
             target = bits(out).numpy()
         done = 0
+        compiled = values.itemsize == 2 and kernels.library() is not None
         for start in range(0, n, size):
             stop = min(start + size, n)
             part = target[: stop - start] if out is None else target[start:stop]
+            if compiled:
+                done += kernels.unpack16(mask, values[done:], start, part)
+                yield start, torch.from_numpy(part).view(self.dtype)
+                continue
             first = start % 8  # (a chunk may start inside a byte)
             kept = np.unpackbits(mask[start // 8 : (stop + 7) // 8], count=stop - start + first)
             where = np.nonzero(kept[first:].view(bool))[0]  # (on bools: 5x `flatnonzero` of bytes)
