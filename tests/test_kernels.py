@@ -159,3 +159,12 @@ def test_a_fresh_tensor_is_an_ordinary_writable_tensor():
     assert tensor.shape == (3, 1 << 22) and tensor.dtype == torch.bfloat16 and tensor.is_contiguous()
     tensor.fill_(1.5)
     assert float(tensor.float().sum()) == 1.5 * 3 * (1 << 22)
+
+
+def test_a_mask_with_more_entries_than_values_is_refused_not_read_past():
+    tensor = _awkward(1000, torch.bfloat16, 0.6, seed=7)
+    mask, values = packed.pack(tensor)
+    damaged = packed.PackedTensor(mask, values[:-3], tensor.shape)  # (three values lost)
+    with pytest.raises(ValueError, match="more entries .* than it has values"):
+        for _ in damaged.chunks(256):
+            pass

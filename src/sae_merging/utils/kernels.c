@@ -56,14 +56,16 @@ int sae_simd(void) { return HAS_SSSE3 | (HAS_AVX2 << 1); }
 
 /* ---- unpack: entries [first, first + n) of a packed tensor into out; `values` points at the
  * value of the first kept entry at or after `first`, `available` values lie from there.
- * Returns how many values were consumed. */
+ * Returns how many values were consumed (-1: the mask asks for more than are available, a
+ * damaged file; nothing is read past them). */
 
 static int64_t unpack_scalar(const uint8_t *mask, const uint16_t *values, int64_t first, int64_t n,
-                             uint16_t *out) {
+                             uint16_t *out, int64_t available) {
     int64_t used = 0;
     for (int64_t i = 0; i < n; i++) {
         int64_t e = first + i;
         int bit = (mask[e >> 3] >> (7 - (e & 7))) & 1;
+        if (bit && used >= available) return -1;
         out[i] = bit ? values[used] : 0;
         used += bit;
     }
@@ -78,7 +80,8 @@ __attribute__((target("ssse3,popcnt"))) static int64_t unpack_ssse3(const uint8_
     int64_t i = 0, used = 0;
     int64_t head = (8 - (first & 7)) & 7; /* entries before the first whole mask byte */
     if (head > n) head = n;
-    used += unpack_scalar(mask, values, first, head, out);
+    used = unpack_scalar(mask, values, first, head, out, available);
+    if (used < 0) return -1;
     i = head;
     const uint8_t *byte = mask + ((first + head) >> 3);
     /* a 16-byte load of values must stay inside the `available` ones */
@@ -89,8 +92,8 @@ __attribute__((target("ssse3,popcnt"))) static int64_t unpack_ssse3(const uint8_
         _mm_storeu_si128((__m128i *)(out + i), v);
         used += __builtin_popcount(m);
     }
-    used += unpack_scalar(mask, values + used, first + i, n - i, out + i);
-    return used;
+    int64_t rest = unpack_scalar(mask, values + used, first + i, n - i, out + i, available - used);
+    return rest < 0 ? -1 : used + rest;
 }
 #endif
 
@@ -99,8 +102,7 @@ int64_t sae_unpack16(const uint8_t *mask, const uint16_t *values, int64_t first,
 #if SAE_X86
     if (HAS_SSSE3) return unpack_ssse3(mask, values, first, n, out, available);
 #endif
-    (void)available;
-    return unpack_scalar(mask, values, first, n, out);
+    return unpack_scalar(mask, values, first, n, out, available);
 }
 
 /* ---- pack: n entries (their first is entry 0 of mask byte 0) into the mask and the values

@@ -103,7 +103,10 @@ def unpack16(mask: np.ndarray, values: np.ndarray, first: int, out: np.ndarray) 
     lib = library()
     if lib is None:
         return None
-    return lib.sae_unpack16(_address(mask), _address(values), first, out.size, _address(out), values.size)
+    used = lib.sae_unpack16(_address(mask), _address(values), first, out.size, _address(out), values.size)
+    if used < 0:
+        raise ValueError(f"packed tensor: its mask marks more entries from {first} on than it has values")
+    return used
 
 
 def pack16(patterns: np.ndarray, mask: np.ndarray, values: np.ndarray) -> int | None:
@@ -145,6 +148,8 @@ def count16(
         _address(keys_of), keys_of.size, _address(limits), len(thresholds), _address(counts),
         low, high, _address(room), room.size,
     )  # fmt: skip
+    if found < 0:
+        raise RuntimeError(f"count: more keys in [{low}, {high}) than the {room.size} the buffer holds")
     collected = room[:found].copy() if collect is not None else None
     return counts.tolist(), collected
 
