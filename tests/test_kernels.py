@@ -168,3 +168,73 @@ def test_a_mask_with_more_entries_than_values_is_refused_not_read_past():
     with pytest.raises(ValueError, match="more entries .* than it has values"):
         for _ in damaged.chunks(256):
             pass
+
+
+def test_sae_childs_stored_files_are_the_same_bytes_with_and_without_the_loops(tmp_path, monkeypatch):
+    """End to end: two pruned bf16 archive members (global pruning to 60%, chunks and samples
+    smaller than the tensors), SAE's child made and stored with the compiled loops and with the
+    NumPy/torch ones: the same file, byte for byte."""
+    from types import SimpleNamespace
+
+    from sae_merging.methods.sae import SAE
+    from sae_merging.runtime.context import Member
+    from sae_merging.runtime.store import TENSORS_FILE, IndividualStore
+    from sae_merging.sparsity.measures import zero_count
+    from sae_merging.sparsity.scoring import SparsityScoring
+
+    monkeypatch.setattr(magnitude, "CHUNK", 1000)
+    monkeypatch.setattr(magnitude, "SAMPLE", 512)
+    shapes = {"embed.weight": (300, 64), "layers.0.q.weight": (64, 64), "layers.0.up.weight": (96, 64)}
+    shapes |= {"layers.0.norm.weight": (64,), "layers.1.o.weight": (64, 64)}
+    sae = SAE(schedule=None, pruner=magnitude.MagnitudePruner("global"), scoring=SparsityScoring(zero_count))
+    archive = IndividualStore(tmp_path / "archive")
+    for seed, ident in ((1, "a"), (2, "b")):
+        model = {
+            name: _awkward(int(torch.Size(s).numel()), torch.bfloat16, 0.1, seed).reshape(s)
+            for name, s in shapes.items()
+        }
+        archive.save(ident, sae.pruner.prune(model, 0.6))
+    ctx = SimpleNamespace(store=archive, timer=None, device=torch.device("cpu"))
+    members = [Member(ident=ident, origin="test") for ident in "ab"]
+    files = []
+    for folder in ("compiled", "numpy"):
+        if folder == "numpy":
+            monkeypatch.setattr(kernels, "library", lambda: None)
+        child = sae._make_child(ctx, *members, 0.55, 0.4, 0.6, None)
+        store = IndividualStore(tmp_path / folder)
+        store.save("child", child.tensors)
+        files.append((store.path("child") / TENSORS_FILE).read_bytes())
+    assert files[0] == files[1]
+
+
+def test_inputs_the_loops_cannot_take_as_pointers_go_to_numpy_and_torch(without_kernels):
+    """Strided or broadcast inputs, and a packed tensor whose mask is too short: the compiled
+    loops are not handed memory they would misread."""
+    a = _awkward(200, torch.bfloat16, 0.3, seed=8)
+    one = torch.full((1,), 3.0, dtype=torch.bfloat16)
+    strided = _awkward(400, torch.bfloat16, 0.5, seed=9)[::2]
+    got = (functions.linear(a, one, 0.5), packed.pack(strided))
+    with pytest.raises(ValueError, match="its mask has 3 bytes, it needs 8"):
+        packed.PackedTensor(torch.zeros(3, dtype=torch.uint8), a[:0], (64,))
+    without_kernels()
+    assert torch.equal(got[0].view(torch.int16), functions.linear(a, one, 0.5).view(torch.int16))
+    mask, values = packed.pack(strided)
+    assert torch.equal(got[1][0], mask) and torch.equal(got[1][1].view(torch.int16), values.view(torch.int16))
+
+
+def test_a_count_outside_the_key_range_equals_numpys(without_kernels):
+    chunk = _awkward(5000, torch.bfloat16, 0.3, seed=10)
+    cases = [((-5, 40000), (40000, 50000)), ((-5, 40000), (-40000, 10)), ((7,), (0, 1 << 15))]
+    space = magnitude.KeySpace(torch.bfloat16)
+    got = [magnitude.CountRequest(space, t, c).count(chunk, magnitude.Scratch()) for t, c in cases]
+    without_kernels()
+    for (thresholds, collect), (counts, inside) in zip(cases, got, strict=True):
+        want_counts, want_inside = magnitude.CountRequest(space, thresholds, collect).count(
+            chunk, magnitude.Scratch()
+        )
+        assert counts == want_counts and torch.equal(inside, want_inside)
+
+
+def test_a_compiler_command_with_arguments_is_found(monkeypatch):
+    monkeypatch.setenv("CC", "cc -O2")
+    assert kernels._compiler() == [kernels.shutil.which("cc"), "-O2"]

@@ -316,6 +316,8 @@ __attribute__((target("avx2"))) static int64_t count_avx2(const uint16_t *in, in
 
 int64_t sae_count16(const uint16_t *in, int64_t n, const int32_t *thresholds, int32_t count,
                     int64_t *counts, int32_t low, int32_t high, int32_t *collected, int64_t capacity) {
+    if (low < 0) low = 0; /* keys lie in [0, 32767] */
+    if (high > 32768) high = 32768;
     if (count > MAX_THRESHOLDS) return count_scalar(in, n, thresholds, count, counts, low, high, collected, 0, capacity);
     int32_t inner[MAX_THRESHOLDS], where[MAX_THRESHOLDS], used = 0;
     int64_t inner_counts[MAX_THRESHOLDS] = {0}, done = 0, found = 0;

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -31,6 +32,7 @@ from sae_merging.utils.files import cache_root
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.c")
+LIMIT = 1 << 15  # one past the largest 16-bit key (the pattern without its sign bit)
 FLAGS = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-strict-aliasing"]
 _P, _I64, _I32, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
 SIGNATURES = {  # name: (result, arguments)
@@ -42,15 +44,18 @@ SIGNATURES = {  # name: (result, arguments)
 }
 
 
-def _compiler() -> str | None:
-    return shutil.which(os.environ.get("CC", "cc"))
+def _compiler() -> list[str] | None:
+    """The compiler's command ($CC may carry arguments, e.g. `ccache gcc`), None if not found."""
+    command = shlex.split(os.environ.get("CC", "cc")) or ["cc"]
+    found = shutil.which(command[0])
+    return None if found is None else [found, *command[1:]]
 
 
-def _build(compiler: str) -> Path:
+def _build(compiler: list[str]) -> Path:
     """The compiled library's path, building it first when the cache lacks it."""
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True).stdout
     digest = hashlib.sha256(
-        SOURCE.read_bytes() + " ".join([compiler, version, platform.machine(), *FLAGS]).encode()
+        SOURCE.read_bytes() + " ".join([*compiler, version, platform.machine(), *FLAGS]).encode()
     ).hexdigest()[:16]
     target = cache_root() / "kernels" / f"sae_kernels-{digest}.so"
     if target.is_file():
@@ -58,7 +63,7 @@ def _build(compiler: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE)], check=True, capture_output=True)
+        subprocess.run([*compiler, *FLAGS, "-o", str(built), str(SOURCE)], check=True, capture_output=True)
         os.replace(built, target)  # (atomic: a racing process finds one whole file)
     return target
 
@@ -70,7 +75,7 @@ def library() -> ctypes.CDLL | None:
         return None
     compiler = _compiler()
     if compiler is None:
-        log.info("no C compiler (set CC): the child's loops run in NumPy/torch (same results, slower)")
+        log.info("no C compiler found (set CC): the child's loops run in NumPy/torch (same results, slower)")
         return None
     try:
         lib = ctypes.CDLL(str(_build(compiler)))
@@ -97,11 +102,17 @@ def _address(array: np.ndarray | torch.Tensor) -> int:
     return array.data_ptr() if isinstance(array, torch.Tensor) else array.ctypes.data
 
 
+def _contiguous(*arrays: np.ndarray) -> bool:
+    """Whether the loops may take the arrays as pointers (they read memory in order)."""
+    return all(array.flags.c_contiguous for array in arrays)
+
+
 def unpack16(mask: np.ndarray, values: np.ndarray, first: int, out: np.ndarray) -> int | None:
     """Entries [first, first + out.size) of a packed 16-bit tensor into `out`; `values` starts
-    at the first kept entry from `first` on. Returns how many values it used."""
+    at the first kept entry from `first` on (the mask covers at least first + out.size entries:
+    `PackedTensor` checks). Returns how many values it used; None where it cannot run."""
     lib = library()
-    if lib is None:
+    if lib is None or not _contiguous(mask, values, out):
         return None
     used = lib.sae_unpack16(_address(mask), _address(values), first, out.size, _address(out), values.size)
     if used < 0:
@@ -111,9 +122,9 @@ def unpack16(mask: np.ndarray, values: np.ndarray, first: int, out: np.ndarray) 
 
 def pack16(patterns: np.ndarray, mask: np.ndarray, values: np.ndarray) -> int | None:
     """Pack 16-bit `patterns` into `mask` and `values` (sized by the caller); returns the
-    values written."""
+    values written; None where it cannot run."""
     lib = library()
-    if lib is None:
+    if lib is None or not _contiguous(patterns, mask, values):
         return None
     kept = lib.sae_pack16(_address(patterns), patterns.size, _address(mask), _address(values), values.size)
     if kept != values.size:
@@ -126,7 +137,7 @@ def linear_bf16(a: torch.Tensor, b: torch.Tensor, ratio: float, out: torch.Tenso
     the entries it returns (all but from a block holding a NaN result on, whose bf16 pattern
     is torch's to choose; those are left as they were); 0 without the library."""
     lib = library()
-    if lib is None:
+    if lib is None or a.numel() != b.numel() or b.numel() != out.numel():
         return 0
     ra, rb = np.float32(ratio), np.float32(1.0 - ratio)  # (torch's float32 scalars)
     return lib.sae_linear_bf16(_address(a), _address(b), a.numel(), ra, rb, _address(out))
@@ -139,11 +150,11 @@ def count16(
     bit): how many keys lie below each threshold, and (given `collect`) the keys in [low,
     high), copied out of the int32 buffer `room` (as large as the input)."""
     lib = library()
-    if lib is None:
+    if lib is None or not _contiguous(keys_of):
         return None
     counts = np.zeros(len(thresholds), dtype=np.int64)
-    limits = np.asarray(thresholds, dtype=np.int32)
-    low, high = collect if collect is not None else (0, 0)
+    limits = np.clip(thresholds, 0, LIMIT).astype(np.int32)  # (keys lie in [0, LIMIT))
+    low, high = (max(collect[0], 0), min(collect[1], LIMIT)) if collect is not None else (0, 0)
     found = lib.sae_count16(
         _address(keys_of), keys_of.size, _address(limits), len(thresholds), _address(counts),
         low, high, _address(room), room.size,

@@ -87,6 +87,11 @@ class PackedTensor:
     def __init__(self, mask: torch.Tensor, values: torch.Tensor, shape, source: object = None) -> None:
         self.mask, self.values, self.shape = mask, values, torch.Size(shape)
         self.dtype = values.dtype
+        if mask.numel() < (self.numel() + 7) // 8:
+            raise ValueError(
+                f"packed tensor of shape {tuple(self.shape)}: its mask has {mask.numel()} bytes, "
+                f"it needs {(self.numel() + 7) // 8}"
+            )
         self._source = source
 
     def numel(self) -> int:
@@ -137,12 +142,13 @@ class PackedTensor:
         else:
             target = bits(out).numpy()
         done = 0
-        compiled = values.itemsize == 2 and kernels.library() is not None
+        compiled = values.itemsize == 2
         for start in range(0, n, size):
             stop = min(start + size, n)
             part = target[: stop - start] if out is None else target[start:stop]
-            if compiled:
-                done += kernels.unpack16(mask, values[done:], start, part)
+            used = kernels.unpack16(mask, values[done:], start, part) if compiled else None
+            if used is not None:
+                done += used
                 yield start, torch.from_numpy(part).view(self.dtype)
                 continue
             first = start % 8  # (a chunk may start inside a byte)
