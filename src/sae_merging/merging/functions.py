@@ -78,11 +78,8 @@ def linear(a: torch.Tensor, b: torch.Tensor, ratio: float, out: torch.Tensor | N
             f"out: {out.dtype} {tuple(out.shape)} is not a contiguous {a.dtype} of the inputs' shape"
         )
     flat, flat_a, flat_b = out.view(-1), a.reshape(-1), b.reshape(-1)
-    done, size = 0, flat.numel()
-    on_cpu = a.device.type == b.device.type == out.device.type == "cpu"
-    same = a.shape == b.shape and a.dtype == b.dtype == torch.bfloat16  # (torch would broadcast)
-    if on_cpu and same and flat_a.is_contiguous() and flat_b.is_contiguous():
-        done = kernels.linear_bf16(flat_a, flat_b, ratio, flat)  # (one compiled loop, same bits)
+    size = flat.numel()  # (another shape of b: torch broadcasts it; the compiled loop does not)
+    done = kernels.linear_bf16(flat_a, flat_b, ratio, flat) if a.shape == b.shape else 0
     a32 = torch.empty(min(SUB_CHUNK, size - done), dtype=torch.float32, device=out.device)
     b32 = torch.empty_like(a32)
     for start in range(done, size, SUB_CHUNK):

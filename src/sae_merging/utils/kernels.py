@@ -6,8 +6,9 @@ one loop does it in one.
 The C file is compiled at first use by the system's C compiler (`$CC`, else `cc`) into
 `$SAE_MERGING_CACHE/kernels/` (named by a digest of the source, compiler and flags; written
 atomically, so processes may race) and loaded with ctypes. Each wrapper returns None where the
-library is missing (no compiler, a failed build, or `SAE_MERGING_KERNELS=0`): the caller then
-runs its NumPy/torch code, which gives the same bits (`tests/test_kernels.py` compares them).
+library is missing (no compiler, a failed build, or `SAE_MERGING_KERNELS=0`) or the arrays are
+not ones it can take as pointers (`linear_bf16`: 0 entries done): the caller then runs its
+NumPy/torch code, which gives the same bits (`tests/test_kernels.py` compares them).
 """
 
 from __future__ import annotations
@@ -133,11 +134,14 @@ def pack16(patterns: np.ndarray, mask: np.ndarray, values: np.ndarray) -> int | 
 
 
 def linear_bf16(a: torch.Tensor, b: torch.Tensor, ratio: float, out: torch.Tensor) -> int:
-    """out = eq. 4 of flat contiguous bf16 CPU tensors, as `functions.linear` computes it, up to
-    the entries it returns (all but from a block holding a NaN result on, whose bf16 pattern
-    is torch's to choose; those are left as they were); 0 without the library."""
+    """out = eq. 4 of flat bf16 CPU tensors of one size, as `functions.linear` computes it, up
+    to the entries it returns (all but from a block holding a NaN result on, whose bf16 pattern
+    is torch's to choose; those are left as they were); 0 where it cannot run."""
     lib = library()
-    if lib is None or a.numel() != b.numel() or b.numel() != out.numel():
+    tensors = (a, b, out)
+    if lib is None or any(t.numel() != out.numel() for t in tensors):
+        return 0
+    if not all(t.dtype == torch.bfloat16 and t.device.type == "cpu" and t.is_contiguous() for t in tensors):
         return 0
     ra, rb = np.float32(ratio), np.float32(1.0 - ratio)  # (torch's float32 scalars)
     return lib.sae_linear_bf16(_address(a), _address(b), a.numel(), ra, rb, _address(out))
@@ -154,7 +158,7 @@ def count16(
         return None
     counts = np.zeros(len(thresholds), dtype=np.int64)
     limits = np.clip(thresholds, 0, LIMIT).astype(np.int32)  # (keys lie in [0, LIMIT))
-    low, high = (max(collect[0], 0), min(collect[1], LIMIT)) if collect is not None else (0, 0)
+    low, high = collect if collect is not None else (0, 0)  # (the C side clamps them to the keys)
     found = lib.sae_count16(
         _address(keys_of), keys_of.size, _address(limits), len(thresholds), _address(counts),
         low, high, _address(room), room.size,
